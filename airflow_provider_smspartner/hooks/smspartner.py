@@ -1,0 +1,337 @@
+"""SmsPartnerHook: the only code of the provider that speaks HTTP to SMS Partner or sees the API key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+import requests
+from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from airflow_provider_smspartner import __version__
+from airflow_provider_smspartner.exceptions import (
+    SmsPartnerConfigError,
+    SmsPartnerConnectionError,
+    SmsPartnerRateLimitError,
+    SmsPartnerResponseError,
+    SmsPartnerServerError,
+)
+from airflow_provider_smspartner.hooks.connection_settings import SmsPartnerSettings, settings_from_connection
+from airflow_provider_smspartner.hooks.redaction import redact, register_secret
+from airflow_provider_smspartner.hooks.responses import ADD_ENDPOINT, DELETE_ENDPOINT, parse_response
+from airflow_provider_smspartner.hooks.throttle import RequestThrottle, shared_throttle
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+LIST_ENDPOINT = "stop-sms/list"
+ACCOUNT_ENDPOINT = "me"
+#: API code returned by ``stop-sms/add`` when the number is already on the list.
+ALREADY_PRESENT_CODE = 3
+STOP_LIST_COLUMNS = ("stop_id", "phone_number", "phone_e164", "created_at")
+
+
+@dataclass(frozen=True)
+class StopEntry:
+    """One number of the stop list. ``created_at`` is timezone-aware UTC."""
+
+    stop_id: int
+    phone_number: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AddStopResult:
+    """Outcome of one ``add_stop`` call.
+
+    ``status`` is ``"added"`` (``stop_id`` set) or ``"already_present"`` (API code 3; the API
+    returns no id then, so ``stop_id`` is ``None``).
+    """
+
+    status: Literal["added", "already_present"]
+    stop_id: int | None
+    phone_number: str
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Errors worth another attempt: transport failures, 429, 5xx and untrustworthy bodies.
+
+    Auth errors and per-number errors (invalid number, unknown stop id) are answers, not accidents:
+    retrying them would only hammer the API.
+    """
+    return isinstance(
+        exc,
+        (SmsPartnerConnectionError, SmsPartnerRateLimitError, SmsPartnerServerError, SmsPartnerResponseError),
+    )
+
+
+class SmsPartnerHook(BaseHook):
+    """Talks to the SMS Partner stop-list API through an Airflow connection of type ``smspartner``.
+
+    The API key is the connection's password; the host is the API base URL (default
+    ``https://api.smspartner.fr/v1``). Optional extras: ``timeout``, ``max_retries``,
+    ``retry_backoff``, ``requests_per_second``, ``api_timezone``.
+
+    Nothing touches the network or the connection until a method is called, so the hook is cheap
+    to build at DAG-parse time. One instance may be shared by many threads: it keeps one pooled
+    ``requests.Session`` and every request passes the connection's process-wide throttle.
+
+    Retrying a POST to ``stop-sms/add`` is safe: if the first attempt was applied but its response
+    was lost, the retry answers code 3 ("already in the list"), which ``add_stop`` reports as
+    ``already_present`` rather than an error.
+
+    :param smspartner_conn_id: Airflow connection id of type ``smspartner``.
+    """
+
+    conn_name_attr = "smspartner_conn_id"
+    default_conn_name = "smspartner_default"
+    conn_type = "smspartner"
+    hook_name = "SMS Partner"
+
+    #: Upper bound for a server-requested ``Retry-After`` wait, in seconds.
+    max_retry_after: float = 60.0
+    #: Upper bound for one exponential backoff wait, in seconds.
+    max_backoff: float = 60.0
+
+    def __init__(self, smspartner_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.smspartner_conn_id = smspartner_conn_id
+        self._session_lock = threading.Lock()
+        self._session: requests.Session | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(smspartner_conn_id={self.smspartner_conn_id!r})"
+
+    # ----------------------------------------------------------------------------- connection
+    @cached_property
+    def settings(self) -> SmsPartnerSettings:
+        """The validated connection settings (read once per hook)."""
+        conn = self.get_connection(self.smspartner_conn_id)
+        if conn.conn_type and conn.conn_type != self.conn_type:
+            raise SmsPartnerConfigError(
+                f"Connection {self.smspartner_conn_id!r} is of type {conn.conn_type!r}; "
+                f"SmsPartnerHook needs a connection of type {self.conn_type!r}."
+            )
+        if conn.password:
+            register_secret(conn.password.strip())
+            _mask_in_airflow_logs(conn.password.strip())
+        return settings_from_connection(
+            self.smspartner_conn_id, conn.password, conn.host, conn.port, conn.extra_dejson or {}
+        )
+
+    @cached_property
+    def throttle(self) -> RequestThrottle:
+        """The throttle shared by every hook of this connection in the process."""
+        return shared_throttle(self.smspartner_conn_id, self.settings.requests_per_second)
+
+    def get_conn(self) -> requests.Session:
+        """Return the pooled HTTP session (created on first use, shared by threads)."""
+        with self._session_lock:
+            if self._session is None:
+                settings = self.settings
+                session = requests.Session()
+                # Retries are ours (tenacity); urllib3's own would bypass the throttle and the logging.
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+                session.headers.update(
+                    {"User-Agent": f"airflow-provider-smspartner/{__version__}", "Accept": "application/json"}
+                )
+                self.throttle  # noqa: B018 - resolve the shared throttle before threads race for it
+                self.log.debug("SMS Partner connection %r -> %s", self.smspartner_conn_id, settings.base_url)
+                self._session = session
+            return self._session
+
+    def close(self) -> None:
+        """Close the pooled HTTP session."""
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    # ----------------------------------------------------------------------------- transport
+    def _request(
+        self,
+        method: Literal["GET", "POST"],
+        endpoint: str,
+        params: Mapping[str, Any] | None = None,
+        accept_codes: tuple[int, ...] = (),
+    ) -> dict[str, Any]:
+        """Send one API call with the key added, retrying what is retryable; return the JSON body."""
+        settings = self.settings
+        retrying = Retrying(
+            stop=stop_after_attempt(settings.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(is_retryable),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return retrying(self._send_once, method, endpoint, dict(params or {}), accept_codes)
+
+    def _send_once(
+        self, method: str, endpoint: str, params: dict[str, Any], accept_codes: tuple[int, ...]
+    ) -> dict[str, Any]:
+        settings = self.settings
+        session = self.get_conn()
+        url = f"{settings.base_url}/{endpoint}"
+        request_args: dict[str, Any] = {"timeout": (min(settings.timeout, 10.0), settings.timeout)}
+        # The documented contract: apiKey in the query string for GET, in the JSON body for POST.
+        if method == "GET":
+            request_args["params"] = {"apiKey": settings.api_key, **params}
+        else:
+            request_args["json"] = {"apiKey": settings.api_key, **params}
+        self.throttle.acquire()
+        started = time.monotonic()
+        failure: str | None = None
+        try:
+            response = session.request(method, url, **request_args)
+        except requests.Timeout as exc:
+            failure = f"timed out after {settings.timeout:g} s ({type(exc).__name__})"
+        except requests.RequestException as exc:
+            failure = f"connection failed: {type(exc).__name__}: {exc}"
+        if failure is not None:
+            # Raised outside the except block so the original exception, whose text holds the
+            # request URL (and so the API key), is not chained into tracebacks.
+            raise SmsPartnerConnectionError(f"SMS Partner {endpoint}: {redact(failure)}")
+        self.log.debug(
+            "SMS Partner %s %s -> HTTP %s in %.3f s",
+            method,
+            endpoint,
+            response.status_code,
+            time.monotonic() - started,
+        )
+        return parse_response(endpoint, response.status_code, response.headers, response.text, accept_codes)
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, SmsPartnerRateLimitError) and exc.retry_after is not None:
+            delay = min(exc.retry_after, self.max_retry_after)
+            # Every thread of this connection backs off, not only the one that was told to.
+            self.throttle.pause(delay)
+            return delay
+        backoff = self.settings.retry_backoff
+        if backoff <= 0:
+            return 0.0
+        return wait_exponential_jitter(initial=backoff, max=self.max_backoff, jitter=backoff)(retry_state)
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        self.log.warning(
+            "%s; retry %d of %d in %.2f s",
+            exc,
+            retry_state.attempt_number,
+            self.settings.max_retries,
+            delay,
+        )
+
+    # ----------------------------------------------------------------------------- endpoints
+    def get_stop_list_records(self) -> list[dict[str, Any]]:
+        """Fetch the raw stop list (``id``, ``phoneNumber``, ``createdAt`` dicts), checked complete.
+
+        :raises SmsPartnerResponseError: when ``nbData`` disagrees with the rows received
+            (after retries): a partial list is never returned.
+        """
+        body = self._request("GET", LIST_ENDPOINT)
+        data = body.get("data")
+        if data is None:
+            data = []
+        if not isinstance(data, list):
+            raise SmsPartnerResponseError(f"SMS Partner {LIST_ENDPOINT}: 'data' is not a list")
+        announced = body.get("nbData")
+        if announced is not None and int(announced) != len(data):
+            raise SmsPartnerResponseError(
+                f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
+                "received; refusing partial data"
+            )
+        return data
+
+    def get_stop_list_df(self) -> pd.DataFrame:
+        """Fetch the stop list as a DataFrame.
+
+        :return: columns ``stop_id`` (int64), ``phone_number``, ``phone_e164`` (E.164, missing when
+            the API returned an unparsable number) and ``created_at`` (UTC).
+        """
+        from airflow_provider_smspartner.stop_list_frame import records_to_frame
+
+        return records_to_frame(self.get_stop_list_records(), self.settings.api_timezone)
+
+    def get_stop_list(self) -> list[StopEntry]:
+        """Fetch the stop list as ``StopEntry`` objects (``created_at`` in UTC)."""
+        frame = self.get_stop_list_df()
+        return [
+            StopEntry(stop_id=int(stop_id), phone_number=str(phone), created_at=created.to_pydatetime())
+            for stop_id, phone, created in zip(
+                frame["stop_id"], frame["phone_number"], frame["created_at"], strict=True
+            )
+        ]
+
+    def add_stop(self, phone_number: str) -> AddStopResult:
+        """Add one number to the stop list (the API takes one number per call).
+
+        :param phone_number: The number, ideally E.164 (``+336...``); French national form is accepted.
+        :return: ``AddStopResult`` with status ``added`` or ``already_present``.
+        :raises InvalidPhoneNumberError: the API rejected the number (code 9, or 2 when empty).
+        :raises SmsPartnerAuthError: the key was refused.
+        """
+        body = self._request(
+            "POST",
+            ADD_ENDPOINT,
+            {"phoneNumber": str(phone_number).strip()},
+            accept_codes=(ALREADY_PRESENT_CODE,),
+        )
+        if _code(body) == ALREADY_PRESENT_CODE:
+            return AddStopResult(status="already_present", stop_id=None, phone_number=phone_number)
+        stop_id = body.get("stopId")
+        return AddStopResult(
+            status="added",
+            stop_id=int(float(stop_id)) if stop_id is not None else None,
+            phone_number=phone_number,
+        )
+
+    def remove_stop(self, stop_id: int) -> None:
+        """Remove a number from the stop list by its stop id (from the list, or from ``add_stop``).
+
+        :raises StopNotFoundError: the id is not on the list (code 4).
+        """
+        if isinstance(stop_id, bool) or not isinstance(stop_id, int):
+            raise TypeError(f"stop_id must be an int, got {stop_id!r}")
+        self._request("GET", DELETE_ENDPOINT, {"id": stop_id})
+
+    def get_account(self) -> dict[str, Any]:
+        """Return the account information of ``GET /me`` (user and credits; fields vary by account)."""
+        body = self._request("GET", ACCOUNT_ENDPOINT)
+        return {k: v for k, v in body.items() if k not in ("success", "code")}
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key with ``GET /me``. Never raises; the message never contains the key."""
+        try:
+            account = self.get_account()
+        except Exception as exc:
+            return False, redact(f"{type(exc).__name__}: {exc}")
+        user = account.get("user") if isinstance(account.get("user"), dict) else {}
+        username = user.get("username") if user else None
+        who = f" as {username}" if username else ""
+        return True, redact(f"Connected to SMS Partner at {self.settings.base_url}{who}.")
+
+
+def _code(body: Mapping[str, Any]) -> int | None:
+    try:
+        return int(body.get("code"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _mask_in_airflow_logs(secret: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs
+        return
+    mask_secret(secret)

@@ -1,0 +1,63 @@
+"""Builds the stop-list DataFrame from the API's raw records, vectorised (lists reach millions of rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+
+STOP_LIST_COLUMNS = ["stop_id", "phone_number", "phone_e164", "created_at"]
+CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def local_times_to_utc(values: Sequence[Any] | pd.Series, api_timezone: str) -> pd.Series:
+    """Read naive ``YYYY-MM-DD HH:MM:SS`` strings as wall-clock time in ``api_timezone``; return UTC.
+
+    The API gives no offset. At the autumn DST change an hour repeats: we read it as the first
+    (summer-time) occurrence; times inside the spring gap are shifted forward. Unparsable values
+    raise, because a wrong opt-out date is worse than a failed extract.
+    """
+    series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values
+    local = pd.to_datetime(series, format=CREATED_AT_FORMAT, errors="raise")
+    localized = local.dt.tz_localize(
+        api_timezone, ambiguous=np.ones(len(local), dtype=bool), nonexistent="shift_forward"
+    )
+    return localized.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+
+
+def empty_stop_list_frame() -> pd.DataFrame:
+    """A stop-list frame with no rows and the documented column types."""
+    return pd.DataFrame(
+        {
+            "stop_id": pd.Series([], dtype="int64"),
+            "phone_number": pd.Series([], dtype="str"),
+            "phone_e164": pd.Series([], dtype="str"),
+            "created_at": pd.Series([], dtype="datetime64[us, UTC]"),
+        }
+    )
+
+
+def records_to_frame(records: list[dict[str, Any]], api_timezone: str) -> pd.DataFrame:
+    """Convert ``[{"id", "phoneNumber", "createdAt"}, ...]`` into the stop-list DataFrame.
+
+    :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it), ``phone_e164``
+        (normalised; missing if the API ever returns an unparsable number) and ``created_at`` (UTC).
+    """
+    if not records:
+        return empty_stop_list_frame()
+    stop_ids = pd.Series([r["id"] for r in records], dtype="int64")
+    phones = pd.Series([str(r["phoneNumber"]) for r in records], dtype="str")
+    created = local_times_to_utc(pd.Series([r["createdAt"] for r in records], dtype="str"), api_timezone)
+    e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"]
+    return pd.DataFrame(
+        {
+            "stop_id": stop_ids,
+            "phone_number": phones,
+            "phone_e164": e164.to_numpy(),
+            "created_at": created,
+        }
+    )

@@ -1,0 +1,128 @@
+"""Shared fixtures: an isolated Airflow home, the sandbox API, and warehouse connections.
+
+Airflow reads its configuration when first imported, so the environment is set here, at the top of
+the first module pytest loads, before any test module imports airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="smspartner-tests-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+TEST_API_KEY = "sk-test-0123456789abcdef-SECRET"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _server_reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip on a laptop without the server; fail in CI, where the server must be there."""
+    if _server_reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI is set: this test must run)")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+def smspartner_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extras: object) -> str:
+    """The JSON form of an ``smspartner`` connection, with fast test defaults for retries/throttle."""
+    extra: dict[str, object] = {
+        "max_retries": 3,
+        "retry_backoff": 0,
+        "requests_per_second": 2000,
+        "timeout": 5,
+    }
+    extra.update(extras)
+    return json.dumps({"conn_type": "smspartner", "host": base_url, "password": api_key, "extra": extra})
+
+
+@pytest.fixture
+def sandbox() -> Iterator:
+    """A fresh sandbox API on a free loopback port, accepting ``TEST_API_KEY``, with 5 seeded stops."""
+    from airflow_provider_smspartner.sandbox import SandboxServer
+
+    with SandboxServer(api_key=TEST_API_KEY, seed_stops=5, seed=7) as server:
+        yield server
+
+
+@pytest.fixture
+def smspartner_conn(monkeypatch: pytest.MonkeyPatch, sandbox) -> str:
+    """Point ``smspartner_default`` at the sandbox; return the connection id."""
+    monkeypatch.setenv("AIRFLOW_CONN_SMSPARTNER_DEFAULT", smspartner_connection_json(sandbox.base_url))
+    return "smspartner_default"
+
+
+@pytest.fixture
+def sqlite_conn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A SQLite warehouse in a file; return its connection id."""
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_SQLITE", json.dumps({"conn_type": "sqlite", "host": str(path)})
+    )
+    return "warehouse_sqlite"
+
+
+@pytest.fixture
+def postgres_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The PostgreSQL of the build machines (database ``test``); return its connection id."""
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_POSTGRES",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": "test",
+            }
+        ),
+    )
+    return "warehouse_postgres"
+
+
+@pytest.fixture
+def mysql_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The MariaDB of the build machines (database ``test``, root without password); return its id."""
+    require_server("MariaDB", "127.0.0.1", 3306)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WAREHOUSE_MYSQL",
+        json.dumps(
+            {"conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": "root", "schema": "test"}
+        ),
+    )
+    return "warehouse_mysql"
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def warehouse_conn(request: pytest.FixtureRequest) -> str:
+    """Each warehouse in turn (SQLite file, PostgreSQL, MariaDB); return its connection id."""
+    return request.getfixturevalue(f"{request.param}_conn")
+
+
+@pytest.fixture
+def unique_table() -> str:
+    """A table name no other test (or concurrent run) uses."""
+    return f"stops_{uuid.uuid4().hex[:10]}"
