@@ -12,6 +12,7 @@ from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
 
 STOP_LIST_COLUMNS = ["stop_id", "phone_number", "phone_e164", "created_at"]
 CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
+E164_SHAPE = r"\+[1-9][0-9]{6,14}"
 
 
 def local_times_to_utc(values: Sequence[Any] | pd.Series, api_timezone: str) -> pd.Series:
@@ -45,7 +46,8 @@ def records_to_frame(records: list[dict[str, Any]], api_timezone: str) -> pd.Dat
     """Convert ``[{"id", "phoneNumber", "createdAt"}, ...]`` into the stop-list DataFrame.
 
     :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it), ``phone_e164``
-        (normalised; missing if the API ever returns an unparsable number) and ``created_at`` (UTC).
+        (normalised; a plain ``+digits`` number libphonenumber does not validate is kept as sent,
+        so it still matches contacts; missing only if the API returns something unusable) and ``created_at`` (UTC).
     """
     if not records:
         return empty_stop_list_frame()
@@ -53,6 +55,11 @@ def records_to_frame(records: list[dict[str, Any]], api_timezone: str) -> pd.Dat
     phones = pd.Series([str(r["phoneNumber"]) for r in records], dtype="str")
     created = local_times_to_utc(pd.Series([r["createdAt"] for r in records], dtype="str"), api_timezone)
     e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"]
+    # A number on the stop list must never drop out of a join: if libphonenumber does not know
+    # the range (new allocations, metadata lag) but the API sent a plain E.164 string, keep it.
+    unknown = e164.isna() & phones.str.fullmatch(E164_SHAPE)
+    if unknown.any():
+        e164 = e164.where(~unknown, phones)
     return pd.DataFrame(
         {
             "stop_id": stop_ids,

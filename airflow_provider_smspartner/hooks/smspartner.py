@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -163,8 +163,13 @@ class SmsPartnerHook(BaseHook):
         endpoint: str,
         params: Mapping[str, Any] | None = None,
         accept_codes: tuple[int, ...] = (),
+        check: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Send one API call with the key added, retrying what is retryable; return the JSON body."""
+        """Send one API call with the key added, retrying what is retryable; return the JSON body.
+
+        ``check`` validates a successful body inside the retry loop, so a body it rejects with a
+        retryable error (e.g. a truncated list) is fetched again.
+        """
         settings = self.settings
         retrying = Retrying(
             stop=stop_after_attempt(settings.max_retries + 1),
@@ -173,10 +178,15 @@ class SmsPartnerHook(BaseHook):
             before_sleep=self._log_retry,
             reraise=True,
         )
-        return retrying(self._send_once, method, endpoint, dict(params or {}), accept_codes)
+        return retrying(self._send_once, method, endpoint, dict(params or {}), accept_codes, check)
 
     def _send_once(
-        self, method: str, endpoint: str, params: dict[str, Any], accept_codes: tuple[int, ...]
+        self,
+        method: str,
+        endpoint: str,
+        params: dict[str, Any],
+        accept_codes: tuple[int, ...],
+        check: Callable[[dict[str, Any]], None] | None,
     ) -> dict[str, Any]:
         settings = self.settings
         session = self.get_conn()
@@ -207,7 +217,10 @@ class SmsPartnerHook(BaseHook):
             response.status_code,
             time.monotonic() - started,
         )
-        return parse_response(endpoint, response.status_code, response.headers, response.text, accept_codes)
+        body = parse_response(endpoint, response.status_code, response.headers, response.text, accept_codes)
+        if check is not None:
+            check(body)
+        return body
 
     def _wait(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -239,19 +252,8 @@ class SmsPartnerHook(BaseHook):
         :raises SmsPartnerResponseError: when ``nbData`` disagrees with the rows received
             (after retries): a partial list is never returned.
         """
-        body = self._request("GET", LIST_ENDPOINT)
-        data = body.get("data")
-        if data is None:
-            data = []
-        if not isinstance(data, list):
-            raise SmsPartnerResponseError(f"SMS Partner {LIST_ENDPOINT}: 'data' is not a list")
-        announced = body.get("nbData")
-        if announced is not None and int(announced) != len(data):
-            raise SmsPartnerResponseError(
-                f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
-                "received; refusing partial data"
-            )
-        return data
+        body = self._request("GET", LIST_ENDPOINT, check=_check_complete_list)
+        return body.get("data") or []
 
     def get_stop_list_df(self) -> pd.DataFrame:
         """Fetch the stop list as a DataFrame.
@@ -320,6 +322,21 @@ class SmsPartnerHook(BaseHook):
         username = user.get("username") if user else None
         who = f" as {username}" if username else ""
         return True, redact(f"Connected to SMS Partner at {self.settings.base_url}{who}.")
+
+
+def _check_complete_list(body: dict[str, Any]) -> None:
+    """Refuse a stop list whose rows disagree with its announced count (retryable)."""
+    data = body.get("data")
+    if data is None:
+        data = body["data"] = []
+    if not isinstance(data, list):
+        raise SmsPartnerResponseError(f"SMS Partner {LIST_ENDPOINT}: 'data' is not a list")
+    announced = body.get("nbData")
+    if announced is not None and int(announced) != len(data):
+        raise SmsPartnerResponseError(
+            f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
+            "received; refusing partial data"
+        )
 
 
 def _code(body: Mapping[str, Any]) -> int | None:
