@@ -126,3 +126,19 @@ def warehouse_conn(request: pytest.FixtureRequest) -> str:
 def unique_table() -> str:
     """A table name no other test (or concurrent run) uses."""
     return f"stops_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A fresh Airflow metadata DB (SQLite, in the session's AIRFLOW_HOME) for ``dag.test()`` runs."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+@pytest.fixture(scope="session")
+def example_dagbag(airflow_db):
+    """The example DAGs, parsed once, as Airflow's DagBag sees them."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(str(PROJECT_ROOT / "example_dags"))

@@ -1,0 +1,188 @@
+"""Fault injection for the sandbox: one-shot queued faults and seeded random fault rates.
+
+Faults are decided per request, before the request is processed (authentication included), so a
+client sees the same failure whatever it sent. The one exception is ``lost_response``: the request
+is processed (an add really lands on the stop list) and only then is the connection closed without
+an answer, which is the case a client cannot tell apart from ``drop`` and must survive idempotently.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+from enum import Enum
+
+#: Endpoint names, relative to the ``/v1`` base path; used by ``inject``, ``fault_endpoints`` and stats.
+ENDPOINTS: tuple[str, ...] = ("stop-sms/list", "stop-sms/add", "stop-sms/delete", "me")
+
+
+class FaultKind(str, Enum):
+    """The failures the sandbox can inject (the value is the string name accepted everywhere)."""
+
+    SERVER_ERROR = "server_error"
+    """HTTP 500 with an HTML body, as a crashing backend behind a proxy would answer."""
+    BAD_GATEWAY = "bad_gateway"
+    """HTTP 502 with an HTML body."""
+    DROP = "drop"
+    """Close the connection without answering; the request is not applied."""
+    LOST_RESPONSE = "lost_response"
+    """Apply the request, then close the connection without answering."""
+    SLOW = "slow"
+    """Wait ``slow_seconds`` before answering normally (client timeout tests)."""
+    MALFORMED = "malformed"
+    """HTTP 200 whose body is not valid JSON."""
+    RATE_LIMIT = "rate_limit"
+    """HTTP 429 JSON with a ``Retry-After`` header."""
+    TRUNCATED_LIST = "truncated_list"
+    """``stop-sms/list`` only: ``nbData`` says N but ``data`` holds N - 1 rows."""
+
+
+#: Every fault name, as plain strings.
+FAULT_KINDS: frozenset[str] = frozenset(kind.value for kind in FaultKind)
+
+# Faults that only make sense on some endpoints; the others apply to every endpoint.
+_ONLY_ON: dict[FaultKind, frozenset[str]] = {FaultKind.TRUNCATED_LIST: frozenset({"stop-sms/list"})}
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """Return the canonical endpoint name (``"stop-sms/add"``) for ``endpoint``.
+
+    Leading/trailing slashes and a ``v1/`` prefix are tolerated, so ``"/v1/stop-sms/add"`` works too.
+
+    :raises ValueError: if the endpoint is not one of :data:`ENDPOINTS`.
+    """
+    name = endpoint.strip().strip("/")
+    if name.startswith("v1/"):
+        name = name[3:]
+    if name not in ENDPOINTS:
+        raise ValueError(f"Unknown sandbox endpoint {endpoint!r}; expected one of {', '.join(ENDPOINTS)}")
+    return name
+
+
+def to_fault_kind(kind: str | FaultKind) -> FaultKind:
+    """Return the :class:`FaultKind` named by ``kind``.
+
+    :raises ValueError: if ``kind`` names no fault.
+    """
+    try:
+        return FaultKind(kind)
+    except ValueError:
+        raise ValueError(
+            f"Unknown fault kind {kind!r}; expected one of {', '.join(sorted(FAULT_KINDS))}"
+        ) from None
+
+
+def applies_to(kind: FaultKind, endpoint: str) -> bool:
+    """Whether fault ``kind`` can be applied to a request on ``endpoint``."""
+    allowed = _ONLY_ON.get(kind)
+    return allowed is None or endpoint in allowed
+
+
+class FaultPlan:
+    """Thread-safe source of faults: a FIFO queue of one-shot faults, then random per-request rates.
+
+    :param rates: probability per request for each fault kind, e.g. ``{"drop": 0.05}``; the sum
+        must not exceed 1.
+    :param endpoints: endpoints that random faults and endpoint-less queued faults apply to;
+        ``None`` means every endpoint. A queued fault injected for an explicit endpoint always applies.
+    :param seed: seed of the RNG used for the random draws, so a single-threaded run is reproducible.
+    """
+
+    def __init__(
+        self,
+        rates: Mapping[str | FaultKind, float] | None = None,
+        endpoints: Iterable[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[FaultKind, str | None]] = deque()
+        self._rng = random.Random(seed)
+        self._rates: tuple[tuple[FaultKind, float], ...] = ()
+        self._endpoints: frozenset[str] | None = None
+        self.rates = rates  # type: ignore[assignment]
+        self.endpoints = endpoints  # type: ignore[assignment]
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Random fault probabilities per request, by fault name."""
+        return {kind.value: rate for kind, rate in self._rates}
+
+    @rates.setter
+    def rates(self, rates: Mapping[str | FaultKind, float] | None) -> None:
+        parsed: list[tuple[FaultKind, float]] = []
+        for name, rate in (rates or {}).items():
+            kind = to_fault_kind(name)
+            rate = float(rate)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"Fault rate for {kind.value!r} must be between 0 and 1, got {rate}")
+            if rate > 0:
+                parsed.append((kind, rate))
+        if sum(rate for _, rate in parsed) > 1.0 + 1e-9:
+            raise ValueError("The fault rates add up to more than 1")
+        # Sorted so that a given seed draws the same faults whatever the dict order was.
+        parsed.sort(key=lambda item: item[0].value)
+        with self._lock:
+            self._rates = tuple(parsed)
+
+    @property
+    def endpoints(self) -> frozenset[str] | None:
+        """Endpoints random faults apply to (``None`` = all)."""
+        return self._endpoints
+
+    @endpoints.setter
+    def endpoints(self, endpoints: Iterable[str] | None) -> None:
+        value = None if endpoints is None else frozenset(normalize_endpoint(e) for e in endpoints)
+        with self._lock:
+            self._endpoints = value
+
+    def inject(self, kind: str | FaultKind, count: int = 1, endpoint: str | None = None) -> None:
+        """Queue ``count`` one-shot faults of ``kind`` for the next matching requests.
+
+        :param endpoint: only requests on this endpoint consume the fault; ``None`` = any endpoint
+            (within ``endpoints``, and where the fault makes sense: ``truncated_list`` waits for a list).
+        :raises ValueError: on an unknown kind or endpoint, a negative count, or a fault that
+            cannot apply to the given endpoint.
+        """
+        fault = to_fault_kind(kind)
+        target = None if endpoint is None else normalize_endpoint(endpoint)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if target is not None and not applies_to(fault, target):
+            raise ValueError(f"Fault {fault.value!r} cannot apply to endpoint {target!r}")
+        with self._lock:
+            self._queue.extend([(fault, target)] * count)
+
+    def pending(self) -> list[tuple[str, str | None]]:
+        """Queued faults not consumed yet, in order, as ``(kind, endpoint)``."""
+        with self._lock:
+            return [(kind.value, endpoint) for kind, endpoint in self._queue]
+
+    def clear(self) -> None:
+        """Drop every queued fault (the random rates are kept)."""
+        with self._lock:
+            self._queue.clear()
+
+    def next_fault(self, endpoint: str) -> FaultKind | None:
+        """Decide the fault for one request on ``endpoint``: a queued one first, else a random draw."""
+        with self._lock:
+            in_scope = self._endpoints is None or endpoint in self._endpoints
+            for index, (kind, target) in enumerate(self._queue):
+                if target is None and not in_scope:
+                    continue
+                if target not in (None, endpoint) or not applies_to(kind, endpoint):
+                    continue
+                del self._queue[index]
+                return kind
+            if not self._rates or not in_scope:
+                return None
+            draw = self._rng.random()
+            threshold = 0.0
+            for kind, rate in self._rates:
+                if not applies_to(kind, endpoint):
+                    continue
+                threshold += rate
+                if draw < threshold:
+                    return kind
+            return None
