@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
 
@@ -42,18 +43,19 @@ def empty_stop_list_frame() -> pd.DataFrame:
     )
 
 
-def records_to_frame(records: list[dict[str, Any]], api_timezone: str) -> pd.DataFrame:
-    """Convert ``[{"id", "phoneNumber", "createdAt"}, ...]`` into the stop-list DataFrame.
+def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame:
+    """Convert the list's rows (``id``, ``phoneNumber``, ``createdAt``) into the stop-list DataFrame.
 
     :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it), ``phone_e164``
         (normalised; a plain ``+digits`` number libphonenumber does not validate is kept as sent,
-        so it still matches contacts; missing only if the API returns something unusable) and ``created_at`` (UTC).
+        so it still matches contacts; missing only if the API returns something unusable) and
+        ``created_at`` (UTC).
     """
-    if not records:
+    if len(records) == 0:
         return empty_stop_list_frame()
-    stop_ids = pd.Series([r["id"] for r in records], dtype="int64")
-    phones = pd.Series([str(r["phoneNumber"]) for r in records], dtype="str")
-    created = local_times_to_utc(pd.Series([r["createdAt"] for r in records], dtype="str"), api_timezone)
+    stop_ids = pd.Series(records.field("id").to_numpy(zero_copy_only=False), dtype="int64")
+    phones = records.field("phoneNumber").to_pandas().astype("str")
+    created = local_times_to_utc(records.field("createdAt").to_pandas().astype("str"), api_timezone)
     e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"]
     # A number on the stop list must never drop out of a join: if libphonenumber does not know
     # the range (new allocations, metadata lag) but the API sent a plain E.164 string, keep it.
@@ -61,10 +63,5 @@ def records_to_frame(records: list[dict[str, Any]], api_timezone: str) -> pd.Dat
     if unknown.any():
         e164 = e164.where(~unknown, phones)
     return pd.DataFrame(
-        {
-            "stop_id": stop_ids,
-            "phone_number": phones,
-            "phone_e164": e164.to_numpy(),
-            "created_at": created,
-        }
+        {"stop_id": stop_ids, "phone_number": phones, "phone_e164": e164.to_numpy(), "created_at": created}
     )

@@ -18,65 +18,18 @@ import http.client
 import json
 import os
 import random
-import re
-import selectors
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+from _common import API_KEY, REPO_ROOT, SERVER_PIDS, cpu_seconds, sandbox_process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-API_KEY = "bench-key"
 TARGET_RPS = 500.0
-READY = re.compile(r"SMS Partner sandbox listening on (\S+) \((\d+) stops\)")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` (Linux /proc only; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-SERVER_PIDS: list[int] = []
-
-
-@contextmanager
-def sandbox_process(seed_stops: int, startup_timeout: float) -> Iterator[str]:
-    """Run the sandbox CLI on a free loopback port; yield its base URL; always stop it."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "airflow_provider_smspartner.sandbox", "--port", "0"]
-    command += ["--api-key", API_KEY, "--seed-stops", str(seed_stops)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(startup_timeout):
-            raise RuntimeError(f"sandbox did not start within {startup_timeout} s")
-        selector.close()
-        match = READY.search(process.stdout.readline())
-        if not match:
-            raise RuntimeError("unexpected sandbox startup line")
-        SERVER_PIDS.append(process.pid)
-        yield match.group(1)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
