@@ -1,0 +1,79 @@
+"""Daily: land the SMS Partner stop list in the warehouse and flag opted-out marketing contacts.
+
+1. ``extract_stop_list`` upserts the stop list into ``smspartner_stop_list`` (numbers that leave
+   the list keep their row with ``removed_at`` set: the opt-out history compliance asks for) and
+   publishes the ``smspartner_stop_list`` Asset for downstream DAGs.
+2. ``normalize_contacts`` writes every marketing contact's number in E.164 to
+   ``marketing_contacts_e164`` (contacts are typed in every format; the stop list is E.164).
+3. ``flag_opt_outs`` sets ``marketing_contacts.sms_opt_out`` with one SQL join in the warehouse.
+
+Connections: ``smspartner_default`` and ``warehouse`` (any SQL database; SQLite in the demo).
+The warehouse needs a ``marketing_contacts`` table with ``contact_id``, ``phone`` and an integer
+``sms_opt_out`` column. Override the ids with ``SMSPARTNER_EXAMPLE_SQL_CONN_ID``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
+from airflow.sdk import Asset, dag, task
+
+from airflow_provider_smspartner.transfers.stop_list_to_sql import SmsPartnerStopListToSqlOperator
+
+SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
+STOP_LIST_ASSET = Asset("smspartner_stop_list")
+
+FLAG_OPT_OUTS = """
+UPDATE marketing_contacts
+SET sms_opt_out = CASE WHEN EXISTS (
+    SELECT 1
+    FROM marketing_contacts_e164 c
+    JOIN smspartner_stop_list s ON s.phone_e164 = c.phone_e164
+    WHERE c.contact_id = marketing_contacts.contact_id AND s.removed_at IS NULL
+) THEN 1 ELSE 0 END
+"""
+
+
+@dag(
+    dag_id="smspartner_stop_list_to_warehouse",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["smspartner", "example"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    doc_md=__doc__,
+)
+def smspartner_stop_list_to_warehouse():
+    extract = SmsPartnerStopListToSqlOperator(
+        task_id="extract_stop_list",
+        sql_conn_id=SQL_CONN_ID,
+        table="smspartner_stop_list",
+        mode="upsert",
+        outlets=[STOP_LIST_ASSET],
+    )
+
+    @task
+    def normalize_contacts() -> dict:
+        """Write each contact's number in E.164 next to its id, for an exact join in SQL."""
+        from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+        from airflow_provider_smspartner.sql import Column, SqlTableWriter, TableSpec, resolve_dbapi_hook
+
+        hook = resolve_dbapi_hook(SQL_CONN_ID)
+        contacts = hook.get_df("SELECT contact_id, phone FROM marketing_contacts")
+        contacts["phone_e164"] = normalize_phone_numbers(contacts["phone"])["phone_e164"].to_numpy()
+        spec = TableSpec(
+            columns=(Column("contact_id", "bigint", nullable=False), Column("phone_e164", "short_text")),
+            key="contact_id",
+            indexes=("phone_e164",),
+        )
+        SqlTableWriter(hook, "marketing_contacts_e164", spec).write(contacts, "replace")
+        return {"contacts": len(contacts), "without_valid_number": int(contacts["phone_e164"].isna().sum())}
+
+    flag = SQLExecuteQueryOperator(task_id="flag_opt_outs", conn_id=SQL_CONN_ID, sql=FLAG_OPT_OUTS)
+
+    [extract, normalize_contacts()] >> flag
+
+
+smspartner_stop_list_to_warehouse()
