@@ -440,6 +440,10 @@ class SqlTableWriter:
                 arrays[column.name] = pa.array(
                     np.datetime_as_string(stamps, unit="us"), mask=np.isnat(stamps)
                 )
+            elif column.type in ("short_text", "text"):
+                # Text columns may hold mixed Python types (raw inputs): send their text, as the
+                # executemany path does.
+                arrays[column.name] = pa.array(values.astype("str"), from_pandas=True)
             else:
                 arrays[column.name] = pa.array(values, from_pandas=True)
         buffer = pa.BufferOutputStream()

@@ -5,13 +5,19 @@ from __future__ import annotations
 import threading
 import time
 
+#: Fraction of the configured rate actually used (see RequestThrottle).
+HEADROOM = 0.98
+
 
 class RequestThrottle:
     """Spaces requests at most ``rate`` per second, across all threads that share it.
 
     Each caller reserves the next free time slot under a lock and sleeps outside it, so threads
     never wait on each other longer than their own slot. There is no burst allowance: the rate is
-    a hard ceiling over any window, which is what keeps a bulk add under the API limit.
+    a hard ceiling over any window, which is what keeps a bulk add under the API limit. Requests
+    are spaced 2% under ``rate``: network and scheduling jitter bunch requests up on their way to
+    the server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause
+    every thread for a second.
 
     :param rate: Requests per second (> 0).
     """
@@ -20,7 +26,7 @@ class RequestThrottle:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
-        self._interval = 1.0 / rate
+        self._interval = 1.0 / (rate * HEADROOM)
         self._next_slot = 0.0
         self._lock = threading.Lock()
 

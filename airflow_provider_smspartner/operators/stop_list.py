@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_smspartner.bulk import (
+    BulkOptions,
+    BulkResult,
+    add_stops,
+    check_count,
+    conclude,
+    remove_stops,
+)
+from airflow_provider_smspartner.bulk_results import ResultsTable
+from airflow_provider_smspartner.bulk_sources import PhoneSource
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.sql import TableName
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,3 +82,234 @@ class SmsPartnerStopListOperator(BaseOperator):
                 frame.to_csv(handle, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
         self.log.info("Wrote %d stops to %s (%s)", len(frame), target, self.output_format)
         return str(target)
+
+
+def run_identity(context: Context | Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(dag_id, run_id)`` of the running task, from a real context or a minimal test dict."""
+    dag = context.get("dag")
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
+    run_id = context.get("run_id") or getattr(ti, "run_id", None)
+    return dag_id, run_id
+
+
+class _BulkStopsOperator(BaseOperator):
+    """What the bulk add and remove operators share: sources, options, results table, reporting."""
+
+    template_fields: Sequence[str] = (
+        "phone_numbers",
+        "sql",
+        "sql_conn_id",
+        "source_path",
+        "phone_column",
+        "results_table",
+        "results_conn_id",
+        "default_region",
+        "smspartner_conn_id",
+    )
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        phone_numbers: Any = None,
+        sql: str | None = None,
+        sql_conn_id: str | None = None,
+        source_path: str | None = None,
+        phone_column: str | None = None,
+        default_region: str = "FR",
+        dry_run: bool = False,
+        max_workers: int = 8,
+        results_table: str | None = None,
+        results_conn_id: str | None = None,
+        max_failed: int = 0,
+        smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.phone_numbers = phone_numbers
+        self.sql = sql
+        self.sql_conn_id = sql_conn_id
+        self.source_path = source_path
+        self.phone_column = phone_column
+        self.default_region = default_region
+        # Not self.dry_run: that is a BaseOperator method (render the templates only).
+        self.is_dry_run = dry_run
+        self.max_workers = max_workers
+        self.results_table = results_table
+        self.results_conn_id = results_conn_id
+        self.max_failed = max_failed
+        self.smspartner_conn_id = smspartner_conn_id
+        self._check_arguments()
+
+    def render_template(self, content: Any, context: Context, *args: Any, **kwargs: Any) -> Any:
+        # A literal list of numbers would otherwise be compiled by Jinja one string at a time (slow
+        # for big lists), and native rendering would turn "+33612345678" into an int. A string
+        # without a brace cannot hold a template, so it is returned unchanged.
+        if isinstance(content, str) and "{" not in content and not content.endswith(tuple(self.template_ext)):
+            return content
+        return super().render_template(content, context, *args, **kwargs)
+
+    def _source(self) -> PhoneSource:
+        return PhoneSource(
+            phone_numbers=self.phone_numbers,
+            sql=self.sql,
+            sql_conn_id=self.sql_conn_id,
+            source_path=self.source_path,
+            phone_column=self.phone_column,
+        )
+
+    def _options(self) -> BulkOptions:
+        return BulkOptions(
+            default_region=self.default_region, dry_run=self.is_dry_run, max_workers=self.max_workers
+        )
+
+    def _results(self) -> ResultsTable | None:
+        if not self.results_table:
+            return None
+        return ResultsTable(conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table)
+
+    def _check_arguments(self) -> None:
+        self._source().check()
+        check_count("max_workers", self.max_workers, minimum=1)
+        check_count("max_failed", self.max_failed, minimum=0)
+        if self.results_table and not (self.results_conn_id or self.sql_conn_id):
+            raise ValueError(
+                f"results_table {self.results_table!r} needs a database: set results_conn_id (or sql_conn_id) "
+                "to the connection to write it to."
+            )
+
+    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Read the numbers, run the bulk pipeline, write the results table, return the summary.
+
+        :return: ``total``, one count per status, and ``results_table`` when one is written.
+        :raises ValueError: on unusable arguments or data (before any API call).
+        :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
+        :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes written first).
+        """
+        self._check_arguments()
+        options = self._options()
+        options.check()
+        results = self._results()
+        if results is not None:
+            TableName.parse(results.table)  # a bad name must fail before the API is called
+        source = self._source()
+        values = source.read()
+        self.log.info("Read %d values from %s", len(values), source.describe())
+        hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
+        try:
+            result = self._run(values, hook, options)
+        finally:
+            hook.close()
+        dag_id, run_id = run_identity(context)
+        return conclude(
+            result, max_failed=self.max_failed, results=results, dag_id=dag_id, run_id=run_id, logger=self.log
+        )
+
+
+class SmsPartnerAddStopsOperator(_BulkStopsOperator):
+    """Add phone numbers to the SMS Partner stop list, in bulk, reporting every input value.
+
+    Pipeline: read the one source -> normalise to E.164 (``default_region`` for national numbers) ->
+    invalid values are reported, never sent -> repeats of an earlier input (same E.164) are
+    ``duplicate`` -> unless ``skip_existing=False``, the current list is fetched once and numbers on
+    it are ``skipped_existing`` -> ``dry_run`` stops here (``would_add``) -> the rest is sent in E.164
+    form by ``max_workers`` threads sharing one hook (its throttle and retries are shared).
+
+    Every input ends in exactly one status: ``invalid``, ``duplicate``, ``skipped_existing``,
+    ``added``, ``already_present`` (API code 3, e.g. a retry after a lost response), ``failed``
+    (after the hook's retries; code and message kept) or, in a dry run, ``would_add``. Re-running
+    the same input sends no add for numbers already added.
+
+    A refused API key stops the run at once (queued calls dropped; the inputs never tried are
+    written as ``not_processed``). Otherwise every number is processed, the outcomes are written,
+    and only then does the task fail if more than ``max_failed`` numbers failed. A progress line
+    (done/total, rate, ETA) is logged every 10 s and at each 10 %.
+
+    **Scale-out.** The hook's throttle (``requests_per_second`` on the connection, default 25) is
+    per process, and SMS Partner allows about 2000 requests/minute per IP for the whole fleet. To
+    split a very large input, map the operator over chunks and put the mapped tasks in one Airflow
+    Pool sized so that ``pool slots x requests_per_second <= 2000 / 60`` (about 33/s): e.g. a Pool
+    ``smspartner_api`` with 1 slot at the default 25/s, or 2 slots with ``requests_per_second``
+    15::
+
+        @task
+        def chunks() -> list[list[str]]:
+            numbers = read_opt_outs()
+            return [numbers[i : i + 50_000] for i in range(0, len(numbers), 50_000)]
+
+        SmsPartnerAddStopsOperator.partial(
+            task_id="add_stops", pool="smspartner_api", results_table="stop_adds", results_conn_id="dwh"
+        ).expand(phone_numbers=chunks())
+
+    De-duplication is per task: a number in two chunks ends ``already_present`` (or
+    ``skipped_existing``) in the later one, which is still idempotent. The same applies to
+    :class:`SmsPartnerRemoveStopsOperator` (a number in two chunks ends ``not_on_list`` in one).
+
+    Exactly one source:
+
+    :param phone_numbers: A list/tuple of numbers, or (through an upstream task's XCom) a list,
+        a DataFrame or a list of dicts (``phone_column`` picks the column). (templated)
+    :param sql: A query whose result holds the numbers, read in chunks; needs ``sql_conn_id``. (templated)
+    :param source_path: A CSV or Parquet file (by extension), local path or ObjectStoragePath URI. (templated)
+
+    Options:
+
+    :param sql_conn_id: Connection for ``sql``, and the default ``results_conn_id``. (templated)
+    :param phone_column: The column with the numbers, needed when the source has several. (templated)
+    :param default_region: Region of numbers without an international prefix. (templated)
+    :param skip_existing: Diff against the current list first (one list call) and skip listed numbers.
+    :param dry_run: Report what would be added (``would_add``), add nothing.
+    :param max_workers: Threads sending adds. The throttle still caps the rate; the threads hide the
+        latency (about latency x rate calls are in flight at full speed).
+    :param results_table: Table to append one row per input value to (created when missing):
+        ``input_value``, ``phone_e164``, ``status``, ``stop_id``, ``error_code``, ``error_message``,
+        ``processed_at``, ``dag_id``, ``run_id``. (templated)
+    :param results_conn_id: Connection of ``results_table`` (default ``sql_conn_id``). (templated)
+    :param max_failed: Failed numbers tolerated before the task fails.
+    :param smspartner_conn_id: The ``smspartner`` connection. (templated)
+    :return: ``{"total", "invalid", "duplicate", "skipped_existing", "added", "already_present",
+        "failed", "would_add"}`` (all present; they sum to ``total``), plus ``"results_table"``.
+    :raises ValueError: on bad arguments (no or two sources, a missing or unknown ``phone_column``,
+        ``results_table`` without a connection...), raised before any API call.
+    :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
+    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes written first).
+    """
+
+    def __init__(self, *, skip_existing: bool = True, **kwargs: Any) -> None:
+        self.skip_existing = skip_existing
+        super().__init__(**kwargs)
+
+    def _options(self) -> BulkOptions:
+        return replace(super()._options(), skip_existing=self.skip_existing)
+
+    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+        return add_stops(values, hook, options, logger=self.log)
+
+
+class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
+    """Remove phone numbers from the SMS Partner stop list, in bulk, reporting every input value.
+
+    Takes the same sources and options as :class:`SmsPartnerAddStopsOperator` (except
+    ``skip_existing``) and scales out the same way (mapped tasks sharing a Pool). The numbers are
+    normalised, de-duplicated and mapped to stop ids through one list call (E.164 on both sides; a
+    number listed under several stop ids has all of them removed), then deleted concurrently with
+    the same workers, throttle and progress lines as the add.
+
+    Every input ends in exactly one status: ``invalid``, ``duplicate``, ``not_on_list`` (also when
+    the stop id vanished before its delete: API code 4), ``removed``, ``failed`` or, in a dry run,
+    ``would_remove``. Same results table, ``max_failed`` rule and auth-error stop as the add.
+
+    :return: ``{"total", "invalid", "duplicate", "not_on_list", "removed", "failed",
+        "would_remove"}`` (all present; they sum to ``total``), plus ``"results_table"``.
+    :raises ValueError: on bad arguments, before any API call.
+    :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
+    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes written first).
+    """
+
+    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+        return remove_stops(values, hook, options, logger=self.log)

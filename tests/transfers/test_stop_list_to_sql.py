@@ -198,7 +198,7 @@ class TestValidation:
     def test_hostile_table_name_is_refused_before_any_call(
         self, smspartner_conn, sandbox, sqlite_conn, table
     ):
-        with pytest.raises(ValueError, match="(?i)table name"):
+        with pytest.raises(ValueError, match=r"(?i)table name"):
             _operator(sqlite_conn, table).execute({})
         assert sandbox.stats.total == 0
 
