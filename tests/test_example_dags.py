@@ -113,3 +113,21 @@ class TestExampleDagRuns:
         # Each chunk de-duplicates on its own, so the cross-chunk duplicate shows as already on the list.
         rows = _query(warehouse, "SELECT status FROM smspartner_add_results")
         assert len(rows) == 5
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_api_key_absent_from_xcom_rendered_fields_and_logs(example_dagbag, warehouse, capfd):
+    """Run a DAG that calls the API from several tasks; the key is nowhere Airflow stores or prints."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    from tests.conftest import TEST_API_KEY
+
+    run = example_dagbag.get_dag("smspartner_sync_unsubscribes").test()
+    assert run.state == "success"
+    stored = []
+    for ti in run.get_task_instances():
+        stored.append(repr(ti.xcom_pull(task_ids=ti.task_id)))
+        stored.append(repr(RenderedTaskInstanceFields.get_templated_fields(ti)))
+    captured = capfd.readouterr()
+    assert "add_unsubscribes_to_stop_list" in captured.out + captured.err  # the task log was captured
+    assert [text for text in [*stored, captured.out, captured.err] if TEST_API_KEY in text] == []
