@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 
 #: Fraction of the configured rate actually used (see RequestThrottle).
 HEADROOM = 0.98
+WINDOW = 1.0
 
 
 class RequestThrottle:
-    """Spaces requests at most ``rate`` per second, across all threads that share it.
+    """Keeps requests under ``rate`` per second, across all threads that share it.
 
-    Each caller reserves the next free time slot under a lock and sleeps outside it, so threads
-    never wait on each other longer than their own slot. There is no burst allowance: the rate is
-    a hard ceiling over any window, which is what keeps a bulk add under the API limit. Requests
-    are spaced 2% under ``rate``: network and scheduling jitter bunch requests up on their way to
-    the server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause
-    every thread for a second.
+    Two rules, both enforced at the moment a request is released:
+
+    - spacing: each caller reserves the next free time slot (``1 / rate`` apart) under a lock and
+      sleeps outside it, so threads never wait on each other longer than their own slot;
+    - a sliding one-second window: a thread that woke up late (GIL, scheduler) cannot bunch up with
+      the next slots, because no more than ``rate`` requests are released in any second.
+
+    Requests are spaced 2% under ``rate``: network jitter bunches requests up on their way to the
+    server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause every
+    thread for a second.
 
     :param rate: Requests per second (> 0).
     """
@@ -27,19 +34,29 @@ class RequestThrottle:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self._interval = 1.0 / (rate * HEADROOM)
+        self._per_window = max(1, math.floor(rate * WINDOW))
         self._next_slot = 0.0
+        self._released: deque[float] = deque()
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
         """Block until this caller may send a request; return the seconds waited."""
+        started = time.monotonic()
         with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
+            slot = max(started, self._next_slot)
             self._next_slot = slot + self._interval
-        wait = slot - now
-        if wait > 0:
+        if slot > started:
+            time.sleep(slot - started)
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._released and self._released[0] <= now - WINDOW:
+                    self._released.popleft()
+                if len(self._released) < self._per_window:
+                    self._released.append(now)
+                    return now - started
+                wait = self._released[0] + WINDOW - now
             time.sleep(wait)
-        return wait
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (a 429 with ``Retry-After`` applies to the whole client)."""
