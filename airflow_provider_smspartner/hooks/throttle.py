@@ -20,7 +20,8 @@ class RequestThrottle:
     - spacing: each caller reserves the next free time slot (``1 / rate`` apart) under a lock and
       sleeps outside it, so threads never wait on each other longer than their own slot;
     - a sliding one-second window: a thread that woke up late (GIL, scheduler) cannot bunch up with
-      the next slots, because no more than ``rate`` requests are released in any second.
+      the next slots, because no more than ``rate`` (less the headroom) requests are released in
+      any second.
 
     Requests are spaced 2% under ``rate``: network jitter bunches requests up on their way to the
     server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause every
@@ -34,7 +35,7 @@ class RequestThrottle:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self._interval = 1.0 / (rate * HEADROOM)
-        self._per_window = max(1, math.floor(rate * WINDOW))
+        self._per_window = max(1, math.floor(rate * HEADROOM * WINDOW))
         self._next_slot = 0.0
         self._released: deque[float] = deque()
         self._lock = threading.Lock()
