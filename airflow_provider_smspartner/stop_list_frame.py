@@ -56,7 +56,8 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
     stop_ids = pd.Series(records.field("id").to_numpy(zero_copy_only=False), dtype="int64")
     phones = records.field("phoneNumber").to_pandas().astype("str")
     created = local_times_to_utc(records.field("createdAt").to_pandas().astype("str"), api_timezone)
-    e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"]
+    # pandas' default text dtype ("str", missing = NaN), like the other text columns.
+    e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"].astype("str")
     # A number on the stop list must never drop out of a join: if libphonenumber does not know
     # the range (new allocations, metadata lag) but the API sent a plain E.164 string, keep it.
     unknown = e164.isna() & phones.str.fullmatch(E164_SHAPE)
