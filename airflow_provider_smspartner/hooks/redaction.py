@@ -11,6 +11,9 @@ import logging
 import threading
 
 REDACTED = "***"
+#: Like Airflow's masker, shorter values are not redacted: replacing every "k" of a message would
+#: garble it while protecting nothing (real SMS Partner keys are tens of characters long).
+MIN_SECRET_LENGTH = 5
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -44,7 +47,8 @@ def register_secret(secret: str) -> None:
     """Remember ``secret`` for redaction and make sure the HTTP loggers are filtered."""
     global _installed
     with _lock:
-        _secrets.add(secret)
+        if len(secret) >= MIN_SECRET_LENGTH:
+            _secrets.add(secret)
         if not _installed:
             log_filter = RedactSecretsFilter()
             for name in _HTTP_LOGGERS:
