@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ OUTCOME_COLUMNS = (
 NOT_PROCESSED = "not_processed"
 # When one input maps to several calls (a number listed under several stop ids), the row reports
 # the most alarming of their outcomes: a failure must never hide behind a success.
-ArrayLike = np.ndarray | pd.Series | Sequence[Any]
+ArrayLike: TypeAlias = "np.ndarray | pd.Series | Sequence[Any]"
 _MERGE_PRIORITY = ("failed", NOT_PROCESSED, "removed", "added", "already_present", "not_on_list")
 
 
