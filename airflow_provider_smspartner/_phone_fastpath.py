@@ -31,8 +31,11 @@ The corpus test (tests/test_phone_numbers.py) compares every row with the per-va
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +106,7 @@ _TYPE_DESC_NAMES = (
     "uan",
     "voicemail",
 )
+_FINISH_THREADS = min(4, os.cpu_count() or 1)
 _LITERAL_DIGITS = re.compile(r"\d+")
 _LITERAL_ALTERNATION = re.compile(r"\d+(?:\|\d+)*")
 _BAD_LENGTH = np.array(
@@ -121,12 +125,15 @@ class FastResult:
     reason: np.ndarray
     e164_positions: list[np.ndarray] = field(default_factory=list)
     e164_values: list[pa.Array] = field(default_factory=list)
+    # Groups are finished on several threads: positions and values must be appended as a pair.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_valid(self, positions: np.ndarray, values: pa.Array) -> None:
         if len(positions):
             self.reason[positions] = VALID
-            self.e164_positions.append(positions)
-            self.e164_values.append(values)
+            with self._lock:
+                self.e164_positions.append(positions)
+                self.e164_values.append(values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -726,8 +733,16 @@ def fast_normalize(texts: pa.Array, region: str) -> FastResult:
             _from_default_region(
                 result, batch.positions[national], _take(batch.digits, national), region, groups, retry=False
             )
-    for group in _merge_small_groups(groups):
-        _finish(result, group)
+    # Groups touch disjoint positions and spend their time in Arrow's regex kernels, which release
+    # the GIL: finishing them on a few threads uses the other cores.
+    merged = _merge_small_groups(groups)
+    if len(merged) > 1 and _FINISH_THREADS > 1:
+        with ThreadPoolExecutor(max_workers=_FINISH_THREADS) as pool:
+            for _ in pool.map(lambda group: _finish(result, group), merged):
+                pass
+    else:
+        for group in merged:
+            _finish(result, group)
     return result
 
 
