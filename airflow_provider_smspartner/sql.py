@@ -17,7 +17,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -205,7 +205,6 @@ class WriteSummary:
     updated: int = 0
     removed: int = 0
     created_table: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SqlTableWriter:
@@ -309,24 +308,18 @@ class SqlTableWriter:
         except Exception:  # the original error matters more than a leftover staging table
             log.warning("Could not drop staging table %s", table, exc_info=True)
 
-    def _execute(self, statements: Sequence[str | tuple[str, tuple]], counts: bool = False) -> list[int]:
+    def _execute(self, statements: Sequence[str | tuple[str, tuple]]) -> list[int]:
         """Run statements on one connection in one transaction; return first column of count queries."""
-        conn = self.hook.get_conn()
-        cursor = conn.cursor()
         results: list[int] = []
-        try:
+
+        def run(cursor: Any) -> None:
             for statement in statements:
                 sql, params = (statement, None) if isinstance(statement, str) else statement
                 cursor.execute(sql, params) if params else cursor.execute(sql)
                 if sql.lstrip().upper().startswith("SELECT"):
                     results.append(int(cursor.fetchone()[0]))
-            conn.commit()
-        except Exception:
-            _rollback(conn)
-            raise
-        finally:
-            cursor.close()
-            conn.close()
+
+        self._in_transaction(run)
         return results
 
     # ------------------------------------------------------------------ load
