@@ -220,6 +220,13 @@ class TestAddAndRemove:
 
 class TestApiErrors:
     @ERROR_STYLES
+    def test_code_3_on_add_is_already_present(self, smspartner_conn, sandbox, error_style):
+        sandbox.error_style = error_style
+        listed = sandbox.state.list_entries()[0][1]
+        assert SmsPartnerHook().add_stop(listed) == AddStopResult("already_present", None, listed)
+        assert sandbox.stats.total == 1
+
+    @ERROR_STYLES
     @pytest.mark.parametrize(
         "call",
         [
