@@ -1008,18 +1008,9 @@ def factorize(texts: pa.Array) -> tuple[np.ndarray, pa.Array]:
     return codes, encoded.dictionary.cast(pa.large_string())
 
 
-def take_texts(texts: pa.Array, positions: np.ndarray) -> pa.Array:
-    """The texts at ``positions``, still as an Arrow array."""
-    return _take(texts, positions)
-
-
 def texts_at(texts: pa.Array, positions: np.ndarray) -> list[str]:
     """The Python strings at ``positions`` (for the per-value fallback)."""
     return _take(texts, positions).to_pylist()
-
-
-def pa_indices(indices: np.ndarray) -> pa.Array:
-    return pa.array(indices, type=pa.int64())
 
 
 def collect_e164(result: FastResult, n: int) -> tuple[pa.Array, np.ndarray]:

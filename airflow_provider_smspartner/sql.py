@@ -357,10 +357,10 @@ class SqlTableWriter:
             if hasattr(cursor, "copy"):  # psycopg 3
                 with cursor.copy(sql) as copy:
                     for chunk in self._chunks(frame):
-                        copy.write(self._csv(chunk))
+                        copy.write(copy_csv(chunk, self.spec))
             else:  # psycopg2
                 for chunk in self._chunks(frame):
-                    cursor.copy_expert(sql, io.BytesIO(self._csv(chunk)))
+                    cursor.copy_expert(sql, io.BytesIO(copy_csv(chunk, self.spec)))
             return
         marks = ", ".join([self.dialect.placeholder] * len(self.spec.names))
         sql = f"INSERT INTO {self.dialect.table(table)} ({names}) VALUES ({marks})"
@@ -418,31 +418,6 @@ class SqlTableWriter:
             None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v) for v in series
         ]
 
-    def _csv(self, chunk: pd.DataFrame) -> bytes:
-        """PostgreSQL CSV for ``chunk``: nulls as unquoted empty fields, timestamps as UTC text.
-
-        Arrow writes the CSV (an order of magnitude faster than ``DataFrame.to_csv``), but its own
-        timestamp formatting is slow, so timestamps are pre-formatted by numpy without an offset;
-        the COPY runs under ``SET LOCAL TIME ZONE 'UTC'``.
-        """
-        arrays = {}
-        for column in self.spec.columns:
-            values = chunk[column.name]
-            if column.type == "timestamp":
-                stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
-                arrays[column.name] = pa.array(
-                    np.datetime_as_string(stamps, unit="us"), mask=np.isnat(stamps)
-                )
-            elif column.type in ("short_text", "text"):
-                # Text columns may hold mixed Python types (raw inputs): send their text, as the
-                # executemany path does.
-                arrays[column.name] = pa.array(values.astype("str"), from_pandas=True)
-            else:
-                arrays[column.name] = pa.array(values, from_pandas=True)
-        buffer = pa.BufferOutputStream()
-        pa_csv.write_csv(pa.table(arrays), buffer, write_options=pa_csv.WriteOptions(include_header=False))
-        return buffer.getvalue().to_pybytes()
-
     # ------------------------------------------------------------------ apply
     def _apply(self, staging: TableName, mode: WriteMode, now: datetime, summary: WriteSummary) -> None:
         d, q = self.dialect, self.dialect.quote
@@ -490,6 +465,30 @@ class SqlTableWriter:
         summary.inserted = new
         summary.updated = changed_count if mode != "append" else 0
         summary.removed = gone_count if mode != "append" else 0
+
+
+def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
+    """PostgreSQL CSV for ``chunk``: nulls as unquoted empty fields, timestamps as UTC text.
+
+    Arrow writes the CSV (an order of magnitude faster than ``DataFrame.to_csv``), but its own
+    timestamp formatting is slow, so timestamps are pre-formatted by numpy without an offset;
+    the COPY runs under ``SET LOCAL TIME ZONE 'UTC'``.
+    """
+    arrays = {}
+    for column in spec.columns:
+        values = chunk[column.name]
+        if column.type == "timestamp":
+            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+            arrays[column.name] = _timestamps_as_text(stamps)
+        elif column.type in ("short_text", "text"):
+            # Text columns may hold mixed Python types (raw inputs): send their text, as the
+            # executemany path does.
+            arrays[column.name] = pa.array(values.astype("str"), from_pandas=True)
+        else:
+            arrays[column.name] = pa.array(values, from_pandas=True)
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.table(arrays), buffer, write_options=pa_csv.WriteOptions(include_header=False))
+    return buffer.getvalue().to_pybytes()
 
 
 def _timestamps_as_text(stamps: np.ndarray) -> pa.Array:

@@ -11,7 +11,6 @@ import pyarrow as pa
 
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
 
-STOP_LIST_COLUMNS = ["stop_id", "phone_number", "phone_e164", "created_at"]
 CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
 E164_SHAPE = r"\+[1-9][0-9]{6,14}"
 
@@ -43,26 +42,31 @@ def empty_stop_list_frame() -> pd.DataFrame:
     )
 
 
-def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame:
+def records_to_frame(records: pa.StructArray, api_timezone: str, with_e164: bool = True) -> pd.DataFrame:
     """Convert the list's rows (``id``, ``phoneNumber``, ``createdAt``) into the stop-list DataFrame.
 
+    :param with_e164: Add ``phone_e164``; callers that only need the raw rows skip normalisation.
     :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it), ``phone_e164``
         (normalised; a plain ``+digits`` number libphonenumber does not validate is kept as sent,
         so it still matches contacts; missing only if the API returns something unusable) and
         ``created_at`` (UTC).
     """
     if len(records) == 0:
-        return empty_stop_list_frame()
+        frame = empty_stop_list_frame()
+        return frame if with_e164 else frame.drop(columns="phone_e164")
     stop_ids = pd.Series(records.field("id").to_numpy(zero_copy_only=False), dtype="int64")
     phones = records.field("phoneNumber").to_pandas().astype("str")
     created = local_times_to_utc(records.field("createdAt").to_pandas().astype("str"), api_timezone)
+    columns = {"stop_id": stop_ids, "phone_number": phones}
+    if with_e164:
+        columns["phone_e164"] = _stop_list_e164(phones).to_numpy()
+    return pd.DataFrame({**columns, "created_at": created})
+
+
+def _stop_list_e164(phones: pd.Series) -> pd.Series:
     # pandas' default text dtype ("str", missing = NaN), like the other text columns.
     e164 = normalize_phone_numbers(phones, default_region="FR")["phone_e164"].astype("str")
     # A number on the stop list must never drop out of a join: if libphonenumber does not know
     # the range (new allocations, metadata lag) but the API sent a plain E.164 string, keep it.
     unknown = e164.isna() & phones.str.fullmatch(E164_SHAPE)
-    if unknown.any():
-        e164 = e164.where(~unknown, phones)
-    return pd.DataFrame(
-        {"stop_id": stop_ids, "phone_number": phones, "phone_e164": e164.to_numpy(), "created_at": created}
-    )
+    return e164.where(~unknown, phones) if unknown.any() else e164

@@ -59,15 +59,13 @@ def child_floor(base_url: str, table: str) -> None:
     import psycopg
 
     from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-    from airflow_provider_smspartner.sql import SqlTableWriter
+    from airflow_provider_smspartner.sql import copy_csv
     from airflow_provider_smspartner.transfers.stop_list_to_sql import STOP_LIST_TABLE
 
     frame = SmsPartnerHook().get_stop_list_df()
     frame["extracted_at"] = pd.Timestamp.now(tz="UTC").floor("s")
     frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-    writer = SqlTableWriter.__new__(SqlTableWriter)  # only its CSV encoder is used here
-    writer.spec = STOP_LIST_TABLE
-    data = writer._csv(frame)
+    data = copy_csv(frame, STOP_LIST_TABLE)
     columns = (
         "stop_id bigint {pk}, phone_number varchar(64), phone_e164 varchar(64), created_at timestamptz, "
         "extracted_at timestamptz, removed_at timestamptz"

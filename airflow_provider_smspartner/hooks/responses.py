@@ -72,9 +72,10 @@ def _api_message(body: Mapping[str, Any]) -> str:
     return "no message"
 
 
-def _as_int(value: Any) -> int | None:
+def response_code(body: Mapping[str, Any]) -> int | None:
+    """The API ``code`` of a body as an int (it may arrive as text), or ``None``."""
     try:
-        return int(value)
+        return int(body.get("code"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
 
@@ -102,7 +103,7 @@ def parse_response(
         body = None
     if not isinstance(body, dict):
         body = None
-    code = _as_int(body.get("code")) if body else None
+    code = response_code(body) if body else None
 
     if status == 429 or code == 429:
         message = _api_message(body) if body else "too many requests"

@@ -26,7 +26,12 @@ from airflow_provider_smspartner.exceptions import (
 )
 from airflow_provider_smspartner.hooks.connection_settings import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.hooks.redaction import redact, register_secret
-from airflow_provider_smspartner.hooks.responses import ADD_ENDPOINT, DELETE_ENDPOINT, parse_response
+from airflow_provider_smspartner.hooks.responses import (
+    ADD_ENDPOINT,
+    DELETE_ENDPOINT,
+    parse_response,
+    response_code,
+)
 from airflow_provider_smspartner.hooks.stop_list_body import parse_stop_list_body, stop_list_array
 from airflow_provider_smspartner.hooks.throttle import RequestThrottle, shared_throttle
 
@@ -37,7 +42,6 @@ LIST_ENDPOINT = "stop-sms/list"
 ACCOUNT_ENDPOINT = "me"
 #: API code returned by ``stop-sms/add`` when the number is already on the list.
 ALREADY_PRESENT_CODE = 3
-STOP_LIST_COLUMNS = ("stop_id", "phone_number", "phone_e164", "created_at")
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,9 @@ class SmsPartnerHook(BaseHook):
 
     def get_stop_list(self) -> list[StopEntry]:
         """Fetch the stop list as ``StopEntry`` objects (``created_at`` in UTC)."""
-        frame = self.get_stop_list_df()
+        from airflow_provider_smspartner.stop_list_frame import records_to_frame
+
+        frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone, with_e164=False)
         return [
             StopEntry(stop_id=int(stop_id), phone_number=str(phone), created_at=created.to_pydatetime())
             for stop_id, phone, created in zip(
@@ -307,7 +313,7 @@ class SmsPartnerHook(BaseHook):
             {"phoneNumber": str(phone_number).strip()},
             accept_codes=(ALREADY_PRESENT_CODE,),
         )
-        if _code(body) == ALREADY_PRESENT_CODE:
+        if response_code(body) == ALREADY_PRESENT_CODE:
             return AddStopResult(status="already_present", stop_id=None, phone_number=phone_number)
         stop_id = body.get("stopId")
         return AddStopResult(
@@ -355,13 +361,6 @@ def _check_complete_list(body: dict[str, Any]) -> None:
             f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
             "received; refusing partial data"
         )
-
-
-def _code(body: Mapping[str, Any]) -> int | None:
-    try:
-        return int(body.get("code"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 
 
 def _mask_in_airflow_logs(secret: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pandas as pd
@@ -248,7 +247,3 @@ class TestSchemas:
         _operator(sqlite_conn, "stops").execute({})
         value = resolve_dbapi_hook(sqlite_conn).get_first("SELECT created_at FROM stops")[0]
         assert isinstance(value, str) and value.endswith("Z") and "T" in value
-
-
-def test_connection_json_is_valid():
-    assert json.loads(smspartner_connection_json("http://127.0.0.1:1/v1"))["conn_type"] == "smspartner"
