@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from airflow.exceptions import AirflowException
 
-#: API codes that mean the key or the account is unusable: retrying cannot help.
-AUTH_ERROR_CODES = frozenset({1, 10, 20, 30, 40, 96})
-
 
 class SmsPartnerError(AirflowException):
     """Base class of every error raised by the provider.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_smspartner import __version__
+from airflow_provider_smspartner.utils.connection import connection_form_fields, extras_placeholder
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -30,14 +31,14 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "SMS Partner",
-                "python-modules": ["airflow_provider_smspartner.operators.stop_list"],
+                "python-modules": ["airflow_provider_smspartner.operators.smspartner"],
             }
         ],
         "transfers": [
             {
                 "source-integration-name": "SMS Partner",
                 "target-integration-name": "Common SQL",
-                "python-module": "airflow_provider_smspartner.transfers.stop_list_to_sql",
+                "python-module": "airflow_provider_smspartner.transfers.smspartner_to_sql",
             }
         ],
         "connection-types": [
@@ -51,34 +52,10 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {
                         "host": "https://api.smspartner.fr/v1",
                         "password": "Your SMS Partner API key",
-                        "extra": (
-                            '{"timeout": 30, "max_retries": 5, "retry_backoff": 1, '
-                            '"requests_per_second": 25, "api_timezone": "Europe/Paris"}'
-                        ),
+                        "extra": extras_placeholder(),
                     },
                 },
-                "conn-fields": {
-                    "timeout": {
-                        "label": "Timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
-                    },
-                    "max_retries": {
-                        "label": "Max retries",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
-                    },
-                    "retry_backoff": {
-                        "label": "Retry backoff base (seconds)",
-                        "schema": {"type": ["number", "null"], "minimum": 0},
-                    },
-                    "requests_per_second": {
-                        "label": "Requests per second (client throttle)",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
-                    },
-                    "api_timezone": {
-                        "label": "API timezone (of createdAt)",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                },
+                "conn-fields": connection_form_fields(),
             }
         ],
     }

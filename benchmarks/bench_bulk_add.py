@@ -114,7 +114,7 @@ def run_operator(
     base_url: str, phone_numbers: list[str], throttle: float, workers: int
 ) -> tuple[dict[str, Any], float]:
     """Run the add operator; return its summary and its wall time (list fetch and diff included)."""
-    from airflow_provider_smspartner.operators.stop_list import SmsPartnerAddStopsOperator
+    from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
 
     conn_id = f"bench_{int(throttle * 1000)}_{time.monotonic_ns()}"
     use_connection(conn_id, base_url, throttle)

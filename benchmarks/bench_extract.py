@@ -29,7 +29,7 @@ def child_provider(base_url: str, table: str) -> None:
         {"conn_type": "smspartner", "host": base_url, "password": API_KEY, "extra": {"timeout": 120}}
     )
     os.environ["AIRFLOW_CONN_BENCH_PG"] = json.dumps(PG)
-    from airflow_provider_smspartner.transfers.stop_list_to_sql import SmsPartnerStopListToSqlOperator
+    from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
 
     started = time.perf_counter()
     summary = SmsPartnerStopListToSqlOperator(task_id="bench", sql_conn_id="bench_pg", table=table).execute(
@@ -59,13 +59,13 @@ def child_floor(base_url: str, table: str) -> None:
     import psycopg
 
     from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-    from airflow_provider_smspartner.sql import copy_csv
-    from airflow_provider_smspartner.transfers.stop_list_to_sql import STOP_LIST_TABLE
+    from airflow_provider_smspartner.transfers.smspartner_to_sql import stop_list_table_spec
+    from airflow_provider_smspartner.utils.sql_writer import copy_csv
 
     frame = SmsPartnerHook().get_stop_list_df()
     frame["extracted_at"] = pd.Timestamp.now(tz="UTC").floor("s")
     frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-    data = copy_csv(frame, STOP_LIST_TABLE)
+    data = copy_csv(frame, stop_list_table_spec())
     columns = (
         "stop_id bigint {pk}, phone_number varchar(64), phone_e164 varchar(64), created_at timestamptz, "
         "extracted_at timestamptz, removed_at timestamptz"

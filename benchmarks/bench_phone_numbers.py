@@ -31,11 +31,9 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from airflow_provider_smspartner.phone_numbers import (  # noqa: E402
-    normalize_phone_numbers,
-    reference_normalize,
-)
-from tests.phone_corpus import distinct_ratio, generate_corpus  # noqa: E402
+from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers  # noqa: E402
+from airflow_provider_smspartner.phone_numbers.reference import reference_normalize  # noqa: E402
+from benchmarks.phone_corpus import distinct_ratio, generate_corpus  # noqa: E402
 
 TARGET_RATIO = 20.0
 MIB = 1024 * 1024

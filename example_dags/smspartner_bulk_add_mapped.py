@@ -19,7 +19,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from airflow_provider_smspartner.operators.stop_list import SmsPartnerAddStopsOperator
+from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
 
 SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
 POOL = "smspartner_api"
@@ -41,12 +41,11 @@ def smspartner_bulk_add_mapped():
     @task
     def split_input(params: dict | None = None) -> list[list[str]]:
         """Read the numbers to add and cut them into chunks, one per mapped task."""
-        chunk_size = int((params or {}).get("chunk_size", CHUNK_SIZE))
-        from airflow_provider_smspartner.sql import resolve_dbapi_hook
+        from airflow.sdk import BaseHook
 
-        rows = resolve_dbapi_hook(SQL_CONN_ID).get_records(
-            "SELECT phone FROM crm_unsubscribes ORDER BY phone"
-        )
+        chunk_size = int((params or {}).get("chunk_size", CHUNK_SIZE))
+        hook = BaseHook.get_connection(SQL_CONN_ID).get_hook()
+        rows = hook.get_records("SELECT phone FROM crm_unsubscribes ORDER BY phone")
         numbers = [row[0] for row in rows]
         return [numbers[i : i + chunk_size] for i in range(0, len(numbers), chunk_size)]
 

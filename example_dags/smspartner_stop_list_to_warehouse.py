@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.sdk import Asset, dag, task
 
-from airflow_provider_smspartner.transfers.stop_list_to_sql import SmsPartnerStopListToSqlOperator
+from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
 
 SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
 STOP_LIST_ASSET = Asset("smspartner_stop_list")
@@ -57,19 +57,29 @@ def smspartner_stop_list_to_warehouse():
     @task
     def normalize_contacts() -> dict:
         """Write each contact's number in E.164 next to its id, for an exact join in SQL."""
-        from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
-        from airflow_provider_smspartner.sql import Column, SqlTableWriter, TableSpec, resolve_dbapi_hook
+        import pandas as pd
+        from airflow.sdk import BaseHook
 
-        hook = resolve_dbapi_hook(SQL_CONN_ID)
+        from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+
+        hook = BaseHook.get_connection(SQL_CONN_ID).get_hook()
         contacts = hook.get_df("SELECT contact_id, phone FROM marketing_contacts")
-        contacts["phone_e164"] = normalize_phone_numbers(contacts["phone"])["phone_e164"].to_numpy()
-        spec = TableSpec(
-            columns=(Column("contact_id", "bigint", nullable=False), Column("phone_e164", "short_text")),
-            key="contact_id",
-            indexes=("phone_e164",),
+        e164 = normalize_phone_numbers(contacts["phone"])["phone_e164"]
+        rows = [
+            (int(contact_id), None if pd.isna(number) else str(number))
+            for contact_id, number in zip(contacts["contact_id"], e164, strict=True)
+        ]
+        hook.run(
+            [
+                "CREATE TABLE IF NOT EXISTS marketing_contacts_e164 "
+                "(contact_id BIGINT PRIMARY KEY, phone_e164 VARCHAR(16))",
+                "DELETE FROM marketing_contacts_e164",
+            ]
         )
-        SqlTableWriter(hook, "marketing_contacts_e164", spec).write(contacts, "replace")
-        return {"contacts": len(contacts), "without_valid_number": int(contacts["phone_e164"].isna().sum())}
+        hook.insert_rows(
+            "marketing_contacts_e164", rows, target_fields=["contact_id", "phone_e164"], executemany=True
+        )
+        return {"contacts": len(rows), "without_valid_number": int(e164.isna().sum())}
 
     flag = SQLExecuteQueryOperator(task_id="flag_opt_outs", conn_id=SQL_CONN_ID, sql=FLAG_OPT_OUTS)
 

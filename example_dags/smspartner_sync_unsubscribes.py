@@ -18,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import Asset, dag, task
 
-from airflow_provider_smspartner.operators.stop_list import SmsPartnerAddStopsOperator
+from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
 
 SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
 CRM_UNSUBSCRIBES = Asset("crm_unsubscribes")

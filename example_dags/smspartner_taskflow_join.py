@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from airflow.sdk import Param, dag, task
 
-from airflow_provider_smspartner.operators.stop_list import SmsPartnerStopListOperator
+from airflow_provider_smspartner.operators.smspartner import SmsPartnerStopListOperator
 from airflow_provider_smspartner.phone_numbers import flag_stopped
 
 SAMPLE_CONTACTS = [

@@ -10,9 +10,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
 import requests
 from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -24,24 +24,22 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerResponseError,
     SmsPartnerServerError,
 )
-from airflow_provider_smspartner.hooks.connection_settings import SmsPartnerSettings, settings_from_connection
-from airflow_provider_smspartner.hooks.redaction import redact, register_secret
-from airflow_provider_smspartner.hooks.responses import (
+from airflow_provider_smspartner.utils.api import (
+    ACCOUNT_ENDPOINT,
     ADD_ENDPOINT,
+    ALREADY_PRESENT_CODE,
     DELETE_ENDPOINT,
+    LIST_ENDPOINT,
     parse_response,
     response_code,
 )
-from airflow_provider_smspartner.hooks.stop_list_body import parse_stop_list_body, stop_list_array
-from airflow_provider_smspartner.hooks.throttle import RequestThrottle, shared_throttle
+from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
+from airflow_provider_smspartner.utils.redaction import redact, register_secret
+from airflow_provider_smspartner.utils.throttle import RequestThrottle, shared_throttle
 
 if TYPE_CHECKING:
     import pandas as pd
-
-LIST_ENDPOINT = "stop-sms/list"
-ACCOUNT_ENDPOINT = "me"
-#: API code returned by ``stop-sms/add`` when the number is already on the list.
-ALREADY_PRESENT_CODE = 3
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,7 @@ class SmsPartnerHook(BaseHook):
             )
         if conn.password:
             register_secret(conn.password.strip())
-            _mask_in_airflow_logs(conn.password.strip())
+            mask_secret(conn.password.strip())
         return settings_from_connection(
             self.smspartner_conn_id, conn.password, conn.host, conn.port, conn.extra_dejson or {}
         )
@@ -272,9 +270,13 @@ class SmsPartnerHook(BaseHook):
         :raises SmsPartnerResponseError: when ``nbData`` disagrees with the rows received
             (after retries): a partial list is never returned.
         """
-        body = self._request(
-            "GET", LIST_ENDPOINT, check=_check_complete_list, fast_parse=parse_stop_list_body
+        from airflow_provider_smspartner.utils.stop_list import (
+            check_complete_list,
+            parse_stop_list_body,
+            stop_list_array,
         )
+
+        body = self._request("GET", LIST_ENDPOINT, check=check_complete_list, fast_parse=parse_stop_list_body)
         return stop_list_array(body.get("data"))
 
     def get_stop_list_df(self) -> pd.DataFrame:
@@ -283,15 +285,18 @@ class SmsPartnerHook(BaseHook):
         :return: columns ``stop_id`` (int64), ``phone_number``, ``phone_e164`` (E.164, missing when
             the API returned an unparsable number) and ``created_at`` (UTC).
         """
-        from airflow_provider_smspartner.stop_list_frame import records_to_frame
+        from airflow_provider_smspartner.phone_numbers import stop_list_e164
+        from airflow_provider_smspartner.utils.stop_list import records_to_frame
 
-        return records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
+        frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
+        frame.insert(2, "phone_e164", stop_list_e164(frame["phone_number"]).to_numpy())
+        return frame
 
     def get_stop_list(self) -> list[StopEntry]:
         """Fetch the stop list as ``StopEntry`` objects (``created_at`` in UTC)."""
-        from airflow_provider_smspartner.stop_list_frame import records_to_frame
+        from airflow_provider_smspartner.utils.stop_list import records_to_frame
 
-        frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone, with_e164=False)
+        frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
         return [
             StopEntry(stop_id=int(stop_id), phone_number=str(phone), created_at=created.to_pydatetime())
             for stop_id, phone, created in zip(
@@ -346,26 +351,3 @@ class SmsPartnerHook(BaseHook):
         username = user.get("username") if user else None
         who = f" as {username}" if username else ""
         return True, redact(f"Connected to SMS Partner at {self.settings.base_url}{who}.")
-
-
-def _check_complete_list(body: dict[str, Any]) -> None:
-    """Refuse a stop list whose rows disagree with its announced count (retryable)."""
-    data = body.get("data")
-    if data is None:
-        data = body["data"] = []
-    if not isinstance(data, (list, pa.Array)):
-        raise SmsPartnerResponseError(f"SMS Partner {LIST_ENDPOINT}: 'data' is not a list")
-    announced = body.get("nbData")
-    if announced is not None and int(announced) != len(data):
-        raise SmsPartnerResponseError(
-            f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
-            "received; refusing partial data"
-        )
-
-
-def _mask_in_airflow_logs(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - older task SDKs
-        return
-    mask_secret(secret)

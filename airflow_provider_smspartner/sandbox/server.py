@@ -698,11 +698,6 @@ class SandboxServer:
         """Queued faults not consumed yet, as ``(kind, endpoint)``."""
         return self.faults.pending()
 
-    def clear_faults(self) -> None:
-        """Forget queued faults and set every random fault rate to 0."""
-        self.faults.clear()
-        self.faults.rates = None  # type: ignore[assignment]
-
     @property
     def stats(self) -> SandboxStats:
         """Request counters (see :class:`SandboxStats`)."""

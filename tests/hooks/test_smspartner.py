@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -11,12 +10,10 @@ from datetime import timezone
 
 import pandas as pd
 import pytest
-from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_provider_smspartner.exceptions import (
     InvalidPhoneNumberError,
     SmsPartnerAuthError,
-    SmsPartnerConfigError,
     SmsPartnerConnectionError,
     SmsPartnerError,
     SmsPartnerRateLimitError,
@@ -26,119 +23,17 @@ from airflow_provider_smspartner.exceptions import (
 )
 from airflow_provider_smspartner.hooks.smspartner import AddStopResult, SmsPartnerHook
 from tests.conftest import TEST_API_KEY, smspartner_connection_json
+from tests.helpers import use_connection
 
 ERROR_STYLES = pytest.mark.parametrize(
     "error_style", ["http_4xx", "http_200"], ids=["4xx-style", "200-style"]
 )
 
 
-def _use_connection(
-    monkeypatch: pytest.MonkeyPatch, conn_json: str, conn_id: str = "smspartner_default"
-) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn_json)
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class TestConnectionSettings:
-    @pytest.mark.parametrize(
-        ("host", "expected"),
-        [
-            ("", "https://api.smspartner.fr/v1"),
-            ("api.smspartner.fr", "https://api.smspartner.fr/v1"),
-            ("https://api.smspartner.fr", "https://api.smspartner.fr/v1"),
-            ("https://api.smspartner.fr/v1/", "https://api.smspartner.fr/v1"),
-            ("http://127.0.0.1:8765", "http://127.0.0.1:8765/v1"),
-            ("http://localhost:8765/v1", "http://localhost:8765/v1"),
-            ("http://[::1]:8765/v1", "http://[::1]:8765/v1"),
-        ],
-        ids=[
-            "empty",
-            "bare-host",
-            "no-path",
-            "trailing-slash",
-            "loopback-http",
-            "localhost-http",
-            "ipv6-loopback",
-        ],
-    )
-    def test_base_url(self, monkeypatch, host, expected):
-        _use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "host": host, "password": "k"}))
-        assert SmsPartnerHook().settings.base_url == expected
-
-    def test_plain_http_to_remote_host_is_refused(self, monkeypatch):
-        _use_connection(
-            monkeypatch,
-            json.dumps({"conn_type": "smspartner", "host": "http://api.example.com", "password": "k"}),
-        )
-        with pytest.raises(SmsPartnerConfigError, match=r"smspartner_default.*plain http:// .*loopback"):
-            SmsPartnerHook().settings  # noqa: B018
-
-    def test_missing_api_key_names_connection(self, monkeypatch):
-        _use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "host": ""}), "my_sms")
-        with pytest.raises(SmsPartnerConfigError, match=r"'my_sms' has no API key.*password"):
-            SmsPartnerHook("my_sms").settings  # noqa: B018
-
-    @pytest.mark.parametrize(
-        ("extra", "match"),
-        [
-            ({"timeout": "abc"}, "'timeout' must be a number of seconds > 0"),
-            ({"timeout": 0}, "'timeout' must be"),
-            ({"max_retries": -1}, "'max_retries' must be a whole number"),
-            ({"max_retries": 1.5}, "'max_retries' must be a whole number"),
-            ({"retry_backoff": "x"}, "'retry_backoff'"),
-            ({"requests_per_second": 0}, "'requests_per_second' must be a number > 0"),
-            ({"api_timezone": "Mars/Olympus"}, "'api_timezone' must be an IANA time zone"),
-            ({"max_retry": 3}, "unknown extra.*'max_retry'"),
-        ],
-        ids=[
-            "timeout-text",
-            "timeout-zero",
-            "retries-negative",
-            "retries-fraction",
-            "backoff-text",
-            "rps-zero",
-            "bad-timezone",
-            "typo",
-        ],
-    )
-    def test_bad_extra_is_named(self, monkeypatch, extra, match):
-        _use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "password": "k", "extra": extra}))
-        with pytest.raises(SmsPartnerConfigError, match=match):
-            SmsPartnerHook().settings  # noqa: B018
-
-    def test_extras_from_text_are_accepted(self, monkeypatch):
-        extra = {"timeout": "12.5", "max_retries": "2", "requests_per_second": "10", "api_timezone": "UTC"}
-        _use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "password": "k", "extra": extra}))
-        settings = SmsPartnerHook().settings
-        assert (settings.timeout, settings.max_retries, settings.requests_per_second) == (12.5, 2, 10.0)
-        assert settings.api_timezone == "UTC"
-
-    def test_wrong_connection_type_is_refused(self, monkeypatch):
-        _use_connection(monkeypatch, json.dumps({"conn_type": "postgres", "host": "db", "password": "k"}))
-        with pytest.raises(SmsPartnerConfigError, match=r"of type 'postgres'.*'smspartner'"):
-            SmsPartnerHook().settings  # noqa: B018
-
-    def test_missing_connection(self, monkeypatch):
-        monkeypatch.delenv("AIRFLOW_CONN_NOPE", raising=False)
-        with pytest.raises(AirflowNotFoundException, match="nope"):
-            SmsPartnerHook("nope").settings  # noqa: B018
-
-    def test_no_network_or_connection_lookup_at_construction(self, monkeypatch):
-        monkeypatch.delenv("AIRFLOW_CONN_SMSPARTNER_DEFAULT", raising=False)
-        hook = SmsPartnerHook()  # would raise if it looked the connection up
-        assert repr(hook) == "SmsPartnerHook(smspartner_conn_id='smspartner_default')"
-
-    def test_user_agent_names_provider_version(self, smspartner_conn):
-        from airflow_provider_smspartner import __version__
-
-        assert (
-            SmsPartnerHook().get_conn().headers["User-Agent"] == f"airflow-provider-smspartner/{__version__}"
-        )
 
 
 class TestStopList:
@@ -163,7 +58,7 @@ class TestStopList:
 
         sandbox.state.clear()
         sandbox.state.seed_numbers([("+33612345678", datetime(2024, 7, 1, 8, 0, tzinfo=timezone.utc))])
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url))
         (entry,) = SmsPartnerHook().get_stop_list()
         assert entry.created_at == datetime(2024, 7, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -239,7 +134,7 @@ class TestApiErrors:
     )
     def test_wrong_key_is_auth_error_code_10_without_retry(self, monkeypatch, sandbox, error_style, call):
         sandbox.error_style = error_style
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, api_key="wrong-key-123456"))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, api_key="wrong-key-123456"))
         with pytest.raises(SmsPartnerAuthError) as excinfo:
             call(SmsPartnerHook())
         assert excinfo.value.code == 10
@@ -301,7 +196,7 @@ class TestRetries:
     )
     def test_gives_up_after_max_retries(self, monkeypatch, sandbox, fault, error, status):
         sandbox.retry_after = "0"
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=2))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=2))
         sandbox.inject(fault, count=3, endpoint="me")
         with pytest.raises(error) as excinfo:
             SmsPartnerHook().get_account()
@@ -309,7 +204,7 @@ class TestRetries:
         assert sandbox.stats.count("me") == 3  # 1 attempt + 2 retries
 
     def test_server_error_message_carries_status_and_snippet(self, monkeypatch, sandbox):
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=0))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=0))
         sandbox.inject("server_error", count=1, endpoint="me")
         with pytest.raises(SmsPartnerServerError, match=r"500 Internal Server Error.*HTTP 500"):
             SmsPartnerHook().get_account()
@@ -331,7 +226,7 @@ class TestRetries:
         assert sandbox.stats.adds_applied == 1
 
     def test_timeout_is_retried(self, monkeypatch, sandbox):
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, timeout=0.3, max_retries=1))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, timeout=0.3, max_retries=1))
         sandbox.slow_seconds = 1.5
         sandbox.inject("slow", count=1, endpoint="me")
         SmsPartnerHook().get_account()
@@ -339,7 +234,7 @@ class TestRetries:
 
     def test_connection_refused(self, monkeypatch):
         url = f"http://127.0.0.1:{_free_port()}/v1"
-        _use_connection(monkeypatch, smspartner_connection_json(url, max_retries=1))
+        use_connection(monkeypatch, smspartner_connection_json(url, max_retries=1))
         with pytest.raises(SmsPartnerConnectionError, match="connection failed"):
             SmsPartnerHook().get_account()
 
@@ -347,7 +242,7 @@ class TestRetries:
 class TestThrottle:
     def test_requests_per_second_is_respected_across_threads(self, monkeypatch, sandbox):
         rate, calls = 20, 40
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, requests_per_second=rate))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, requests_per_second=rate))
         hook = SmsPartnerHook()
         hook.get_conn()
         sandbox.reset_stats()
@@ -376,7 +271,7 @@ class TestSecrets:
             logging.getLogger(name).setLevel(logging.DEBUG)
         texts: list[str] = []
         sandbox.retry_after = "0"
-        _use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=2))
+        use_connection(monkeypatch, smspartner_connection_json(sandbox.base_url, max_retries=2))
         hook = SmsPartnerHook()
         texts.append(repr(hook))
         texts.append(repr(hook.settings))
@@ -399,9 +294,7 @@ class TestSecrets:
         with pytest.raises(SmsPartnerAuthError) as auth:
             hook.get_account()
         texts += [str(auth.value), repr(auth.value), hook.test_connection()[1]]
-        _use_connection(
-            monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{_free_port()}/v1"), "down"
-        )
+        use_connection(monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{_free_port()}/v1"), "down")
         down = SmsPartnerHook("down")
         with pytest.raises(SmsPartnerConnectionError) as refused:
             down.get_account()
@@ -417,7 +310,7 @@ class TestSecrets:
         assert leaks == []
 
     def test_connection_error_does_not_chain_original_exception(self, monkeypatch):
-        _use_connection(
+        use_connection(
             monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{_free_port()}/v1", max_retries=0)
         )
         with pytest.raises(SmsPartnerConnectionError) as excinfo:

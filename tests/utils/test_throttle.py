@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from airflow_provider_smspartner.hooks.throttle import RequestThrottle, shared_throttle
+from airflow_provider_smspartner.utils.throttle import RequestThrottle, shared_throttle
 
 
 def _max_in_window(times: list[float], window: float = 1.0) -> int:

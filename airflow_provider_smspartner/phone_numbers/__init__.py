@@ -1,13 +1,15 @@
 """E.164 normalisation of phone numbers, vectorised, and stop-list matching.
 
-Pure module: no Airflow import (pandas, numpy, ``phonenumbers``; the fast path in
-``_phone_fastpath`` also uses pyarrow, the engine behind pandas' string dtype).
+Pure package: no Airflow import and nothing from the rest of the provider (pandas, numpy,
+``phonenumbers``; the fast path in ``_fast_path`` also uses pyarrow, the engine behind pandas'
+string dtype).
 
 The truth is libphonenumber: for every value, :func:`normalize_phone_numbers` returns exactly what
 ``phonenumbers.parse`` + ``is_valid_number`` + ``format_number(..., E164)`` say;
-:func:`reference_normalize` is that plain per-value loop, kept as the baseline and the oracle.
+:func:`~.reference.reference_normalize` is that plain per-value loop, kept as the baseline and
+the oracle.
 The speed comes from converting each value to text once, de-duplicating the texts, and deciding
-them column-wise with libphonenumber's own metadata and patterns (``_phone_fastpath``); the few
+them column-wise with libphonenumber's own metadata and patterns (``_fast_path``); the few
 texts it cannot decide exactly (a few per 100,000 distinct texts in the benchmark corpus) go
 through ``phonenumbers.parse`` one by one.
 """
@@ -23,14 +25,14 @@ import pandas as pd
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from airflow_provider_smspartner import _phone_fastpath as fast
+from airflow_provider_smspartner.phone_numbers import _fast_path as fast
 
 __all__ = [
     "REASONS",
     "flag_stopped",
     "normalize_phone_numbers",
     "phone_text",
-    "reference_normalize",
+    "stop_list_e164",
 ]
 
 #: Reason codes, in the order of the internal integer codes (1..6).
@@ -169,7 +171,7 @@ def _object_values(values: np.ndarray | pd.Series) -> np.ndarray:
 def _texts(values: np.ndarray | pd.Series) -> tuple[np.ndarray, Any]:
     """Convert to text once and de-duplicate: ``(codes, unique texts)``; code -1 = missing.
 
-    The unique texts come back as an Arrow string array (see ``_phone_fastpath.to_arrow``).
+    The unique texts come back as an Arrow string array (see ``_fast_path.to_arrow``).
     """
     dtype = values.dtype
     if isinstance(dtype, pd.StringDtype):
@@ -274,31 +276,6 @@ def normalize_phone_numbers(values: Any, default_region: str = "FR") -> pd.DataF
     )
 
 
-def reference_normalize(values: Any, default_region: str = "FR") -> pd.DataFrame:
-    """The plain per-value libphonenumber loop: the baseline and the oracle of the fast path.
-
-    Same arguments, result and errors as :func:`normalize_phone_numbers`; one
-    ``phonenumbers.parse`` call per value, no de-duplication, no vectorisation.
-    """
-    region = _check_region(default_region)
-    data, index = _as_input(values)
-    objects = _object_values(data)
-    e164: list[str | None] = []
-    reasons: list[str | None] = []
-    for value in objects:
-        number, code = _reference_code(phone_text(value), region)
-        e164.append(number)
-        reasons.append(None if code == fast.VALID else REASONS[code - 1])
-    return pd.DataFrame(
-        {
-            "input": pd.Series(objects, index=index, dtype=object, copy=False),
-            "phone_e164": pd.Series(pd.array(e164, dtype=_STRING_DTYPE), index=index),
-            "reason": pd.Series(pd.array(reasons, dtype=_STRING_DTYPE), index=index),
-        },
-        index=index,
-    )
-
-
 _STOP_LIST_REQUIRED = ("stop_id", "phone_number", "created_at")
 
 
@@ -393,3 +370,22 @@ def _stop_entries(stop_list: pd.DataFrame, default_region: str) -> pd.DataFrame:
     entries = entries[entries["phone_e164"].notna()]
     entries = entries.sort_values(["created_at", "stop_id"], kind="stable", na_position="last")
     return entries.drop_duplicates("phone_e164", keep="first").reset_index(drop=True)
+
+
+#: A plain ``+digits`` E.164 shape (what the stop list sends).
+E164_SHAPE = r"\+[1-9][0-9]{6,14}"
+
+
+def stop_list_e164(phone_numbers: pd.Series, default_region: str = "FR") -> pd.Series:
+    """E.164 form of the numbers of a stop list, for joins against contacts.
+
+    A number on the stop list must never drop out of a join: when libphonenumber does not know
+    the range (new allocations, metadata lag) but the API sent a plain E.164 string, it is kept as
+    sent. Missing only where the API sent something unusable.
+
+    :param phone_numbers: The stop list's ``phone_number`` column, as the API sent it.
+    :return: pandas' default text dtype (``str``, missing = NaN), same index.
+    """
+    e164 = normalize_phone_numbers(phone_numbers, default_region=default_region)["phone_e164"].astype("str")
+    unknown = e164.isna() & phone_numbers.str.fullmatch(E164_SHAPE)
+    return e164.where(~unknown, phone_numbers) if unknown.any() else e164

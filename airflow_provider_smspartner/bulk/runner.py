@@ -14,33 +14,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from airflow_provider_smspartner.bulk_progress import ProgressReporter
+from airflow_provider_smspartner.bulk.outcomes import CallOutcome
+from airflow_provider_smspartner.bulk.progress import ProgressReporter
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError
-from airflow_provider_smspartner.hooks.redaction import redact
+from airflow_provider_smspartner.utils.redaction import redact
 
 T = TypeVar("T")
 
 #: Queued calls per worker: enough to keep every worker busy, few enough that a fatal error leaves
 #: little to cancel and a million items never become a million futures.
 QUEUE_PER_WORKER = 4
-
-
-@dataclass(frozen=True)
-class CallOutcome:
-    """What one API call ended in.
-
-    :param status: An outcome name (``added``, ``removed``, ``failed``...).
-    :param stop_id: The stop id the call created or targeted, when known.
-    :param error_code: The API code of a failure (``None`` when none came back, e.g. a timeout).
-    :param error_message: The (redacted) error text of a failure.
-    :param finished_at: Wall-clock time (epoch seconds) the call ended.
-    """
-
-    status: str
-    stop_id: int | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    finished_at: float = 0.0
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Turns SMS Partner HTTP responses into data or into the typed errors of ``exceptions``.
+"""The SMS Partner API contract: endpoints, codes, and responses turned into data or typed errors.
 
 The API's error signalling is inconsistent (see the project's API notes): errors may come as HTTP
 4xx with a JSON body or as HTTP 200 with ``success: false``, and codes mean different things per
@@ -17,7 +17,6 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from airflow_provider_smspartner.exceptions import (
-    AUTH_ERROR_CODES,
     InvalidPhoneNumberError,
     SmsPartnerAuthError,
     SmsPartnerError,
@@ -26,11 +25,29 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerServerError,
     StopNotFoundError,
 )
-from airflow_provider_smspartner.hooks.redaction import redact
+from airflow_provider_smspartner.utils.redaction import redact
 
-OK_CODE = 200
+# Endpoints, below the base URL.
+LIST_ENDPOINT = "stop-sms/list"
 ADD_ENDPOINT = "stop-sms/add"
 DELETE_ENDPOINT = "stop-sms/delete"
+ACCOUNT_ENDPOINT = "me"
+
+# API codes (the ``code`` field of a body), read per endpoint.
+OK_CODE = 200
+#: ``stop-sms/add``: the number is already on the list (a success that inserted nothing).
+ALREADY_PRESENT_CODE = 3
+#: Codes that mean the key or the account is unusable: retrying cannot help.
+AUTH_ERROR_CODES = frozenset({1, 10, 20, 30, 40, 96})
+#: ``stop-sms/add``: the phone number is missing.
+PHONE_REQUIRED_CODE = 2
+#: Any endpoint taking a number: the phone number is invalid.
+INVALID_NUMBER_CODE = 9
+#: ``stop-sms/delete``: the stop id is not on the list.
+STOP_NOT_FOUND_CODE = 4
+#: Rate limited (also signalled by HTTP 429).
+RATE_LIMIT_CODE = 429
+
 SNIPPET_LENGTH = 200
 
 
@@ -105,7 +122,7 @@ def parse_response(
         body = None
     code = response_code(body) if body else None
 
-    if status == 429 or code == 429:
+    if status == 429 or code == RATE_LIMIT_CODE:
         message = _api_message(body) if body else "too many requests"
         raise SmsPartnerRateLimitError(
             f"{where}: rate limited ({redact(message)})",
@@ -130,8 +147,8 @@ def parse_response(
     message = f"{where}: {redact(_api_message(body))}"
     if code in AUTH_ERROR_CODES:
         raise SmsPartnerAuthError(message, code=code, http_status=status)
-    if code == 9 or (code == 2 and endpoint == ADD_ENDPOINT):
+    if code == INVALID_NUMBER_CODE or (code == PHONE_REQUIRED_CODE and endpoint == ADD_ENDPOINT):
         raise InvalidPhoneNumberError(message, code=code, http_status=status)
-    if code == 4 and endpoint == DELETE_ENDPOINT:
+    if code == STOP_NOT_FOUND_CODE and endpoint == DELETE_ENDPOINT:
         raise StopNotFoundError(message, code=code, http_status=status)
     raise SmsPartnerError(message, code=code, http_status=status)

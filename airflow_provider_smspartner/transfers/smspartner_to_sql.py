@@ -1,42 +1,47 @@
-"""SmsPartnerStopListToSqlOperator: lands the SMS Partner stop list in a table of any SQL database."""
+"""SmsPartnerStopListToSqlOperator: lands the SMS Partner stop list in a table of any SQL database.
+
+Import-light (parsed with every DAG): pandas and the warehouse writer load inside ``execute``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from airflow.sdk import BaseOperator
 
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-from airflow_provider_smspartner.sql import (
+from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     WRITE_MODES,
-    Column,
-    SqlTableWriter,
-    TableName,
-    TableSpec,
-    resolve_dbapi_hook,
+    check_choice,
+    check_count,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: The warehouse stop-list table. ``removed_at`` keeps the opt-out history in upsert mode.
-STOP_LIST_TABLE = TableSpec(
-    columns=(
-        Column("stop_id", "bigint", nullable=False),
-        Column("phone_number", "short_text"),
-        Column("phone_e164", "short_text"),
-        Column("created_at", "timestamp"),
-        Column("extracted_at", "timestamp"),
-        Column("removed_at", "timestamp"),
-    ),
-    key="stop_id",
-    indexes=("phone_e164",),
-    compared=("phone_number", "phone_e164", "created_at"),
-    soft_delete="removed_at",
-)
+    from airflow_provider_smspartner.utils.sql_writer import TableSpec
+
+
+def stop_list_table_spec() -> TableSpec:
+    """The warehouse stop-list table. ``removed_at`` keeps the opt-out history in upsert mode."""
+    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+
+    return TableSpec(
+        columns=(
+            Column("stop_id", "bigint", nullable=False),
+            Column("phone_number", "short_text"),
+            Column("phone_e164", "short_text"),
+            Column("created_at", "timestamp"),
+            Column("extracted_at", "timestamp"),
+            Column("removed_at", "timestamp"),
+        ),
+        key="stop_id",
+        indexes=("phone_e164",),
+        compared=("phone_number", "phone_e164", "created_at"),
+        soft_delete="removed_at",
+    )
 
 
 class SmsPartnerStopListToSqlOperator(BaseOperator):
@@ -75,13 +80,17 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         self.mode = mode
         self.smspartner_conn_id = smspartner_conn_id
         self.chunk_size = chunk_size
+        check_count("chunk_size", chunk_size, minimum=1)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        if self.mode not in WRITE_MODES:
-            raise ValueError(f"mode must be one of {', '.join(WRITE_MODES)}; got {self.mode!r}.")
-        TableName.parse(self.table)  # fail on a bad name before calling the API
+        import pandas as pd
+
+        from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
+
+        check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered
+        # A bad table name fails here, before the API is called.
         writer = SqlTableWriter(
-            resolve_dbapi_hook(self.sql_conn_id), self.table, STOP_LIST_TABLE, self.chunk_size
+            resolve_dbapi_hook(self.sql_conn_id), self.table, stop_list_table_spec(), self.chunk_size
         )
 
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()

@@ -1,41 +1,26 @@
-"""Operators for the SMS Partner stop list: extract it, and bulk add or remove numbers."""
+"""Every SMS Partner operator: extract the stop list, and bulk add or remove numbers.
+
+Import-light: the DAG processor imports this module on every parse, so pandas, pyarrow,
+phonenumbers and the bulk engine load inside ``execute``, not here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_smspartner.bulk import (
-    BulkOptions,
-    BulkResult,
-    add_stops,
-    check_count,
-    conclude,
-    remove_stops,
-)
-from airflow_provider_smspartner.bulk_results import ResultsTable
-from airflow_provider_smspartner.bulk_sources import PhoneSource
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-from airflow_provider_smspartner.sql import TableName
+from airflow_provider_smspartner.utils.arguments import check_choice, check_count, check_one_source
 
 if TYPE_CHECKING:
     import pandas as pd
-    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.sdk import Context
+
+    from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
 
 OUTPUT_FORMATS = ("parquet", "csv")
-
-
-def to_storage_path(path: str) -> ObjectStoragePath:
-    """A local path or any ObjectStoragePath URI (``file://``, ``s3://``...) as an ``ObjectStoragePath``."""
-    from airflow.sdk import ObjectStoragePath
-
-    if "://" in path:
-        return ObjectStoragePath(path)
-    return ObjectStoragePath(Path(path).expanduser().resolve().as_uri())
 
 
 class SmsPartnerStopListOperator(BaseOperator):
@@ -67,12 +52,14 @@ class SmsPartnerStopListOperator(BaseOperator):
         self.output_format = output_format
 
     def execute(self, context: Context) -> pd.DataFrame | str:
-        if self.output_path and self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}; got {self.output_format!r}.")
+        if self.output_path:
+            check_choice("output_format", self.output_format, OUTPUT_FORMATS)
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
         self.log.info("Fetched %d stops from SMS Partner", len(frame))
         if not self.output_path:
             return frame
+        from airflow_provider_smspartner.utils.storage import to_storage_path
+
         target = to_storage_path(self.output_path)
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("wb") as handle:
@@ -141,7 +128,14 @@ class _BulkStopsOperator(BaseOperator):
         self.results_conn_id = results_conn_id
         self.max_failed = max_failed
         self.smspartner_conn_id = smspartner_conn_id
-        self._check_arguments()
+        check_one_source(phone_numbers, sql, sql_conn_id, source_path)
+        check_count("max_workers", max_workers, minimum=1)
+        check_count("max_failed", max_failed, minimum=0)
+        if results_table and not (results_conn_id or sql_conn_id):
+            raise ValueError(
+                f"results_table {results_table!r} needs a database: set results_conn_id (or sql_conn_id) "
+                "to the connection to write it to."
+            )
 
     def render_template(self, content: Any, context: Context, *args: Any, **kwargs: Any) -> Any:
         # A literal list of numbers would otherwise be compiled by Jinja one string at a time (slow
@@ -151,34 +145,12 @@ class _BulkStopsOperator(BaseOperator):
             return content
         return super().render_template(content, context, *args, **kwargs)
 
-    def _source(self) -> PhoneSource:
-        return PhoneSource(
-            phone_numbers=self.phone_numbers,
-            sql=self.sql,
-            sql_conn_id=self.sql_conn_id,
-            source_path=self.source_path,
-            phone_column=self.phone_column,
-        )
-
     def _options(self) -> BulkOptions:
+        from airflow_provider_smspartner.bulk.pipeline import BulkOptions
+
         return BulkOptions(
             default_region=self.default_region, dry_run=self.is_dry_run, max_workers=self.max_workers
         )
-
-    def _results(self) -> ResultsTable | None:
-        if not self.results_table:
-            return None
-        return ResultsTable(conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table)
-
-    def _check_arguments(self) -> None:
-        self._source().check()
-        check_count("max_workers", self.max_workers, minimum=1)
-        check_count("max_failed", self.max_failed, minimum=0)
-        if self.results_table and not (self.results_conn_id or self.sql_conn_id):
-            raise ValueError(
-                f"results_table {self.results_table!r} needs a database: set results_conn_id (or sql_conn_id) "
-                "to the connection to write it to."
-            )
 
     def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
         raise NotImplementedError
@@ -191,13 +163,25 @@ class _BulkStopsOperator(BaseOperator):
         :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
         :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes written first).
         """
-        self._check_arguments()
+        from airflow_provider_smspartner.bulk.pipeline import conclude
+        from airflow_provider_smspartner.bulk.results import ResultsTable
+        from airflow_provider_smspartner.bulk.sources import PhoneSource
+        from airflow_provider_smspartner.utils.sql_writer import TableName
+
         options = self._options()
-        options.check()
-        results = self._results()
-        if results is not None:
-            TableName.parse(results.table)  # a bad name must fail before the API is called
-        source = self._source()
+        results = None
+        if self.results_table:
+            TableName.parse(self.results_table)  # a bad name must fail before the API is called
+            results = ResultsTable(
+                conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table
+            )
+        source = PhoneSource(
+            phone_numbers=self.phone_numbers,
+            sql=self.sql,
+            sql_conn_id=self.sql_conn_id,
+            source_path=self.source_path,
+            phone_column=self.phone_column,
+        )
         values = source.read()
         self.log.info("Read %d values from %s", len(values), source.describe())
         hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
@@ -285,9 +269,13 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
         super().__init__(**kwargs)
 
     def _options(self) -> BulkOptions:
+        from dataclasses import replace
+
         return replace(super()._options(), skip_existing=self.skip_existing)
 
     def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+        from airflow_provider_smspartner.bulk.pipeline import add_stops
+
         return add_stops(values, hook, options, logger=self.log)
 
 
@@ -312,4 +300,6 @@ class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
     """
 
     def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+        from airflow_provider_smspartner.bulk.pipeline import remove_stops
+
         return remove_stops(values, hook, options, logger=self.log)

@@ -1,4 +1,4 @@
-"""The results table of the bulk operators: one row per input value per run, appended through sql.py."""
+"""The results table of the bulk operators: one row per input value per run, appended through the warehouse writer."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from airflow_provider_smspartner.bulk_plan import OUTCOME_COLUMNS
+from airflow_provider_smspartner.bulk.outcomes import OUTCOME_COLUMNS
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.sql import (
-    DEFAULT_CHUNK_SIZE,
+from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
+from airflow_provider_smspartner.utils.sql_writer import (
     Column,
     SqlTableWriter,
     TableSpec,
@@ -40,12 +40,12 @@ class ResultsTable:
 
     :param conn_id: Connection of the database (any DbApiHook).
     :param table: ``name`` or ``schema.name``; created on first use.
-    :param chunk_rows: Rows per load chunk.
+    :param chunk_size: Rows per load chunk.
     """
 
     conn_id: str
     table: str
-    chunk_rows: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
     def write(self, outcomes: pd.DataFrame, dag_id: str | None, run_id: str | None) -> int:
         """Append one row per row of ``outcomes`` (``OUTCOME_COLUMNS``), tagged with the run.
@@ -57,5 +57,5 @@ class ResultsTable:
         frame["input_value"] = pd.array([phone_text(v) for v in frame["input_value"]], dtype="string")
         frame["dag_id"] = dag_id
         frame["run_id"] = run_id
-        writer = SqlTableWriter(resolve_dbapi_hook(self.conn_id), self.table, RESULTS_TABLE, self.chunk_rows)
+        writer = SqlTableWriter(resolve_dbapi_hook(self.conn_id), self.table, RESULTS_TABLE, self.chunk_size)
         return writer.write(frame, "insert").inserted

@@ -21,8 +21,8 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerServerError,
     StopNotFoundError,
 )
-from airflow_provider_smspartner.hooks.redaction import register_secret
-from airflow_provider_smspartner.hooks.responses import parse_response, parse_retry_after
+from airflow_provider_smspartner.utils.api import parse_response, parse_retry_after
+from airflow_provider_smspartner.utils.redaction import register_secret
 
 
 def _error(code: int, message: str = "boom") -> str:
@@ -104,7 +104,7 @@ class TestRetryAfter:
 
 
 def test_very_short_secret_is_not_redacted_everywhere():
-    from airflow_provider_smspartner.hooks.redaction import redact
+    from airflow_provider_smspartner.utils.redaction import redact
 
     register_secret("k")  # a placeholder key must not turn every "k" of every message into ***
     assert redact("Invalid API key") == "Invalid API key"

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from airflow.exceptions import AirflowException
 
-from airflow_provider_smspartner.bulk_plan import (
+from airflow_provider_smspartner.bulk.outcomes import (
     NOT_PROCESSED,
+    CallOutcome,
     count_statuses,
     listed_pairs,
     merge_call_outcomes,
@@ -29,12 +30,12 @@ from airflow_provider_smspartner.bulk_plan import (
     settle_rest,
     undecided,
 )
-from airflow_provider_smspartner.bulk_progress import ProgressReporter
-from airflow_provider_smspartner.bulk_results import ResultsTable
-from airflow_provider_smspartner.bulk_runner import CallOutcome, RunReport, run_calls
+from airflow_provider_smspartner.bulk.progress import ProgressReporter
+from airflow_provider_smspartner.bulk.results import ResultsTable
+from airflow_provider_smspartner.bulk.runner import RunReport, run_calls
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, StopNotFoundError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+from airflow_provider_smspartner.utils.arguments import check_count
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ ADD_STATUSES = ("invalid", "duplicate", "skipped_existing", "added", "already_pr
 REMOVE_STATUSES = ("invalid", "duplicate", "not_on_list", "removed", "failed", "would_remove")
 #: Failures logged one per line; the rest are counted (the results table has them all).
 FAILURE_SAMPLE = 10
-
-
-def check_count(name: str, value: Any, minimum: int) -> None:
-    """:raises ValueError: unless ``value`` is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -67,17 +62,16 @@ class BulkOptions:
     max_workers: int = 8
     skip_existing: bool = True
 
-    def check(self) -> None:
-        """:raises ValueError: on a worker count below 1 or a region libphonenumber does not know."""
+    def __post_init__(self) -> None:
+        # The region is checked where it is used, by the normalisation, before any API call.
         check_count("max_workers", self.max_workers, minimum=1)
-        normalize_phone_numbers([], default_region=self.default_region)
 
 
 @dataclass
 class BulkResult:
     """The outcome of a bulk run before it is concluded.
 
-    :param outcomes: One row per input value (see ``bulk_plan.OUTCOME_COLUMNS``).
+    :param outcomes: One row per input value (see ``outcomes.OUTCOME_COLUMNS``).
     :param statuses: The statuses of this kind of run (``ADD_STATUSES`` or ``REMOVE_STATUSES``).
     :param fatal: The authentication error that stopped the run, if one did.
     """
@@ -125,7 +119,6 @@ def add_stops(values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, log
     :param hook: Shared by every worker thread.
     :return: Statuses from ``ADD_STATUSES`` (``not_processed`` for inputs left after an auth error).
     """
-    options.check()
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
     if options.skip_existing:
@@ -162,7 +155,6 @@ def remove_stops(
 
     :return: Statuses from ``REMOVE_STATUSES`` (``not_processed`` for inputs left after an auth error).
     """
-    options.check()
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
     stop_list = hook.get_stop_list_df()

@@ -26,13 +26,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
+
 log = logging.getLogger(__name__)
 
 ColumnType = Literal["bigint", "int", "short_text", "text", "timestamp"]
 WriteMode = Literal["replace", "upsert", "append", "insert"]
-WRITE_MODES: tuple[str, ...] = ("replace", "upsert", "append")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-DEFAULT_CHUNK_SIZE = 50_000
 
 
 @dataclass(frozen=True)

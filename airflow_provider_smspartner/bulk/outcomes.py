@@ -8,13 +8,13 @@ Pure pandas: no Airflow, no HTTP.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 
-from airflow_provider_smspartner.bulk_runner import CallOutcome
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
 
 #: Columns of the outcome table, which are also the columns of a results table (with dag_id, run_id).
@@ -27,6 +27,26 @@ OUTCOME_COLUMNS = (
     "error_message",
     "processed_at",
 )
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """What one API call ended in.
+
+    :param status: An outcome name (``added``, ``removed``, ``failed``...).
+    :param stop_id: The stop id the call created or targeted, when known.
+    :param error_code: The API code of a failure (``None`` when none came back, e.g. a timeout).
+    :param error_message: The (redacted) error text of a failure.
+    :param finished_at: Wall-clock time (epoch seconds) the call ended.
+    """
+
+    status: str
+    stop_id: int | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    finished_at: float = 0.0
+
+
 #: Status of an input left unprocessed because an authentication error stopped the run.
 NOT_PROCESSED = "not_processed"
 # When one input maps to several calls (a number listed under several stop ids), the row reports

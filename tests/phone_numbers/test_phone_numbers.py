@@ -11,16 +11,16 @@ import phonenumbers
 import pytest
 from phonenumbers import phonenumberutil
 
-from airflow_provider_smspartner import _phone_fastpath
 from airflow_provider_smspartner import phone_numbers as module
 from airflow_provider_smspartner.phone_numbers import (
     REASONS,
+    _fast_path,
     flag_stopped,
     normalize_phone_numbers,
     phone_text,
-    reference_normalize,
 )
-from tests.phone_corpus import JUNK, distinct_ratio, generate_corpus
+from airflow_provider_smspartner.phone_numbers.reference import reference_normalize
+from benchmarks.phone_corpus import JUNK, distinct_ratio, generate_corpus
 
 CORPUS_SIZE = 200_000
 CORPUS_SEED = 20240601
@@ -466,7 +466,7 @@ class TestExactness:
         # The fast path rewrites these to spaces: that is only exact for characters that
         # libphonenumber treats as punctuation, and that are not extension labels.
         punctuation = phonenumberutil._SEPARATOR_PATTERN  # "[" + _VALID_PUNCTUATION + "]+"
-        for char in _phone_fastpath.UNICODE_SEPARATORS:
+        for char in _fast_path.UNICODE_SEPARATORS:
             assert punctuation.fullmatch(char), hex(ord(char))
             assert (
                 phonenumbers.parse(f"06{char}12{char}34{char}56{char}78", "FR").national_number == 612345678

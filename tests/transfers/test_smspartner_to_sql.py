@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerResponseError
-from airflow_provider_smspartner.sql import SqlTableWriter, resolve_dbapi_hook
-from airflow_provider_smspartner.transfers.stop_list_to_sql import (
-    STOP_LIST_TABLE,
+from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     SmsPartnerStopListToSqlOperator,
+    stop_list_table_spec,
 )
+from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 from tests.conftest import smspartner_connection_json
 
 
@@ -28,7 +28,7 @@ def _operator(conn_id: str, table: str, mode: str = "replace", **kwargs) -> SmsP
 
 
 def _table(conn_id: str, table: str) -> pd.DataFrame:
-    frame = SqlTableWriter(resolve_dbapi_hook(conn_id), table, STOP_LIST_TABLE).read_frame()
+    frame = SqlTableWriter(resolve_dbapi_hook(conn_id), table, stop_list_table_spec()).read_frame()
     frame.columns = [c.lower() for c in frame.columns]
     for column in ("created_at", "extracted_at", "removed_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
@@ -110,7 +110,7 @@ class TestModes:
         stop_id = sandbox.state.list_entries()[2][0]
         hook = resolve_dbapi_hook(warehouse_conn)
         stamp = "2020-01-01T00:00:00Z" if hook.conn_type == "sqlite" else "2020-01-01 00:00:00"
-        writer = SqlTableWriter(hook, unique_table, STOP_LIST_TABLE)
+        writer = SqlTableWriter(hook, unique_table, stop_list_table_spec())
         table_sql = writer.dialect.table(writer.table)
         hook.run(f"UPDATE {table_sql} SET removed_at = '{stamp}' WHERE stop_id = {stop_id}")
         summary = _operator(warehouse_conn, unique_table, "upsert").execute({})
@@ -121,7 +121,7 @@ class TestModes:
         _operator(warehouse_conn, unique_table, "upsert").execute({})
         stop_id = sandbox.state.list_entries()[0][0]
         hook = resolve_dbapi_hook(warehouse_conn)
-        writer = SqlTableWriter(hook, unique_table, STOP_LIST_TABLE)
+        writer = SqlTableWriter(hook, unique_table, stop_list_table_spec())
         hook.run(
             f"UPDATE {writer.dialect.table(writer.table)} SET phone_number = 'stale' WHERE stop_id = {stop_id}"
         )

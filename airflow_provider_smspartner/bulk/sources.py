@@ -14,9 +14,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-#: Rows fetched per round trip from a database or read per chunk from a file.
-DEFAULT_CHUNK_ROWS = 50_000
-SOURCE_ARGUMENTS = ("phone_numbers", "sql", "source_path")
+from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE, check_one_source
+from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.utils.storage import file_format, to_storage_path
+
 _NESTED = (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.DataFrame)
 
 
@@ -99,15 +100,13 @@ def values_from_object(value: Any, phone_column: str | None) -> pd.Series:
     return pd.Series(array, dtype=object)
 
 
-def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_rows: int) -> pd.Series:
+def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_size: int) -> pd.Series:
     """Run ``sql`` on connection ``sql_conn_id`` (any DbApiHook) and return its phone column.
 
     Rows come in ``fetchmany`` chunks of which only the phone column is kept.
 
     :raises ValueError: when the query returns no rows set or the phone column is ambiguous or absent.
     """
-    from airflow_provider_smspartner.sql import resolve_dbapi_hook
-
     hook = resolve_dbapi_hook(sql_conn_id)
     conn = hook.get_conn()
     cursor = conn.cursor()
@@ -120,7 +119,7 @@ def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_
             pick_column(names, phone_column, f"the result of the sql query on {sql_conn_id!r}")
         )
         values: list[Any] = []
-        while rows := cursor.fetchmany(chunk_rows):
+        while rows := cursor.fetchmany(chunk_size):
             values.extend(row[position] for row in rows)
     finally:
         cursor.close()
@@ -130,29 +129,11 @@ def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_
     return pd.Series(array, dtype=object)
 
 
-def file_format(path: str) -> str:
-    """``"csv"`` or ``"parquet"`` from the file name.
-
-    :raises ValueError: for any other extension.
-    """
-    name = path.lower().rstrip("/")
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    raise ValueError(
-        f"source_path {path!r} must end with .csv, .csv.gz, .parquet or .pq (the format is taken from "
-        "the extension)."
-    )
-
-
-def values_from_file(source_path: str, phone_column: str | None, chunk_rows: int) -> pd.Series:
+def values_from_file(source_path: str, phone_column: str | None, chunk_size: int) -> pd.Series:
     """The phone column of a CSV or Parquet file (local path or ObjectStoragePath URI), read in chunks.
 
     CSV cells are read as text, exactly as written (leading zeros kept; an empty cell stays empty).
     """
-    from airflow_provider_smspartner.operators.stop_list import to_storage_path
-
     kind = file_format(source_path)
     target = to_storage_path(source_path)
     where = f"file {source_path!r}"
@@ -164,7 +145,7 @@ def values_from_file(source_path: str, phone_column: str | None, chunk_rows: int
             column = pick_column(parquet.schema_arrow.names, phone_column, where)
             pieces = [
                 batch.column(0).to_pandas()
-                for batch in parquet.iter_batches(batch_size=chunk_rows, columns=[column])
+                for batch in parquet.iter_batches(batch_size=chunk_size, columns=[column])
             ]
         else:
             compression: Literal["gzip"] | None = "gzip" if source_path.lower().endswith(".gz") else None
@@ -176,7 +157,7 @@ def values_from_file(source_path: str, phone_column: str | None, chunk_rows: int
                 usecols=[column],
                 dtype=str,
                 keep_default_na=False,
-                chunksize=chunk_rows,
+                chunksize=chunk_size,
                 compression=compression,
             )
             pieces = [chunk[column] for chunk in reader]
@@ -203,19 +184,11 @@ class PhoneSource:
     phone_column: str | None = None
 
     def check(self) -> None:
-        """Check the arguments alone (no I/O), so a bad DAG fails when it is parsed.
+        """Check the arguments alone (no I/O).
 
         :raises ValueError: when not exactly one source is given, or ``sql`` lacks its connection.
         """
-        given = [name for name in SOURCE_ARGUMENTS if getattr(self, name) is not None]
-        if len(given) != 1:
-            got = f"got {' and '.join(given)}" if given else "got none"
-            raise ValueError(
-                f"Give exactly one source of phone numbers ({got}): phone_numbers (a list, or an upstream "
-                "task's XCom), sql (with sql_conn_id) or source_path (a CSV or Parquet file)."
-            )
-        if self.sql is not None and not self.sql_conn_id:
-            raise ValueError("sql needs sql_conn_id: the connection of the database to run the query on.")
+        check_one_source(self.phone_numbers, self.sql, self.sql_conn_id, self.source_path)
 
     def describe(self) -> str:
         """A short description of the source for log lines."""
@@ -225,14 +198,14 @@ class PhoneSource:
             return f"file {self.source_path!r}"
         return "phone_numbers"
 
-    def read(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> pd.Series:
+    def read(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> pd.Series:
         """Read the raw values, one per input row, in order (``RangeIndex``).
 
         :raises ValueError: on unusable arguments or data (see :meth:`check` and the readers).
         """
         self.check()
         if self.sql is not None:
-            return values_from_sql(self.sql, str(self.sql_conn_id), self.phone_column, chunk_rows)
+            return values_from_sql(self.sql, str(self.sql_conn_id), self.phone_column, chunk_size)
         if self.source_path is not None:
-            return values_from_file(self.source_path, self.phone_column, chunk_rows)
+            return values_from_file(self.source_path, self.phone_column, chunk_size)
         return values_from_object(self.phone_numbers, self.phone_column)

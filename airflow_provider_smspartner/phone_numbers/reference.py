@@ -1,0 +1,46 @@
+"""The reference oracle: libphonenumber called once per value, the way a user would write it.
+
+Kept as the baseline of the benchmarks and the oracle of the exactness tests of the fast path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from airflow_provider_smspartner.phone_numbers import (
+    _STRING_DTYPE,
+    REASONS,
+    _as_input,
+    _check_region,
+    _object_values,
+    _reference_code,
+    phone_text,
+)
+from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+
+
+def reference_normalize(values: Any, default_region: str = "FR") -> pd.DataFrame:
+    """The plain per-value libphonenumber loop: the baseline and the oracle of the fast path.
+
+    Same arguments, result and errors as :func:`normalize_phone_numbers`; one
+    ``phonenumbers.parse`` call per value, no de-duplication, no vectorisation.
+    """
+    region = _check_region(default_region)
+    data, index = _as_input(values)
+    objects = _object_values(data)
+    e164: list[str | None] = []
+    reasons: list[str | None] = []
+    for value in objects:
+        number, code = _reference_code(phone_text(value), region)
+        e164.append(number)
+        reasons.append(None if code == fast.VALID else REASONS[code - 1])
+    return pd.DataFrame(
+        {
+            "input": pd.Series(objects, index=index, dtype=object, copy=False),
+            "phone_e164": pd.Series(pd.array(e164, dtype=_STRING_DTYPE), index=index),
+            "reason": pd.Series(pd.array(reasons, dtype=_STRING_DTYPE), index=index),
+        },
+        index=index,
+    )

@@ -1,0 +1,224 @@
+"""Reads and validates the ``smspartner`` Airflow connection into typed settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from airflow_provider_smspartner.exceptions import SmsPartnerConfigError
+
+DEFAULT_BASE_URL = "https://api.smspartner.fr/v1"
+
+
+def _config_error(message: str) -> SmsPartnerConfigError:
+    # get_provider_info imports this module while Airflow itself is being imported (provider
+    # discovery), so the exception, whose module imports Airflow, is imported only when raised.
+    from airflow_provider_smspartner.exceptions import SmsPartnerConfigError
+
+    return SmsPartnerConfigError(message)
+
+
+@dataclass(frozen=True)
+class ExtraField:
+    """One optional extra of the ``smspartner`` connection: the ONE definition of it.
+
+    The provider info's connection form (``conn-fields``), the validation below and the README's
+    extras table are all read from :data:`EXTRA_FIELDS`.
+
+    :param name: Key in the connection's extra JSON.
+    :param label: Label in the connection form.
+    :param kind: ``seconds`` / ``rate`` (a number > 0), ``backoff`` (a number >= 0), ``count`` (a
+        whole number >= 0) or ``timezone`` (an IANA zone name).
+    :param default: Used when the extra is absent.
+    :param description: What it does, for the form and the README.
+    """
+
+    name: str
+    label: str
+    kind: Literal["seconds", "rate", "backoff", "count", "timezone"]
+    default: float | int | str
+    description: str
+
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of the form field (null = use the default)."""
+        if self.kind == "timezone":
+            return {"type": ["string", "null"]}
+        if self.kind == "count":
+            return {"type": ["integer", "null"], "minimum": 0}
+        if self.kind == "backoff":
+            return {"type": ["number", "null"], "minimum": 0}
+        return {"type": ["number", "null"], "exclusiveMinimum": 0}
+
+    @property
+    def rule(self) -> str:
+        """The rule a value must follow, in words (for error messages)."""
+        return {
+            "seconds": "a number of seconds > 0",
+            "rate": "a number > 0",
+            "backoff": "a number of seconds, 0 or more",
+            "count": "a whole number, 0 or more",
+            "timezone": "an IANA time zone such as 'Europe/Paris'",
+        }[self.kind]
+
+
+EXTRA_FIELDS: tuple[ExtraField, ...] = (
+    ExtraField("timeout", "Timeout (seconds)", "seconds", 30.0, "Seconds before a request is given up."),
+    ExtraField(
+        "max_retries", "Max retries", "count", 5, "Retries after the first attempt (5 = at most 6 requests)."
+    ),
+    ExtraField(
+        "retry_backoff", "Retry backoff base (seconds)", "backoff", 1.0, "Base of the exponential backoff."
+    ),
+    ExtraField(
+        "requests_per_second",
+        "Requests per second (client throttle)",
+        "rate",
+        # 25/s = 1500/min, under the documented 2000 requests per minute per IP address.
+        25.0,
+        "Client-side throttle, shared by every hook of the connection in a process.",
+    ),
+    ExtraField(
+        "api_timezone",
+        "API timezone (of createdAt)",
+        "timezone",
+        "Europe/Paris",
+        "Zone of the list's naive `createdAt` times.",
+    ),
+)
+_EXTRAS = {extra.name: extra for extra in EXTRA_FIELDS}
+
+
+@dataclass(frozen=True)
+class SmsPartnerSettings:
+    """Validated settings of one ``smspartner`` connection. ``api_key`` is excluded from the repr."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout: float = float(_EXTRAS["timeout"].default)
+    max_retries: int = int(_EXTRAS["max_retries"].default)
+    retry_backoff: float = float(_EXTRAS["retry_backoff"].default)
+    requests_per_second: float = float(_EXTRAS["requests_per_second"].default)
+    api_timezone: str = str(_EXTRAS["api_timezone"].default)
+
+    @property
+    def tzinfo(self) -> ZoneInfo:
+        return ZoneInfo(self.api_timezone)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_base_url(conn_id: str, host: str | None, port: int | None = None) -> str:
+    """Turn the connection's host field into the API base URL.
+
+    No host -> the public API; no scheme -> https; no path -> ``/v1``. Plain http is only allowed
+    to loopback hosts (the sandbox): the API key travels in the URL and must not cross a network
+    unencrypted.
+    """
+    raw = (host or "").strip()
+    if not raw:
+        return DEFAULT_BASE_URL
+    if "://" not in raw:
+        raw = "https://" + raw
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise _config_error(
+            f"Connection {conn_id!r}: API base URL {host!r} is not an http(s) URL; "
+            f"use e.g. {DEFAULT_BASE_URL!r}."
+        )
+    if scheme == "http" and not _is_loopback(parts.hostname):
+        raise _config_error(
+            f"Connection {conn_id!r}: plain http:// is only allowed for loopback hosts "
+            f"(got {parts.hostname!r}); use https:// so the API key is not sent in clear text."
+        )
+    netloc = parts.netloc
+    if port and parts.port is None:
+        netloc = f"{netloc}:{port}"
+    path = parts.path.rstrip("/") or "/v1"
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def _check_number(conn_id: str, extra: ExtraField, value: Any) -> float | int:
+    cast: Callable[[Any], Any] = int if extra.kind == "count" else float
+    problem = _config_error(
+        f"Connection {conn_id!r}: extra {extra.name!r} must be {extra.rule}, got {value!r}."
+    )
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = cast(value)
+        if cast is int and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise problem from None
+    in_range = number >= 0 if extra.kind in ("count", "backoff") else number > 0
+    if not in_range or (isinstance(number, float) and not math.isfinite(number)):
+        raise problem
+    return number
+
+
+def _check_timezone(conn_id: str, extra: ExtraField, value: Any) -> str:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _config_error(
+            f"Connection {conn_id!r}: extra {extra.name!r} must be {extra.rule}, got {value!r}."
+        ) from None
+    return str(value)
+
+
+def settings_from_connection(
+    conn_id: str, password: str | None, host: str | None, port: int | None, extras: Mapping[str, Any]
+) -> SmsPartnerSettings:
+    """Validate the fields of an Airflow connection; every error names the connection and the field."""
+    api_key = (password or "").strip()
+    if not api_key:
+        raise _config_error(
+            f"Connection {conn_id!r} has no API key: put the SMS Partner API key in its password field."
+        )
+    # A typo such as "max_retry" would otherwise be ignored silently and the default used.
+    unknown = sorted(k for k in extras if k not in _EXTRAS)
+    if unknown:
+        raise _config_error(
+            f"Connection {conn_id!r}: unknown extra(s) {', '.join(map(repr, unknown))}; "
+            f"known extras are {', '.join(map(repr, _EXTRAS))}."
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in extras.items():
+        if value is None or value == "":  # an emptied form field means "use the default"
+            continue
+        extra = _EXTRAS[name]
+        check = _check_timezone if extra.kind == "timezone" else _check_number
+        kwargs[name] = check(conn_id, extra, value)
+    return SmsPartnerSettings(
+        conn_id=conn_id, base_url=build_base_url(conn_id, host, port), api_key=api_key, **kwargs
+    )
+
+
+def connection_form_fields() -> dict[str, dict[str, Any]]:
+    """The ``conn-fields`` of the provider info: one form field per extra."""
+    return {
+        extra.name: {"label": extra.label, "description": extra.description, "schema": extra.json_schema}
+        for extra in EXTRA_FIELDS
+    }
+
+
+def extras_placeholder() -> str:
+    """The extra JSON placeholder of the form: every extra at its default."""
+    return json.dumps({extra.name: extra.default for extra in EXTRA_FIELDS})

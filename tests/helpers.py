@@ -1,0 +1,96 @@
+"""Helpers shared by several test modules (the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.conftest import smspartner_connection_json
+
+#: A minimal task context: what the bulk operators read from it.
+CONTEXT: dict[str, Any] = {"dag": SimpleNamespace(dag_id="bulk_dag"), "run_id": "manual__2026-01-01"}
+#: Random faults of every retryable kind (lost responses included) at a realistic rate.
+FAULTS = {"server_error": 0.05, "drop": 0.05, "lost_response": 0.05, "rate_limit": 0.03}
+#: Valid for libphonenumber, refused by the API (fewer than 8 digits): API code 9.
+API_REJECTED = ["+6834002", "+6837001", "+6903010"]
+
+
+def use_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox: Any, **extras: Any) -> None:
+    """Point ``smspartner_default`` at ``sandbox``, with enough retries to outlast random faults."""
+    extras.setdefault("max_retries", 8)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMSPARTNER_DEFAULT", smspartner_connection_json(sandbox.base_url, **extras)
+    )
+
+
+def inject_faults(sandbox: Any, endpoint: str) -> None:
+    """Random faults on ``endpoint`` only; ``Retry-After: 0`` keeps 429s fast."""
+    sandbox.fault_rates = FAULTS
+    sandbox.fault_endpoints = {endpoint}
+    sandbox.retry_after = "0"
+
+
+def new_numbers(count: int, sandbox: Any, prefix: str = "+3364") -> list[str]:
+    """``count`` E.164 numbers that are not on the sandbox list."""
+    listed = sandbox.state.phone_numbers()
+    numbers = (f"{prefix}{i:07d}" for i in range(10 * count + 10))
+    return [n for n in numbers if n not in listed][:count]
+
+
+def national(e164: str) -> str:
+    """``+33612345678`` -> ``06 12 34 56 78``."""
+    digits = "0" + e164[3:]
+    return " ".join(digits[i : i + 2] for i in range(0, 10, 2))
+
+
+def read_results(conn_id: str, table: str) -> pd.DataFrame:
+    """A results table as written, column names lower-cased."""
+    from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+    frame = resolve_dbapi_hook(conn_id).get_df(f"SELECT * FROM {table}")
+    frame.columns = [str(c).lower() for c in frame.columns]
+    return frame
+
+
+def drop_table(conn_id: str, table: str) -> None:
+    """Drop ``table`` if it exists."""
+    from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+    resolve_dbapi_hook(conn_id).run(f"DROP TABLE IF EXISTS {table}")
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """``{status: rows}`` of a results table."""
+    return {str(k): int(v) for k, v in frame["status"].value_counts().items()}
+
+
+def nonzero(summary: dict[str, Any]) -> dict[str, int]:
+    """The statuses of a summary that occurred (``total`` and ``results_table`` left out)."""
+    return {k: v for k, v in summary.items() if k not in ("total", "results_table") and v}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingLogger:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.lines.append(message % args)
+
+    warning = info
+
+
+def use_connection(
+    monkeypatch: pytest.MonkeyPatch, conn_json: str, conn_id: str = "smspartner_default"
+) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn_json)
