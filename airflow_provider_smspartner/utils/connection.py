@@ -75,7 +75,11 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "max_retries", "Max retries", "count", 5, "Retries after the first attempt (5 = at most 6 requests)."
     ),
     ExtraField(
-        "retry_backoff", "Retry backoff base (seconds)", "backoff", 1.0, "Base of the exponential backoff."
+        "retry_backoff",
+        "Retry backoff base (seconds)",
+        "backoff",
+        1.0,
+        "Base of the exponential backoff, in seconds.",
     ),
     ExtraField(
         "requests_per_second",
