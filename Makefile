@@ -1,6 +1,10 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both build their own virtualenv.
 PYTHON ?= python3
 VENV ?= .venv
+# Extra pip requirements, e.g. AIRFLOW_SPEC="apache-airflow==3.2.2" for the floor-version run.
+AIRFLOW_SPEC ?=
+# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not e2e"'.
+PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -9,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" $(AIRFLOW_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +29,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 unit: install
-	$(PY) -m pytest -p no:cacheprovider -ra
+	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
@@ -36,4 +40,4 @@ bench: install
 	$(PY) benchmarks/bench_bulk_add.py
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-floor .demo .mypy_cache .ruff_cache
