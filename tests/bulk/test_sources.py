@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from airflow_provider_smspartner.bulk.sources import PhoneSource, file_format, pick_column, values_from_object
+from airflow_provider_smspartner.bulk.sources import PhoneSource, pick_column, values_from_object
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -78,18 +78,6 @@ class TestSources:
     def test_check_refuses(self, kwargs, match):
         with pytest.raises(ValueError, match=match):
             PhoneSource(**kwargs).check()
-
-    @pytest.mark.parametrize(
-        ("path", "kind"),
-        [("a.csv", "csv"), ("s3://b/a.CSV.gz", "csv"), ("a.parquet", "parquet"), ("file:///a.pq", "parquet")],
-        ids=["csv", "csv-gz-uri", "parquet", "pq-uri"],
-    )
-    def test_file_format(self, path, kind):
-        assert file_format(path) == kind
-
-    def test_file_format_refuses_unknown_extension(self):
-        with pytest.raises(ValueError, match=r"must end with \.csv"):
-            file_format("numbers.xlsx")
 
     def test_pick_column_without_columns(self):
         with pytest.raises(ValueError, match="has no columns"):
