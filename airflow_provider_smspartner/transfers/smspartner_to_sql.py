@@ -112,7 +112,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             "%s %s (%s): %d stops in the list; %d inserted, %d updated, %d removed%s",
             self.mode,
             writer.table,
-            writer.dialect.name,
+            writer.dialect_name,
             summary["rows_in_list"],
             summary["inserted"],
             summary["updated"],

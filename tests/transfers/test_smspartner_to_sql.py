@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerResponseError
 from airflow_provider_smspartner.transfers.smspartner_to_sql import (
@@ -33,6 +35,14 @@ def _table(conn_id: str, table: str) -> pd.DataFrame:
     for column in ("created_at", "extracted_at", "removed_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
     return frame.sort_values("stop_id").reset_index(drop=True)
+
+
+def _update_row(conn_id: str, table: str, stop_id: int, **values: object) -> None:
+    """Change one row behind the operator's back (as another writer of the table would)."""
+    writer = SqlTableWriter(resolve_dbapi_hook(conn_id), table, stop_list_table_spec())
+    stops = writer.sql_table
+    with writer.engine.begin() as conn:
+        conn.execute(sa.update(stops).where(stops.c.stop_id == stop_id).values(**values))
 
 
 def _tables_like(conn_id: str, prefix: str) -> list[str]:
@@ -108,11 +118,9 @@ class TestModes:
     def test_upsert_clears_removed_at_when_stop_id_reappears(self, sandbox, warehouse_conn, unique_table):
         _operator(warehouse_conn, unique_table, "upsert").execute({})
         stop_id = sandbox.state.list_entries()[2][0]
-        hook = resolve_dbapi_hook(warehouse_conn)
-        stamp = "2020-01-01T00:00:00Z" if hook.conn_type == "sqlite" else "2020-01-01 00:00:00"
-        writer = SqlTableWriter(hook, unique_table, stop_list_table_spec())
-        table_sql = writer.dialect.table(writer.table)
-        hook.run(f"UPDATE {table_sql} SET removed_at = '{stamp}' WHERE stop_id = {stop_id}")
+        _update_row(
+            warehouse_conn, unique_table, stop_id, removed_at=datetime(2020, 1, 1, tzinfo=timezone.utc)
+        )
         summary = _operator(warehouse_conn, unique_table, "upsert").execute({})
         assert (summary["inserted"], summary["updated"], summary["removed"]) == (0, 1, 0)
         assert _table(warehouse_conn, unique_table)["removed_at"].isna().all()
@@ -120,11 +128,7 @@ class TestModes:
     def test_upsert_updates_changed_rows(self, sandbox, warehouse_conn, unique_table):
         _operator(warehouse_conn, unique_table, "upsert").execute({})
         stop_id = sandbox.state.list_entries()[0][0]
-        hook = resolve_dbapi_hook(warehouse_conn)
-        writer = SqlTableWriter(hook, unique_table, stop_list_table_spec())
-        hook.run(
-            f"UPDATE {writer.dialect.table(writer.table)} SET phone_number = 'stale' WHERE stop_id = {stop_id}"
-        )
+        _update_row(warehouse_conn, unique_table, stop_id, phone_number="stale")
         summary = _operator(warehouse_conn, unique_table, "upsert").execute({})
         assert summary["updated"] == 1
         table = _table(warehouse_conn, unique_table).set_index("stop_id")

@@ -1,0 +1,481 @@
+"""SqlTableWriter on real SQLite, PostgreSQL and MariaDB, and on the generic (insert_rows) path."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+from airflow_provider_smspartner.utils.sql_writer import (
+    Column,
+    SqlTableWriter,
+    TableSpec,
+    resolve_dbapi_hook,
+)
+
+SPEC = TableSpec(
+    columns=(
+        Column("id", "bigint", nullable=False),
+        Column("name", "short_text"),
+        Column("note", "text"),
+        Column("seen_at", "timestamp"),
+        Column("removed_at", "timestamp"),
+    ),
+    key="id",
+    indexes=("name",),
+    compared=("name", "note", "seen_at"),
+    soft_delete="removed_at",
+)
+T0 = datetime(2024, 3, 1, 12, 30, 15, tzinfo=timezone.utc)
+NOW = datetime(2024, 6, 1, 8, 0, 0, tzinfo=timezone.utc)
+
+
+def _frame(*rows: tuple[int, str]) -> pd.DataFrame:
+    """Rows ``(id, name)``; ``seen_at`` is T0 + id seconds, ``removed_at`` empty."""
+    frame = pd.DataFrame({"id": [r[0] for r in rows], "name": [r[1] for r in rows]})
+    frame["note"] = [f"note {name}" for name in frame["name"]]
+    frame["seen_at"] = pd.to_datetime([T0 + timedelta(seconds=i) for i in frame["id"]], utc=True)
+    frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+    return frame
+
+
+def _rows(writer: SqlTableWriter) -> dict[int, tuple]:
+    """``{id: (name, note, seen_at, removed_at)}`` as read back by the writer."""
+    frame = writer.read_frame()
+    return {
+        int(r.id): (r.name, r.note, _instant(r.seen_at), _instant(r.removed_at))
+        for r in frame.itertuples(index=False)
+    }
+
+
+def _instant(value) -> datetime | None:
+    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
+class UnknownDatabaseHook(SqliteHook):
+    """A SQLite hook that reports a database the writer has no fast path for."""
+
+    dialect_name = "somedb"  # type: ignore[assignment]
+
+
+@pytest.fixture
+def table(warehouse_conn: str) -> Iterator[str]:
+    """A unique table name; it and any table named after it (staging) are dropped afterwards."""
+    name = f"writer_{uuid.uuid4().hex[:10]}"
+    yield name
+    _drop_like(resolve_dbapi_hook(warehouse_conn), name)
+
+
+def _drop_like(hook, prefix: str) -> None:
+    engine = hook.get_sqlalchemy_engine()
+    try:
+        with engine.begin() as conn:
+            for name in sa.inspect(conn).get_table_names():
+                if name.startswith(prefix):
+                    sa.Table(name, sa.MetaData()).drop(conn)
+    finally:
+        engine.dispose()
+
+
+def _table_names(hook, prefix: str) -> list[str]:
+    engine = hook.get_sqlalchemy_engine()
+    try:
+        return [n for n in sa.inspect(engine).get_table_names() if n.startswith(prefix)]
+    finally:
+        engine.dispose()
+
+
+class TestModes:
+    def test_replace_holds_exactly_the_frame(self, warehouse_conn, table):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=2)
+        first = writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "replace")
+        assert (first.inserted, first.updated, first.removed, first.created_table) == (3, 0, 0, True)
+        second = writer.write(_frame((2, "b"), (3, "changed"), (4, "d")), "replace")
+        assert (second.inserted, second.updated, second.removed, second.created_table) == (1, 0, 1, False)
+        rows = _rows(writer)
+        assert sorted(rows) == [2, 3, 4]
+        assert rows[3][0] == "changed"
+        assert rows[4] == ("d", "note d", T0 + timedelta(seconds=4), None)
+
+    def test_upsert_inserts_updates_and_soft_deletes(self, warehouse_conn, table):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=2)
+        writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "upsert", now=NOW)
+        summary = writer.write(_frame((2, "b"), (3, "changed"), (4, "d")), "upsert", now=NOW)
+        assert (summary.inserted, summary.updated, summary.removed) == (1, 1, 1)
+        rows = _rows(writer)
+        assert sorted(rows) == [1, 2, 3, 4]
+        assert rows[1][3] == NOW  # gone: kept, stamped
+        assert rows[3][0] == "changed" and rows[3][3] is None
+        assert [rows[i][3] for i in (2, 3, 4)] == [None, None, None]
+
+        again = writer.write(
+            _frame((2, "b"), (3, "changed"), (4, "d")), "upsert", now=NOW + timedelta(days=1)
+        )
+        assert (again.inserted, again.updated, again.removed) == (0, 0, 0)
+        assert _rows(writer)[1][3] == NOW  # not stamped again
+
+        back = writer.write(_frame((1, "a"), (2, "b"), (3, "changed"), (4, "d")), "upsert", now=NOW)
+        assert (back.inserted, back.updated, back.removed) == (0, 1, 0)
+        assert all(row[3] is None for row in _rows(writer).values())
+
+    def test_upsert_sees_a_null_becoming_a_value(self, warehouse_conn, table):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC)
+        frame = _frame((1, "a"))
+        frame["note"] = None
+        writer.write(frame, "upsert", now=NOW)
+        summary = writer.write(_frame((1, "a")), "upsert", now=NOW)
+        assert summary.updated == 1  # NULL vs 'note a' is a change (null-safe comparison)
+        assert _rows(writer)[1][1] == "note a"
+
+    def test_append_inserts_only_new_keys(self, warehouse_conn, table):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=2)
+        writer.write(_frame((1, "a"), (2, "b")), "append")
+        summary = writer.write(_frame((2, "changed"), (3, "c")), "append")
+        assert (summary.inserted, summary.updated, summary.removed) == (1, 0, 0)
+        rows = _rows(writer)
+        assert sorted(rows) == [1, 2, 3] and rows[2][0] == "b"
+
+    def test_insert_writes_every_row_without_key(self, warehouse_conn, table):
+        spec = TableSpec(columns=SPEC.columns[1:], indexes=("name",))
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, spec, chunk_size=2)
+        frame = _frame((1, "a"), (2, "a"), (3, "b")).drop(columns="id")
+        assert writer.write(frame, "insert").inserted == 3
+        assert writer.write(frame, "insert").inserted == 3
+        assert writer.write(frame.iloc[:0], "insert").inserted == 0
+        assert sorted(writer.read_frame()["name"]) == ["a", "a", "a", "a", "b", "b"]
+
+    def test_replace_readers_see_old_rows_until_commit(self, warehouse_conn, table, monkeypatch):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=1)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        reader = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC)
+        seen: list[list[int]] = []
+        real_chunks = SqlTableWriter._chunks
+
+        def watching_chunks(self, frame):
+            for chunk in real_chunks(self, frame):
+                if self is writer:
+                    seen.append(sorted(reader.read_frame()["id"]))
+                yield chunk
+
+        monkeypatch.setattr(SqlTableWriter, "_chunks", watching_chunks)
+        writer.write(_frame((3, "c"), (4, "d")), "replace")
+        assert seen == [[1, 2], [1, 2]]
+        assert sorted(_rows(writer)) == [3, 4]
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert", "append", "insert"])
+    def test_failure_mid_load_leaves_table_as_it_was(self, warehouse_conn, table, monkeypatch, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC, chunk_size=1)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        before = _rows(writer)
+        real_chunks = SqlTableWriter._chunks
+
+        def failing_chunks(self, frame):
+            for number, chunk in enumerate(real_chunks(self, frame)):
+                if number == 1:
+                    raise RuntimeError("simulated failure mid-load")
+                yield chunk
+
+        monkeypatch.setattr(SqlTableWriter, "_chunks", failing_chunks)
+        with pytest.raises(RuntimeError, match="mid-load"):
+            writer.write(_frame((3, "c"), (4, "d")), mode, now=NOW)
+        assert _rows(writer) == before
+        assert _table_names(hook, table) == [table]  # staging dropped
+
+
+class TestTypes:
+    def test_timestamps_are_stored_as_utc(self, warehouse_conn, table):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        frame = _frame((1, "a"))
+        frame["seen_at"] = pd.Timestamp("2024-03-01 13:30:15.5", tz="Europe/Paris")
+        writer.write(frame, "replace")
+        stored = hook.get_first(f"SELECT seen_at FROM {table}")[0]
+        expected = datetime(2024, 3, 1, 12, 30, 15, 500000, tzinfo=timezone.utc)
+        if writer.dialect_name == "sqlite":
+            assert stored == "2024-03-01T12:30:15Z"  # ISO-8601 text, whole seconds
+        elif writer.dialect_name == "mysql":
+            assert stored == expected.replace(tzinfo=None)  # DATETIME(6), naive UTC
+        else:
+            assert stored == expected
+        read_back = expected.replace(microsecond=0) if writer.dialect_name == "sqlite" else expected
+        assert _rows(writer)[1][2] == read_back
+
+    def test_schema_qualified_postgres_table(self, postgres_conn):
+        hook = resolve_dbapi_hook(postgres_conn)
+        name = f"writer_{uuid.uuid4().hex[:10]}"
+        writer = SqlTableWriter(hook, f"public.{name}", SPEC)
+        try:
+            assert writer.write(_frame((1, "a")), "upsert", now=NOW).inserted == 1
+            assert writer.write(_frame((2, "b")), "upsert", now=NOW).removed == 1
+            types = dict(
+                hook.get_records(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+                    parameters=(name,),
+                )
+            )
+            assert types == {
+                "id": "bigint",
+                "name": "character varying",
+                "note": "text",
+                "seen_at": "timestamp with time zone",
+                "removed_at": "timestamp with time zone",
+            }
+        finally:
+            hook.run(f"DROP TABLE IF EXISTS public.{name}")
+
+    def test_mysql_types(self, mysql_conn):
+        hook = resolve_dbapi_hook(mysql_conn)
+        name = f"writer_{uuid.uuid4().hex[:10]}"
+        try:
+            SqlTableWriter(hook, name, SPEC).ensure_table()
+            types = dict(
+                hook.get_records(
+                    "SELECT column_name, column_type FROM information_schema.columns "
+                    "WHERE table_schema = 'test' AND table_name = %s",
+                    parameters=(name,),
+                )
+            )
+            types["id"] = types["id"].replace("bigint(20)", "bigint")  # MariaDB shows a display width
+            assert types == {
+                "id": "bigint",
+                "name": "varchar(64)",
+                "note": "text",
+                "seen_at": "datetime(6)",
+                "removed_at": "datetime(6)",
+            }
+        finally:
+            hook.run(f"DROP TABLE IF EXISTS {name}")
+
+    def test_sqlite_types(self, sqlite_conn):
+        hook = resolve_dbapi_hook(sqlite_conn)
+        SqlTableWriter(hook, "stops", SPEC).ensure_table()
+        types = {row[1]: row[2] for row in hook.get_records("PRAGMA table_info(stops)")}
+        # INTEGER (not BIGINT) makes the key SQLite's rowid; timestamps are ISO-8601 text.
+        assert types == {
+            "id": "INTEGER",
+            "name": "VARCHAR(64)",
+            "note": "TEXT",
+            "seen_at": "TEXT",
+            "removed_at": "TEXT",
+        }
+
+    def test_postgres_copy_through_psycopg2(self, postgres_conn):
+        """The COPY path also runs on psycopg2 (``copy_expert``), the driver of older Postgres providers."""
+        hook = resolve_dbapi_hook(postgres_conn)
+        url = hook.get_sqlalchemy_engine().url.set(drivername="postgresql+psycopg2")
+
+        class Psycopg2Hook(type(hook)):  # type: ignore[misc]
+            def get_sqlalchemy_engine(self, engine_kwargs=None):
+                return sa.create_engine(url, **(engine_kwargs or {}))
+
+        name = f"writer_{uuid.uuid4().hex[:10]}"
+        writer = SqlTableWriter(Psycopg2Hook(postgres_conn_id=postgres_conn), name, SPEC, chunk_size=2)
+        try:
+            assert writer.engine.dialect.driver == "psycopg2"
+            writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "replace")
+            summary = writer.write(_frame((2, "b"), (3, "changed")), "upsert", now=NOW)
+            assert (summary.inserted, summary.updated, summary.removed) == (0, 1, 1)
+            assert _rows(writer)[2] == ("b", "note b", T0 + timedelta(seconds=2), None)
+        finally:
+            hook.run(f"DROP TABLE IF EXISTS {name}")
+
+
+class TestValidation:
+    def test_missing_dataframe_column(self, sqlite_conn):
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
+        with pytest.raises(ValueError, match=r"lacks column\(s\) \['note'"):
+            writer.write(_frame((1, "a")).drop(columns="note"), "replace")
+
+    def test_key_needed_outside_insert(self, sqlite_conn):
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", TableSpec(columns=SPEC.columns))
+        with pytest.raises(ValueError, match="needs a key column"):
+            writer.write(_frame((1, "a")), "upsert")
+
+    @pytest.mark.parametrize("name", ['a"b', "a.b.c", "x; DROP TABLE y", "1a"])
+    def test_table_name_checked_before_any_sql(self, name):
+        class NoHook:
+            dialect_name = "sqlite"
+
+            def get_sqlalchemy_engine(self, **kwargs):
+                raise AssertionError("no SQL expected")
+
+        with pytest.raises(ValueError, match="table name"):
+            SqlTableWriter(NoHook(), name, SPEC)
+
+
+class TestExistenceCheck:
+    """A failing existence check raises its own error; it is never taken for a missing table."""
+
+    @staticmethod
+    def _no_create(monkeypatch, writer: SqlTableWriter) -> None:
+        def refuse(conn, table):
+            raise AssertionError(f"CREATE attempted for {table.name}")
+
+        monkeypatch.setattr(writer, "_create", refuse)
+
+    def test_postgres_role_without_privileges(self, postgres_conn, monkeypatch):
+        admin = resolve_dbapi_hook(postgres_conn)
+        role, name = f"smsp_noaccess_{uuid.uuid4().hex[:8]}", f"writer_{uuid.uuid4().hex[:10]}"
+        owner = SqlTableWriter(admin, name, SPEC)
+        owner.write(_frame((1, "a")), "replace")
+        admin.run(f"CREATE ROLE {role} LOGIN")
+        try:
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_NOACCESS",
+                json.dumps(
+                    {
+                        "conn_type": "postgres",
+                        "host": "127.0.0.1",
+                        "port": 5432,
+                        "login": role,
+                        "schema": "test",
+                    }
+                ),
+            )
+            writer = SqlTableWriter(resolve_dbapi_hook("noaccess"), name, SPEC)
+            self._no_create(monkeypatch, writer)
+            assert writer.ensure_table() is False  # the catalog shows the table even without privileges
+            # Raised by SQLAlchemy or, on the bulk paths that use the driver directly, by the driver.
+            with pytest.raises(Exception, match="permission denied for table"):
+                writer.write(_frame((2, "b")), "replace")
+            assert sorted(_rows(owner)) == [1]
+        finally:
+            admin.run(f"DROP TABLE IF EXISTS {name}")
+            admin.run(f"DROP ROLE IF EXISTS {role}")
+
+    def test_mysql_user_without_privileges(self, mysql_conn, monkeypatch):
+        admin = resolve_dbapi_hook(mysql_conn)
+        user, name = f"smsp_{uuid.uuid4().hex[:8]}", f"writer_{uuid.uuid4().hex[:10]}"
+        visible = f"{name}_visible"
+        SqlTableWriter(admin, name, SPEC).ensure_table()
+        admin.run(f"CREATE TABLE {visible} (id INTEGER)")
+        admin.run(f"CREATE USER '{user}'@'127.0.0.1'")
+        try:
+            # A grant on another table lets the user into the database, but not at the target.
+            admin.run(f"GRANT SELECT ON test.{visible} TO '{user}'@'127.0.0.1'")
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_NOACCESS",
+                json.dumps(
+                    {"conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": user, "schema": "test"}
+                ),
+            )
+            writer = SqlTableWriter(resolve_dbapi_hook("noaccess"), name, SPEC)
+            self._no_create(monkeypatch, writer)
+            with pytest.raises(sa.exc.DBAPIError, match="command denied"):
+                writer.write(_frame((1, "a")), "replace")
+        finally:
+            admin.run(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+            admin.run(f"DROP TABLE IF EXISTS {name}, {visible}")
+
+    def test_unreachable_postgres(self, monkeypatch):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_NOWHERE",
+            json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": "127.0.0.1",
+                    "port": 9,
+                    "login": "postgres",
+                    "schema": "test",
+                }
+            ),
+        )
+        writer = SqlTableWriter(resolve_dbapi_hook("nowhere"), "stops", SPEC)
+        self._no_create(monkeypatch, writer)
+        with pytest.raises(sa.exc.OperationalError):
+            writer.write(_frame((1, "a")), "replace")
+
+    def test_sqlite_file_that_cannot_be_opened(self, monkeypatch, tmp_path):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_BROKEN_SQLITE",
+            json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "missing-dir" / "db.sqlite")}),
+        )
+        writer = SqlTableWriter(resolve_dbapi_hook("broken_sqlite"), "stops", SPEC)
+        self._no_create(monkeypatch, writer)
+        with pytest.raises(sa.exc.OperationalError, match="unable to open database file"):
+            writer.ensure_table()
+
+
+class TestGenericPath:
+    """Databases without a fast path load through ``DbApiHook.insert_rows`` (here: SQLite in disguise)."""
+
+    @pytest.fixture
+    def hook(self, sqlite_conn) -> UnknownDatabaseHook:
+        return UnknownDatabaseHook(sqlite_conn_id=sqlite_conn)
+
+    @pytest.fixture
+    def calls(self, monkeypatch) -> list[dict]:
+        recorded: list[dict] = []
+        real_insert_rows = SqliteHook.insert_rows
+
+        def spying_insert_rows(self, table, rows, target_fields=None, commit_every=1000, **kwargs):
+            rows = list(rows)
+            recorded.append(
+                {"table": table, "rows": rows, "target_fields": target_fields, "commit_every": commit_every}
+                | kwargs
+            )
+            return real_insert_rows(
+                self, table, rows, target_fields=target_fields, commit_every=commit_every, **kwargs
+            )
+
+        monkeypatch.setattr(SqliteHook, "insert_rows", spying_insert_rows)
+        return recorded
+
+    def test_loads_with_insert_rows_executemany(self, hook, calls):
+        writer = SqlTableWriter(hook, "stops", SPEC, chunk_size=2)
+        assert (writer.dialect_name, writer.load_path) == ("somedb", "insert_rows")
+        writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "replace")
+        assert len(calls) == 1
+        call = calls[0]
+        assert call["table"].startswith("stops__stg_")
+        assert (call["target_fields"], call["commit_every"], call["executemany"]) == (SPEC.names, 2, True)
+        # Values in the form the database stores: SQLite's ISO text for timestamps.
+        assert call["rows"][0] == (1, "a", "note a", "2024-03-01T12:30:16Z", None)
+
+    def test_modes(self, hook, calls):
+        writer = SqlTableWriter(hook, "stops", SPEC, chunk_size=2)
+        first = writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "upsert", now=NOW)
+        assert (first.inserted, first.updated, first.removed, first.created_table) == (3, 0, 0, True)
+        upsert = writer.write(_frame((2, "b"), (3, "changed"), (4, "d")), "upsert", now=NOW)
+        assert (upsert.inserted, upsert.updated, upsert.removed) == (1, 1, 1)
+        rows = _rows(writer)
+        assert rows[1][3] == NOW and rows[3][0] == "changed"
+
+        append = writer.write(_frame((4, "changed"), (5, "e")), "append")
+        assert (append.inserted, append.updated, append.removed) == (1, 0, 0)
+        assert _rows(writer)[4][0] == "d"
+
+        replace = writer.write(_frame((5, "e"), (6, "f")), "replace")
+        assert (replace.inserted, replace.removed) == (1, 4)
+        assert sorted(_rows(writer)) == [5, 6]
+        assert hook.get_first("SELECT seen_at FROM stops WHERE id = 6")[0] == "2024-03-01T12:30:21Z"
+        assert _table_names(hook, "stops") == ["stops"]  # staging tables dropped
+        assert all(c["executemany"] is True for c in calls)
+
+    def test_insert_mode_goes_through_staging(self, hook, calls, monkeypatch):
+        spec = TableSpec(columns=SPEC.columns[1:])
+        writer = SqlTableWriter(hook, "results", spec, chunk_size=2)
+        frame = _frame((1, "a"), (2, "b"), (3, "c")).drop(columns="id")
+        assert writer.write(frame, "insert").inserted == 3
+        assert calls[0]["table"].startswith("results__stg_")
+
+        real_chunks = SqlTableWriter._chunks
+
+        def failing_chunks(self, frame):
+            for number, chunk in enumerate(real_chunks(self, frame)):
+                if number == 1:
+                    raise RuntimeError("simulated failure mid-load")
+                yield chunk
+
+        monkeypatch.setattr(SqlTableWriter, "_chunks", failing_chunks)
+        with pytest.raises(RuntimeError, match="mid-load"):
+            writer.write(frame, "insert")
+        assert len(writer.read_frame()) == 3  # the first chunk reached staging only
+        assert _table_names(hook, "results") == ["results"]
