@@ -1,6 +1,6 @@
 """Benchmark: vectorised phone-number normalisation against the plain per-row libphonenumber loop.
 
-Normalises 1,000,000 mixed values (``tests/phone_corpus.py``: a contact table with repeats but
+Normalises 1,000,000 mixed values (``benchmarks/phone_corpus.py``: a contact table with repeats but
 mostly distinct numbers, many regions and shapes, some junk), measures time and peak memory,
 times the per-row loop (``reference_normalize``) on a 100,000-value sample and extrapolates it,
 and checks that both give identical results on that sample.

@@ -2,9 +2,9 @@
 
 Internal module. It reproduces, column-wise, the exact steps that ``phonenumbers.parse`` +
 ``is_valid_number`` + ``format_number(E164)`` take, with libphonenumber's own metadata (regexes,
-possible lengths, prefixes) and, for string handling, libphonenumber's own patterns and helper
-functions. Rule: decide only what is certain. A text that needs a step not reproduced here is
-left *undecided*, and the caller hands it to ``phonenumbers.parse``.
+possible lengths, prefixes) and, for string handling, libphonenumber's own patterns (see
+``PRIVATE_HELPERS``). Rule: decide only what is certain. A text that needs a step not reproduced
+here is left *undecided*, and the caller hands it to ``phonenumbers.parse``.
 
 The steps mirror ``phonenumbers/phonenumberutil.py``:
 
@@ -12,9 +12,9 @@ The steps mirror ``phonenumbers/phonenumberutil.py``:
   ``_maybe_strip_extension``, ``_normalize``): for texts made of digits, the ASCII separators of
   ``_VALID_PUNCTUATION`` and one leading ``+`` (most of the data), these steps reduce to "keep
   the digits"; no extension, second number or RFC 3966 part can be present, since their markers
-  are not in that alphabet. Other texts run through the same steps in RE2 with libphonenumber's
-  own patterns (ASCII texts) or through libphonenumber's own functions (the rest); see
-  :func:`rescue_many`. From then on parse() only uses the digits and whether a "+" came first.
+  are not in that alphabet. Other ASCII texts run through the same steps in RE2 with
+  libphonenumber's own patterns (:func:`rescue_many`); the rest goes to ``phonenumbers.parse``.
+  From then on parse() only uses the digits and whether a "+" came first.
 * ``_maybe_extract_country_code``: ``+`` / IDD stripping, shortest-prefix country-code lookup,
   the "starts with the default country code" heuristic, and the retry without "+".
 * ``_maybe_strip_national_prefix_carrier_code`` and the ``_test_number_length`` check after it.
@@ -26,13 +26,15 @@ look-around or back-reference and are only applied to ASCII digit strings, so RE
 ``re`` give the same answers: full match and "does a prefix match" are properties of the
 regular language, not of the engine.
 
-The corpus test (tests/test_phone_numbers.py) compares every row with the per-value loop.
+The corpus test (tests/phone_numbers/test_phone_numbers.py) compares every row with the
+per-value loop.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import string
 import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from phonenumbers import PhoneMetadata, PhoneNumberDesc, ValidationResult
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+
+# Private names of phonenumbers.phonenumberutil that the fast path still uses, each because it
+# buys 5 % or more of the 1,000,000-value benchmark's time (measured; see benchmarks/README.md):
+# * _maybe_strip_national_prefix_carrier_code: national prefixes with carrier codes or transform
+#   rules (AR, AU, BR, CN, JP, GG, ...), per number, instead of a whole phonenumbers.parse;
+# * _VALID_PHONE_NUMBER_PATTERN, _EXTN_PATTERNS_FOR_PARSING: the column-wise rescue of ASCII texts
+#   with letters, extensions or leading text (rescue_many).
+# Each import falls back to phonenumbers.parse (exact, slower) if a release renames it, and
+# tests/phone_numbers/test_fast_path.py fails loudly when that happens. Private names may change
+# in any release, so the dependency is pinned below the next major version (pyproject.toml),
+# which is admitted only once the tests pass on it.
+PRIVATE_HELPERS = (
+    "_maybe_strip_national_prefix_carrier_code",
+    "_VALID_PHONE_NUMBER_PATTERN",
+    "_EXTN_PATTERNS_FOR_PARSING",
+)
 
 # Reason codes, shared with phone_numbers.py. VALID means "phone_e164 is set, reason is NA".
 UNDECIDED = -1
@@ -60,7 +78,8 @@ INVALID_NUMBER = 6
 _MIN_LENGTH_FOR_NSN = 2
 _MAX_LENGTH_FOR_NSN = 17
 _MAX_LENGTH_COUNTRY_CODE = 3
-# libphonenumber rejects inputs over 250 characters; anything long is simply left to it.
+# libphonenumber rejects inputs over 250 characters (_MAX_INPUT_STRING_LENGTH) before anything
+# else; texts over 100 characters are simply left to it, so that check never matters here.
 _MAX_FAST_TEXT_LENGTH = 100
 
 # Non-ASCII characters that can be rewritten to ASCII without changing what libphonenumber does:
@@ -496,131 +515,73 @@ def _strip_national_prefix(array: pa.Array, metadata: PhoneMetadata) -> _Strippe
 
 
 # ---------------------------------------------------------------------------------------------
-# Rescue: libphonenumber's own first parsing steps, to reduce an unusual text ("Tel: 06…",
-# "… ext. 12", letters, Unicode digits) to "+digits" / "digits" for a second vectorised pass.
+# Rescue: libphonenumber's own first parsing steps, column-wise, to reduce an unusual ASCII text
+# ("Tel: 06…", "… ext. 12", letters) to "+digits" / "digits" for a second vectorised pass.
 #
 # phonenumbers.parse(text) checks the length, extracts the number from the text (skips what
 # precedes the first "+" or digit, drops trailing punctuation, cuts a second number, handles
 # RFC 3966), checks the result is viable, strips an extension, and from then on only uses
 # (a) whether the rest starts with "+" and (b) its normalised digits (vanity letters mapped to
-# digits, Unicode digits made ASCII). So parse(text) and parse(candidate) agree, with
-# candidate = "+" + digits or digits.
+# digits). So parse(text) and parse(candidate) agree, with candidate = "+" + digits or digits.
 #
-# The steps are private functions and patterns of phonenumbers; if a release renames them, the
-# rescue is skipped and every undecided text goes through phonenumbers.parse.
+# These steps run in RE2 with libphonenumber's own viability and extension patterns (private
+# names, see PRIVATE_HELPERS; if a release renames them, the rescue is skipped and every such
+# text goes through phonenumbers.parse). On ASCII texts without a newline, Python's "\d" and
+# "\w" are ASCII-only like RE2's, "." and "$" behave the same, case-insensitive matching of ASCII
+# letters agrees, and a leftmost search (Python) is a leftmost match (RE2), so the patterns give
+# the same answers in pyarrow.
+#
+# Left to phonenumbers.parse, because these steps are not reproduced here (they are rare, and
+# reproducing them bought under 5 % of the benchmark's time; see benchmarks/README.md): texts
+# that are still non-ASCII after step 1 of fast_normalize, texts with a newline, texts over
+# _MAX_FAST_TEXT_LENGTH characters, RFC 3966 texts with a phone-context or isub parameter, and
+# texts where an "x" follows a "/" or "\" with no digit in between (libphonenumber cuts a second
+# number at "/ x").
 # ---------------------------------------------------------------------------------------------
 try:
     from phonenumbers.phonenumberutil import (  # type: ignore[attr-defined]
         _EXTN_PATTERNS_FOR_PARSING,
-        _MAX_INPUT_STRING_LENGTH,
-        _PLUS_CHARS_PATTERN,
-        _RFC3966_ISDN_SUBADDRESS,
-        _RFC3966_PHONE_CONTEXT,
-        _SECOND_NUMBER_START,
-        _VALID_ALPHA_PHONE_PATTERN,
         _VALID_PHONE_NUMBER_PATTERN,
-        _build_national_number_for_parsing,
-        _is_viable_phone_number,
-        _maybe_strip_extension,
-        _normalize,
     )
 
     _RESCUE = True
 except ImportError:  # pragma: no cover - depends on the phonenumbers release
     _RESCUE = False
 
-
-def rescue(text: str) -> tuple[int, str | None]:
-    """libphonenumber's string-level steps on one (non-blank) text, in Python.
-
-    :return: ``(reason, None)`` when the text is already decided (``TOO_LONG``,
-        ``NOT_A_NUMBER``), ``(UNDECIDED, candidate)`` when the candidate should go through the
-        fast path, and ``(UNDECIDED, None)`` when only ``phonenumbers.parse`` can tell.
-    """
-    if not _RESCUE:
-        return UNDECIDED, None
-    if len(text) > _MAX_INPUT_STRING_LENGTH:
-        return TOO_LONG, None
-    try:
-        national = _build_national_number_for_parsing(text)
-    except phonenumbers.NumberParseException as exc:
-        if exc.error_type == phonenumbers.NumberParseException.NOT_A_NUMBER:
-            return NOT_A_NUMBER, None
-        return UNDECIDED, None  # pragma: no cover - not raised by this step today
-    if not _is_viable_phone_number(national):
-        return NOT_A_NUMBER, None
-    _, national = _maybe_strip_extension(national)
-    plus = _PLUS_CHARS_PATTERN.match(national)
-    if plus:
-        # Same calls as _maybe_strip_i18n_prefix_and_normalize.
-        return UNDECIDED, "+" + _normalize_quickly(national[plus.end() :])
-    return UNDECIDED, _normalize_quickly(national)
-
-
-_NOT_ASCII_DIGIT = re.compile(r"[^0-9]")
-
-
-def _normalize_quickly(number: str) -> str:
-    """libphonenumber's ``_normalize``, with a shortcut for the ASCII, non-vanity case.
-
-    There ``normalize_digits_only`` keeps exactly the characters "0"-"9" (its per-character
-    ``unicodedata.digit`` loop is the slow part of the rescue).
-    """
-    if number.isascii() and _VALID_ALPHA_PHONE_PATTERN.fullmatch(number) is None:
-        return _NOT_ASCII_DIGIT.sub("", number)
-    return str(_normalize(number))
-
-
-# The same steps, column-wise, for ASCII texts without a newline or RFC 3966 parameters. On such
-# texts Python's "\d" and "\w" are ASCII-only like RE2's, "." and "$" behave the same (no newline),
-# case-insensitive matching of ASCII letters agrees, and a leftmost search (Python) is a leftmost
-# match (RE2), so libphonenumber's own patterns give the same answers in pyarrow.
+# A superset of the texts the rescue does not reproduce (see above); RE2 syntax.
+_NOT_RESCUED = r"\n|(?i:phone-context|isub)|[/\\][^0-9]*(?i:x)"
 _BLANK_ASCII = "^[ \t\x0b\x0c\r\x1c-\x1f]*$"  # what str.strip() removes, in ASCII
 _LEADING_JUNK = "^[^+0-9]*"  # before _VALID_START_CHAR ("[+\uFF0B\d]": plus signs, digits)
 _TRAILING_JUNK = "[^#A-Za-z0-9]+$"  # _UNWANTED_END_CHARS ("(?:_|[^#\w])+$") in ASCII
 _NOT_DIGIT = "[^0-9]"
+_VANITY = "(?:.*?[A-Za-z]){3}"  # _VALID_ALPHA_PHONE_PATTERN: 3 letters or more
+# Vanity numbers: libphonenumber maps each letter to its keypad digit (the public
+# convert_alpha_characters_in_number does the same mapping, one letter at a time).
+_KEYPAD = str.maketrans({c: phonenumbers.convert_alpha_characters_in_number(c) for c in string.ascii_letters})
 
 
 def rescue_many(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """:func:`rescue` for many texts (blank texts included: reason ``EMPTY``).
+    """libphonenumber's string-level steps on many texts (blank texts included: reason ``EMPTY``).
 
     :return: ``(reasons, candidate_positions, candidates)``: one reason per text (``UNDECIDED``
         when there is a candidate or when only ``phonenumbers.parse`` can tell), and the
         candidates with their positions.
     """
     n = len(texts)
-    reasons = np.full(n, UNDECIDED, dtype=np.int8)
     if not _RESCUE or n == 0:
-        return reasons, np.zeros(0, dtype=np.int64), []
+        return np.full(n, UNDECIDED, dtype=np.int8), np.zeros(0, dtype=np.int64), []
     texts = texts.cast(pa.large_string())
-    column = (
+    idx = np.flatnonzero(
         _np(pc.string_is_ascii(texts))
-        & ~_np(pc.match_substring(texts, "\n"))
-        & ~_np(pc.match_substring(texts, _RFC3966_PHONE_CONTEXT))
-        & ~_np(pc.match_substring(texts, _RFC3966_ISDN_SUBADDRESS))
-        & (_np(pc.binary_length(texts)) <= _MAX_INPUT_STRING_LENGTH)
+        & (_np(pc.binary_length(texts)) <= _MAX_FAST_TEXT_LENGTH)
+        & ~_np(pc.match_substring_regex(texts, _NOT_RESCUED))
     )
-    positions: list[np.ndarray] = []
-    candidates: list[str] = []
-    idx = np.flatnonzero(column)
-    if len(idx):
-        sub_reasons, sub_positions, sub_candidates = _rescue_ascii(_take(texts, idx))
-        reasons[idx] = sub_reasons
-        positions.append(idx[sub_positions])
-        candidates.extend(sub_candidates)
-    rest = np.flatnonzero(~column)
-    found: list[int] = []
-    for i, text in zip(rest.tolist(), _take(texts, rest).to_pylist(), strict=True):
-        if not text.strip():
-            reasons[i] = EMPTY
-            continue
-        code, candidate = rescue(text)
-        reasons[i] = code
-        if candidate is not None:
-            found.append(i)
-            candidates.append(candidate)
-    positions.append(np.asarray(found, dtype=np.int64))
-    return reasons, np.concatenate(positions), candidates
+    reasons = np.full(n, UNDECIDED, dtype=np.int8)
+    if not len(idx):
+        return reasons, np.zeros(0, dtype=np.int64), []
+    sub_reasons, sub_positions, candidates = _rescue_ascii(_take(texts, idx))
+    reasons[idx] = sub_reasons
+    return reasons, idx[sub_positions], candidates
 
 
 def _rescue_ascii(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -628,11 +589,10 @@ def _rescue_ascii(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
     reasons = np.full(n, UNDECIDED, dtype=np.int8)
     blank = _np(pc.match_substring_regex(texts, _BLANK_ASCII))
     reasons[blank] = EMPTY
-    # _extract_possible_number: from the first "+" or digit, without trailing punctuation, and
-    # up to a second number ("/ x…").
+    # _extract_possible_number: from the first "+" or digit, without trailing punctuation (no
+    # second number: those texts were left to phonenumbers.parse).
     number = pc.replace_substring_regex(texts, _LEADING_JUNK, "", max_replacements=1)
     number = pc.replace_substring_regex(number, _TRAILING_JUNK, "", max_replacements=1)
-    number = pc.replace_substring_regex(number, f"(?:{_SECOND_NUMBER_START}).*$", "", max_replacements=1)
     viable = _viable(number)
     reasons[~blank & ~viable] = NOT_A_NUMBER
     idx = np.flatnonzero(~blank & viable)
@@ -646,16 +606,15 @@ def _rescue_ascii(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
     rows = np.flatnonzero(stripped)
     use_base[rows] = _viable(_take(base, rows))
     number = pc.if_else(pa.array(use_base), base, number)
-    # _maybe_strip_i18n_prefix_and_normalize: leading "+" signs, then the digits; vanity
-    # numbers (3 letters or more) are mapped by libphonenumber itself.
+    # _maybe_strip_i18n_prefix_and_normalize: leading "+" signs, then the digits, with the
+    # letters of vanity numbers mapped to digits first.
     plus = _starts_with(number, "+")
     rest = pc.replace_substring_regex(number, "^\\++", "", max_replacements=1)
-    vanity = _prefix_match(rest, "(?:.*?[A-Za-z]){3}")
-    digits = pc.replace_substring_regex(rest, _NOT_DIGIT, "").to_pylist()
+    vanity = _prefix_match(rest, _VANITY)
     if vanity.any():
-        rows = np.flatnonzero(vanity)
-        for i, text in zip(rows.tolist(), _take(rest, rows).to_pylist(), strict=True):
-            digits[i] = str(_normalize(text))
+        mapped = [text.translate(_KEYPAD) for text in _take(rest, np.flatnonzero(vanity)).to_pylist()]
+        rest = pc.replace_with_mask(rest, pa.array(vanity), pa.array(mapped, type=pa.large_string()))
+    digits = pc.replace_substring_regex(rest, _NOT_DIGIT, "").to_pylist()
     candidates = [("+" + d) if p else d for d, p in zip(digits, plus.tolist(), strict=True)]
     return reasons, idx, candidates
 
@@ -681,8 +640,8 @@ def fast_normalize(texts: pa.Array, region: str) -> FastResult:
     1. Texts made of digits, ASCII separators and a leading "+" (after rewriting harmless
        Unicode digits and separators) are reduced to their digits at once.
     2. The other texts go through libphonenumber's string-level steps (:func:`rescue_many`),
-       which reduce most of them to "+digits" / "digits" as well, or decide them (blank, too
-       long, not a number).
+       which reduce most of them to "+digits" / "digits" as well, or decide them (blank, not a
+       number); the few it does not reproduce are left undecided.
     3. All digit strings then go through country-code extraction, national-prefix stripping and
        validation, column-wise, grouped by country calling code.
 
