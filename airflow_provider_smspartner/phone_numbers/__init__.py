@@ -230,6 +230,44 @@ def _parse_the_rest(result: fast.FastResult, uniques: Any, region: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _encodable(text: str | None) -> bool:
+    try:
+        text is None or text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _normalize_with_unencodable(data: np.ndarray | pd.Series, index: pd.Index, region: str) -> pd.DataFrame:
+    """:func:`normalize_phone_numbers` for values of which some do not encode as UTF-8.
+
+    The encodable values take the fast path; the others are judged by libphonenumber one by one
+    (which never raises on them), so every value still gets an E.164 number or a reason.
+    """
+    objects = _object_values(data)
+    texts = [phone_text(value) for value in objects]
+    odd = np.array([not _encodable(text) for text in texts], dtype=bool)
+    e164 = pd.array([pd.NA] * len(objects), dtype=_STRING_DTYPE)
+    reasons = pd.array([pd.NA] * len(objects), dtype=_STRING_DTYPE)
+    regular = np.flatnonzero(~odd)
+    if len(regular):
+        decided = normalize_phone_numbers(objects[regular], region)
+        e164[regular] = decided["phone_e164"].array
+        reasons[regular] = decided["reason"].array
+    for position in np.flatnonzero(odd).tolist():
+        number, code = _reference_code(texts[position], region)
+        e164[position] = number if number is not None else pd.NA
+        reasons[position] = pd.NA if code == fast.VALID else REASONS[code - 1]
+    return pd.DataFrame(
+        {
+            "input": pd.Series(objects, index=index, dtype=object, copy=False),
+            "phone_e164": pd.Series(e164, index=index),
+            "reason": pd.Series(reasons, index=index),
+        },
+        index=index,
+    )
+
+
 def normalize_phone_numbers(values: Any, default_region: str = "FR") -> pd.DataFrame:
     """Normalise phone numbers to E.164, exactly as libphonenumber would, but column-wise.
 
@@ -253,7 +291,12 @@ def normalize_phone_numbers(values: Any, default_region: str = "FR") -> pd.DataF
     """
     region = _check_region(default_region)
     data, index = _as_input(values)
-    codes, uniques = _texts(data)
+    try:
+        codes, uniques = _texts(data)
+    except UnicodeEncodeError:
+        # Arrow holds UTF-8 only; a Python string may not encode (a lone surrogate such as
+        # "\ud83d" from a badly decoded file). Rare: those values take the per-value path.
+        return _normalize_with_unencodable(data, index, region)
     result = fast.fast_normalize(uniques, region)
 
     _parse_the_rest(result, uniques, region)

@@ -618,3 +618,40 @@ class TestFlagStopped:
     def test_stop_list_without_required_columns(self, contacts):
         with pytest.raises(ValueError, match=r"lacks column\(s\) \['created_at'\]"):
             flag_stopped(contacts, pd.DataFrame({"stop_id": [1], "phone_number": ["+33612345678"]}), "mobile")
+
+
+class TestUnencodableText:
+    """Any Python string gets an E.164 number or a reason, never an exception (fail-closed issue)."""
+
+    NASTY = [
+        "\ud83d",  # a lone high surrogate (a badly decoded emoji)
+        "\udc00",
+        "06 12 34 56 78\udc00",  # libphonenumber drops the trailing junk: valid
+        "\ud83d\ude00",  # a surrogate pair as two code units
+        "+33\ud83d612345678",
+        "a\x00b",
+        "\x00",
+        "06\x0012\x0034\x0056\x0078",
+        "\uffff",
+        "+33612345678",
+        None,
+        612345678,
+    ]
+
+    @pytest.mark.parametrize(
+        "container",
+        [list, lambda v: pd.Series(v, dtype=object), lambda v: pd.Series(v, dtype="string[python]")],
+        ids=["list", "object-series", "python-string-series"],
+    )
+    def test_agrees_with_libphonenumber_and_never_raises(self, container):
+        values = (
+            self.NASTY
+            if container is list
+            else [v if v is None or isinstance(v, str) else str(v) for v in self.NASTY]
+        )
+        result = normalize_phone_numbers(container(values))
+        pd.testing.assert_frame_equal(result, reference_normalize(container(values)))
+        assert result["phone_e164"].notna().sum() + result["reason"].notna().sum() == len(values)
+
+    def test_lone_surrogate_is_not_a_number(self):
+        assert normalize_phone_numbers(["\ud83d"])["reason"].iloc[0] == "not_a_number"
