@@ -92,5 +92,18 @@ class SmsPartnerConnectionError(SmsPartnerError):
 
 
 class SmsPartnerResponseError(SmsPartnerError):
-    """The API answered something the provider cannot trust: a body that is not JSON, or a stop list
-    whose ``nbData`` disagrees with its rows. Retried, then raised: no partial data is returned."""
+    """The API answered something the provider cannot trust: a 2xx body that breaks the response
+    contract (not UTF-8 JSON, ``success``/``code`` not exactly ``true``/``200``, a missing or
+    mistyped field, a stop list whose ``nbData`` disagrees with its rows). Retried, then raised:
+    no partial data is returned."""
+
+
+class StopListGuardError(SmsPartnerError):
+    """The stop-list extract refused to apply a list that would empty the table or remove more
+    than ``max_removed_fraction`` of the stops on it; nothing was written. The message gives the
+    counts and the parameter that overrides the check."""
+
+
+class DuplicateStopIdError(SmsPartnerResponseError):
+    """The stop list holds one stop id twice with different numbers, so which number the id stands
+    for is unknown; the message names the ids. Nothing was written."""

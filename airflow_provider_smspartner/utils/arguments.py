@@ -44,3 +44,18 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     """:raises ValueError: unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def check_fraction(name: str, value: Any, *, allow_none: bool = False) -> None:
+    """:raises ValueError: unless ``value`` is a number from 0 to 1 (not a bool), or ``None`` when allowed."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        also = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a number from 0 to 1{also}; got {value!r}.")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """:raises ValueError: unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}.")

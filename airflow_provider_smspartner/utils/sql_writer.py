@@ -13,15 +13,28 @@ The load path follows ``hook.dialect_name``:
 ``append`` (and every mode on the generic path) load a staging table and apply set-based
 statements to the target in one transaction. Either way a failure leaves the target as it was,
 and readers see the old rows until the commit.
+
+The keyed modes (``replace``/``upsert``/``append``) hold a per-table lock for the whole write, so
+two writers of one table run one after the other instead of interleaving: a transaction-level
+advisory lock on PostgreSQL (the write is one transaction there, staging table included), a
+``GET_LOCK`` named after the table on MySQL/MariaDB (held by the session across the staging DDL,
+which MySQL commits on its own), ``BEGIN IMMEDIATE`` on SQLite (one transaction too). A writer
+that cannot get the lock within ``lock_timeout`` raises ``TimeoutError`` naming the table. Their
+staging table has one fixed name per target (:func:`staging_name`), dropped first by every run:
+a crash leaves at most one (only on MySQL/MariaDB, whose DDL is not transactional, and on the
+generic path), and the next run removes it. Databases without a fast path get no lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -41,10 +54,16 @@ from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
-ColumnType = Literal["bigint", "int", "short_text", "text", "timestamp"]
+ColumnType = Literal["bigint", "int", "short_text", "text", "long_text", "timestamp"]
 WriteMode = Literal["replace", "upsert", "append", "insert"]
 LoadPath = Literal["copy", "executemany", "insert_rows"]
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MAX_IDENTIFIER = 63  # PostgreSQL's limit (MySQL's is 64)
+_IDENTIFIER = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{_MAX_IDENTIFIER - 1}}}$")
+#: Ends the name of a keyed write's staging table (see :func:`staging_name`).
+STAGING_SUFFIX = "__stg_smspartner"
+#: Seconds a keyed write waits for another writer of the same table before it gives up.
+DEFAULT_LOCK_TIMEOUT = 600.0
+_LOCK_POLL_SECONDS = 0.2
 #: How SQLite stores UTC instants (it has no timestamp type); this text sorts chronologically.
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MySQL and MariaDB
@@ -118,6 +137,27 @@ class TableName:
         return f"{self.schema}.{self.name}" if self.schema else self.name
 
 
+@dataclass(frozen=True)
+class RemovalCounts:
+    """What a ``replace``/``upsert`` is about to do to the live rows, handed to its ``guard``.
+
+    Counted inside the write's transaction, under its lock, before the target changes: a guard
+    that raises leaves the table as it was.
+
+    :param live: Rows live now (the spec's ``soft_delete`` column empty; every row without one).
+    :param removed: Of those, rows the write would delete (``replace``) or soft-delete (``upsert``).
+    :param incoming: Rows in the new data.
+    """
+
+    live: int
+    removed: int
+    incoming: int
+
+
+#: Called with the counts before the target changes; raises to refuse the write.
+Guard = Callable[[RemovalCounts], None]
+
+
 @dataclass
 class WriteSummary:
     """What a write did: rows ``inserted``, ``updated`` (changed or back on the list), ``removed``."""
@@ -163,6 +203,18 @@ class _NaiveUtcDatetime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
+def staging_name(table: TableName) -> TableName:
+    """The staging table of a keyed write into ``table``: one fixed name per target, so a run finds
+    and drops what a crashed run left. Within 63 characters; a long name is cut and given a hash of
+    the whole, so two long names that share a prefix never share a staging table."""
+    name = table.name + STAGING_SUFFIX
+    if len(name) > _MAX_IDENTIFIER:
+        digest = hashlib.sha256(table.name.encode()).hexdigest()[:8]
+        keep = _MAX_IDENTIFIER - len(STAGING_SUFFIX) - len(digest) - 1
+        name = f"{table.name[:keep]}_{digest}{STAGING_SUFFIX}"
+    return table.with_name(name)
+
+
 def _sql_type(kind: ColumnType) -> TypeEngine[Any]:
     """The SQLAlchemy type of a portable column type, with its per-database variants."""
     if kind == "bigint":
@@ -175,6 +227,13 @@ def _sql_type(kind: ColumnType) -> TypeEngine[Any]:
     if kind == "text":
         # TEXT is not portable (CLOB on some databases); the generic path keeps a bounded VARCHAR.
         return sa.String(2000).with_variant(sa.Text(), "postgresql", *_MYSQL, "sqlite")
+    if kind == "long_text":
+        # Whatever length a source may send: MySQL's TEXT stops at 64 KiB, LONGTEXT at 4 GiB.
+        return (
+            sa.String(2000)
+            .with_variant(sa.Text(), "postgresql", "sqlite")
+            .with_variant(mysql.LONGTEXT(), *_MYSQL)
+        )
     return (
         sa.DateTime(timezone=True)
         .with_variant(_NaiveUtcDatetime(fsp=6), *_MYSQL)
@@ -209,16 +268,25 @@ class SqlTableWriter:
     :param table: Target table, ``name`` or ``schema.name`` (validated before any SQL).
     :param spec: The table's columns, key and upsert rules.
     :param chunk_size: Rows per load chunk; bounds memory to one chunk besides the frame.
+    :param lock_timeout: Seconds a keyed write waits for another writer of the table to finish.
 
     Attributes: ``table`` (the validated :class:`TableName`), ``dialect_name`` (the hook's),
     ``sql_table`` (the target as a ``sqlalchemy.Table`` in the writer's own ``MetaData``).
     """
 
-    def __init__(self, hook: Any, table: str, spec: TableSpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        hook: Any,
+        table: str,
+        spec: TableSpec,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
         self.hook = hook
         self.table = TableName.parse(table)
         self.spec = spec
         self.chunk_size = chunk_size
+        self.lock_timeout = lock_timeout
         self.dialect_name: str = hook.dialect_name
         self.load_path: LoadPath = _LOAD_PATHS.get(self.dialect_name, "insert_rows")
         self.metadata = sa.MetaData()
@@ -229,34 +297,44 @@ class SqlTableWriter:
         """The hook's engine. No pool: a write is a few transactions, and each connection closes after."""
         return self.hook.get_sqlalchemy_engine(engine_kwargs={"poolclass": NullPool})
 
+    @cached_property
+    def staging_table(self) -> sa.Table:
+        """The keyed modes' staging table (:func:`staging_name`), shaped like the target, no index."""
+        return self._define(staging_name(self.table), indexes=False)
+
     # ------------------------------------------------------------------ public
-    def write(self, frame: pd.DataFrame, mode: WriteMode, now: datetime | None = None) -> WriteSummary:
+    def write(
+        self,
+        frame: pd.DataFrame,
+        mode: WriteMode,
+        now: datetime | None = None,
+        guard: Guard | None = None,
+    ) -> WriteSummary:
         """Write ``frame`` in ``mode`` and return what changed.
 
         ``replace``: the table ends up holding exactly ``frame``; ``upsert``: new keys inserted,
         changed rows updated, keys absent from ``frame`` soft-deleted (``now``, default the current
         time, in the spec's ``soft_delete`` column); ``append``: only keys not yet in the table;
         ``insert``: every row, no key check (results tables).
+
+        :param guard: ``replace``/``upsert`` only: called with the :class:`RemovalCounts` inside
+            the write's transaction, under the table's lock, before the target changes; whatever
+            it raises aborts the write and leaves the table as it was.
+        :raises ValueError: a column missing from ``frame``, or a key value repeated in it.
+        :raises TimeoutError: another writer held the table's lock for ``lock_timeout`` seconds.
         """
         missing = [c for c in self.spec.names if c not in frame.columns]
         if missing:
             raise ValueError(f"DataFrame lacks column(s) {missing} needed by table {self.table}.")
-        if mode != "insert" and not self.spec.key:
+        if mode == "insert":
+            return self._insert(frame)
+        if not self.spec.key:
             raise ValueError(f"Mode {mode!r} needs a key column in the table spec.")
-        summary = WriteSummary(created_table=self.ensure_table())
-        if mode == "insert" and frame.empty:
-            return summary
-        if mode in ("replace", "insert") and self.load_path != "insert_rows":
-            # Straight into the target: the data is written once.
-            with self.engine.begin() as conn:
-                if mode == "replace":
-                    self._replace(conn, frame, summary)
-                else:
-                    self._load(conn, frame, self.sql_table)
-                    summary.inserted = len(frame)
-            return summary
-        self._write_through_staging(frame, mode, now or datetime.now(timezone.utc), summary)
-        return summary
+        self._check_unique_keys(frame)
+        now = now or datetime.now(timezone.utc)
+        if self.load_path == "insert_rows":
+            return self._write_generic(frame, mode, now, guard)
+        return self._write_locked(frame, mode, now, guard)
 
     def ensure_table(self) -> bool:
         """Create the table (with its key and indexes) unless it exists; check its columns. True if created.
@@ -265,15 +343,193 @@ class SqlTableWriter:
         never taken for a missing table.
         """
         with self.engine.begin() as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table(self.table.name, schema=self.table.schema):
-                self._create(conn, self.sql_table)
-                log.info("Created table %s", self.table)
-                return True
-            existing = {
-                str(c["name"]).lower()
-                for c in inspector.get_columns(self.table.name, schema=self.table.schema)
-            }
+            return self._ensure(conn)
+
+    def read_frame(self) -> pd.DataFrame:
+        """Read the spec's columns of the whole table back, timestamps as UTC (for tests and small tables)."""
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(self.sql_table), conn)
+
+    # ------------------------------------------------------------------ modes
+    def _insert(self, frame: pd.DataFrame) -> WriteSummary:
+        """Every row of ``frame``, no key: straight into the target, or through a staging table of
+        its own on the generic path (writers of one results table run side by side: no lock)."""
+        summary = WriteSummary(created_table=self.ensure_table())
+        if frame.empty:
+            return summary
+        if self.load_path != "insert_rows":
+            with self.engine.begin() as conn:
+                self._load(conn, frame, self.sql_table)
+            summary.inserted = len(frame)
+            return summary
+        name = self.table.with_name(f"{self.table.name[:40]}__stg_{uuid.uuid4().hex[:8]}")
+        staging = self._define(name, indexes=False)
+        with self.engine.begin() as conn:
+            self._create(conn, staging)
+        try:
+            self._insert_rows(frame, staging)
+            with self.engine.begin() as conn:
+                conn.execute(self._copy_rows(staging))
+            summary.inserted = len(frame)
+        finally:
+            self._drop(staging)
+            self.metadata.remove(staging)
+        return summary
+
+    def _write_locked(
+        self, frame: pd.DataFrame, mode: WriteMode, now: datetime, guard: Guard | None
+    ) -> WriteSummary:
+        """A keyed write on a fast path, under the table's lock.
+
+        PostgreSQL and SQLite: one transaction, table creation and staging table included, so a
+        crash leaves nothing behind. MySQL/MariaDB commit DDL on their own: the staging table is
+        created before the transaction that loads and applies it, and dropped after it, the
+        session's lock held throughout.
+        """
+        summary = WriteSummary()
+        staging = None if mode == "replace" else self.staging_table
+        transactional_ddl = self.dialect_name not in _MYSQL
+        with self._locked() as conn:
+            try:
+                summary.created_table = self._ensure(conn)
+                if staging is None:
+                    self._replace(conn, frame, summary, guard)
+                else:
+                    staging.drop(conn, checkfirst=True)  # what a crashed run left
+                    self._create(conn, staging)
+                    self._load(conn, frame, staging)
+                    self._apply(conn, staging, mode, now, summary, guard, len(frame))
+                    if transactional_ddl:
+                        staging.drop(conn)
+                conn.commit()
+            except BaseException:
+                # Before any DROP: MySQL would commit the open transaction ahead of it.
+                try:
+                    conn.rollback()
+                except Exception:  # a dead connection rolls back on the server's side
+                    log.warning("Rollback failed on %s", self.table, exc_info=True)
+                raise
+            finally:
+                if staging is not None and not transactional_ddl:
+                    self._drop(staging, conn)
+        return summary
+
+    def _write_generic(
+        self, frame: pd.DataFrame, mode: WriteMode, now: datetime, guard: Guard | None
+    ) -> WriteSummary:
+        """A keyed write through ``insert_rows`` (which commits as it goes) into the staging table,
+        then one transaction on the target. No portable lock: one writer per table at a time."""
+        summary = WriteSummary(created_table=self.ensure_table())
+        staging = self.staging_table
+        with self.engine.begin() as conn:
+            staging.drop(conn, checkfirst=True)  # what a crashed run left
+            self._create(conn, staging)
+        try:
+            self._insert_rows(frame, staging)
+            with self.engine.begin() as conn:
+                self._apply(conn, staging, mode, now, summary, guard, len(frame))
+        finally:
+            self._drop(staging)
+        return summary
+
+    def _check_unique_keys(self, frame: pd.DataFrame) -> None:
+        keys = frame[self._key]
+        if keys.is_unique:
+            return
+        repeated = keys[keys.duplicated()]
+        if len(repeated):
+            examples = ", ".join(str(v) for v in sorted(set(repeated.tolist()))[:5])
+            raise ValueError(
+                f"Key column {self._key!r} repeats {len(repeated)} value(s) in the data for table "
+                f"{self.table} (e.g. {examples}); each key must appear once."
+            )
+
+    # ------------------------------------------------------------------ lock
+    @contextmanager
+    def _locked(self) -> Iterator[Connection]:
+        """A connection holding the table's write lock, with a transaction open under it.
+
+        :raises TimeoutError: naming the table, when another writer keeps it ``lock_timeout`` seconds.
+        """
+        with self.engine.connect() as conn:
+            if self.dialect_name == "postgresql":
+                self._lock_postgres(conn)
+                yield conn
+            elif self.dialect_name in _MYSQL:
+                name = self._lock_mysql(conn)
+                try:
+                    yield conn
+                finally:
+                    try:
+                        conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                        conn.commit()
+                    except Exception:  # the session's end releases it anyway
+                        log.warning("Could not release lock %s", name, exc_info=True)
+            else:
+                self._lock_sqlite(conn)
+                yield conn
+
+    def _lock_postgres(self, conn: Connection) -> None:
+        """A transaction-level advisory lock keyed by the table: released by commit, rollback or a
+        dropped connection. Polled, so the wait is bounded without changing the session's settings."""
+        schema = self.table.schema or conn.exec_driver_sql("SELECT current_schema()").scalar() or ""
+        digest = hashlib.sha256(f"airflow_provider_smspartner:{schema}.{self.table.name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        query = sa.text("SELECT pg_try_advisory_xact_lock(:key)")
+        self._poll_lock(lambda: bool(conn.execute(query, {"key": key}).scalar_one()))
+
+    def _lock_mysql(self, conn: Connection) -> str:
+        """``GET_LOCK``, named after the database and table, held by the session until released
+        (or the connection drops). Returns the lock's name."""
+        database = self.table.schema or conn.exec_driver_sql("SELECT DATABASE()").scalar() or ""
+        digest = hashlib.sha256(f"{database}.{self.table.name}".encode()).hexdigest()[:40]
+        name = f"smspartner:{digest}"  # GET_LOCK names stop at 64 characters
+        query = sa.text("SELECT GET_LOCK(:name, 0)")
+        self._poll_lock(lambda: conn.execute(query, {"name": name}).scalar() == 1)
+        # Start afresh: what follows must see what the previous holder committed.
+        conn.commit()
+        return name
+
+    def _lock_sqlite(self, conn: Connection) -> None:
+        """``BEGIN IMMEDIATE``: the database's write lock, for the whole transaction (SQLite has
+        transactional DDL, so table and staging creation are inside it)."""
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(self.lock_timeout * 1000)}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc.orig):
+                raise
+            raise self._lock_timeout_error() from None
+
+    def _poll_lock(self, try_lock: Callable[[], bool]) -> None:
+        """Call ``try_lock`` until it takes the lock, for at most ``lock_timeout`` seconds."""
+        deadline = time.monotonic() + self.lock_timeout
+        if try_lock():
+            return
+        log.info("Waiting for another writer of %s to finish (at most %g s)", self.table, self.lock_timeout)
+        while not try_lock():
+            if time.monotonic() >= deadline:
+                raise self._lock_timeout_error()
+            time.sleep(_LOCK_POLL_SECONDS)
+
+    def _lock_timeout_error(self) -> TimeoutError:
+        return TimeoutError(
+            f"Another run is writing table {self.table} and kept its lock for more than "
+            f"{self.lock_timeout:g} s; nothing was written. Run the writers of one table one at a time "
+            "(e.g. max_active_tis_per_dag=1), or retry."
+        )
+
+    # ------------------------------------------------------------------ DDL
+    def _ensure(self, conn: Connection) -> bool:
+        """:meth:`ensure_table` on ``conn`` (inside its transaction where the database allows)."""
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self.table.name, schema=self.table.schema):
+            self._create(conn, self.sql_table)
+            log.info("Created table %s", self.table)
+            return True
+        existing = {
+            str(c["name"]).lower() for c in inspector.get_columns(self.table.name, schema=self.table.schema)
+        }
         missing = [c for c in self.spec.names if c.lower() not in existing]
         if missing:
             raise ValueError(
@@ -281,12 +537,6 @@ class SqlTableWriter:
             )
         return False
 
-    def read_frame(self) -> pd.DataFrame:
-        """Read the spec's columns of the whole table back, timestamps as UTC (for tests and small tables)."""
-        with self.engine.connect() as conn:
-            return pd.read_sql(sa.select(self.sql_table), conn)
-
-    # ------------------------------------------------------------------ DDL
     def _define(self, name: TableName, indexes: bool) -> sa.Table:
         """``spec`` as a Table named ``name`` in the writer's MetaData; the key is the primary key."""
         key = self.spec.key
@@ -304,6 +554,8 @@ class SqlTableWriter:
                 for c in self.spec.columns
             ),
             schema=name.schema,
+            # Any text a source sends, whatever the database's default (often latin1 or utf8mb3).
+            mysql_charset="utf8mb4",
         )
         if indexes:
             for column in self.spec.indexes:
@@ -313,14 +565,18 @@ class SqlTableWriter:
     def _create(self, conn: Connection, table: sa.Table) -> None:
         table.create(conn)
 
-    def _drop(self, table: sa.Table) -> None:
+    def _drop(self, table: sa.Table, conn: Connection | None = None) -> None:
+        """Drop a staging table if it exists, on ``conn`` or in a transaction of its own; a failure is
+        logged, not raised (the original error matters more, and the next run drops it)."""
         try:
-            with self.engine.begin() as conn:
-                table.drop(conn)
-        except Exception:  # the original error matters more than a leftover staging table
+            if conn is None:
+                with self.engine.begin() as own:
+                    table.drop(own, checkfirst=True)
+            else:
+                table.drop(conn, checkfirst=True)
+                conn.commit()
+        except Exception:
             log.warning("Could not drop staging table %s", table.fullname, exc_info=True)
-        finally:
-            self.metadata.remove(table)
 
     # ------------------------------------------------------------------ load
     def _load(self, conn: Connection, frame: pd.DataFrame, table: sa.Table) -> None:
@@ -407,47 +663,41 @@ class SqlTableWriter:
         return columns
 
     # ------------------------------------------------------------------ apply
-    def _write_through_staging(
-        self, frame: pd.DataFrame, mode: WriteMode, now: datetime, summary: WriteSummary
+    def _replace(
+        self, conn: Connection, frame: pd.DataFrame, summary: WriteSummary, guard: Guard | None
     ) -> None:
-        """Load a staging table, then change the target in one transaction; always drop the staging table."""
-        name = self.table.with_name(f"{self.table.name[:40]}__stg_{uuid.uuid4().hex[:8]}")
-        staging = self._define(name, indexes=False)
-        with self.engine.begin() as conn:
-            self._create(conn, staging)
-        try:
-            if self.load_path == "insert_rows":
-                self._insert_rows(frame, staging)
-            with self.engine.begin() as conn:
-                if self.load_path != "insert_rows":
-                    self._load(conn, frame, staging)
-                self._apply(conn, staging, mode, now, summary)
-        finally:
-            self._drop(staging)
-
-    def _replace(self, conn: Connection, frame: pd.DataFrame, summary: WriteSummary) -> None:
         """Empty the target and load ``frame`` on ``conn``: readers see the old rows until commit.
 
         The counts come from comparing key sets, the old ones read in the same transaction.
         """
-        key = self._key
-        old_keys = _fetch_column(conn, sa.select(self.sql_table.c[key]))
+        key, soft, target = self._key, self.spec.soft_delete, self.sql_table
+        old_keys = _fetch_column(conn, sa.select(target.c[key]))
         new_keys = frame[key].to_numpy()
         kept = len(np.intersect1d(old_keys, new_keys, assume_unique=True))  # keys are unique
         summary.inserted = len(new_keys) - kept
         summary.removed = len(old_keys) - kept
-        conn.execute(sa.delete(self.sql_table))
-        self._load(conn, frame, self.sql_table)
+        if guard is not None:
+            live_keys, live_kept = old_keys, kept
+            if soft and self._count(conn, target, target.c[soft].is_not(None)):
+                live_keys = _fetch_column(conn, sa.select(target.c[key]).where(target.c[soft].is_(None)))
+                live_kept = len(np.intersect1d(live_keys, new_keys, assume_unique=True))
+            guard(RemovalCounts(len(live_keys), len(live_keys) - live_kept, len(new_keys)))
+        conn.execute(sa.delete(target))
+        self._load(conn, frame, target)
 
     def _apply(
-        self, conn: Connection, staging: sa.Table, mode: WriteMode, now: datetime, summary: WriteSummary
+        self,
+        conn: Connection,
+        staging: sa.Table,
+        mode: WriteMode,
+        now: datetime,
+        summary: WriteSummary,
+        guard: Guard | None,
+        incoming: int,
     ) -> None:
-        """Set-based statements from ``staging`` to the target, counts first (on ``conn``, no commit)."""
-        target = self.sql_table
-        if mode == "insert":
-            conn.execute(self._copy_rows(staging))
-            summary.inserted = self._count(conn, staging)
-            return
+        """Set-based statements from ``staging`` to the target, counts and guard first (on ``conn``,
+        no commit)."""
+        target, soft = self.sql_table, self.spec.soft_delete
         is_new, changed, gone = self._conditions(staging, mode)
         summary.inserted = self._count(conn, staging, is_new)
         if mode == "append":
@@ -455,12 +705,17 @@ class SqlTableWriter:
             return
         summary.updated = self._count(conn, target, changed)
         summary.removed = self._count(conn, target, gone)
+        if guard is not None:
+            live = target.c[soft].is_(None) if soft else sa.true()
+            # upsert's ``gone`` already counts live rows only.
+            removed = summary.removed if mode == "upsert" and soft else self._count(conn, target, gone & live)
+            guard(RemovalCounts(self._count(conn, target, live), removed, incoming))
         if mode == "replace":
             conn.execute(sa.delete(target))
             conn.execute(self._copy_rows(staging))
             return
         # upsert: update changed rows (clearing the soft delete), add new ones, then stamp the gone.
-        key, soft = self._key, self.spec.soft_delete
+        key = self._key
         same_key = staging.c[key] == target.c[key]
         updates: dict[str, Any] = {
             n: sa.select(staging.c[n]).where(same_key).scalar_subquery()
@@ -551,7 +806,7 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
         if column.type == "timestamp":
             stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
             arrays[column.name] = _timestamps_as_text(stamps)
-        elif column.type in ("short_text", "text"):
+        elif column.type in ("short_text", "text", "long_text"):
             # Text columns may hold mixed Python types (raw inputs): send their text, as the
             # executemany path does.
             arrays[column.name] = pa.array(values.astype("str"), from_pandas=True)

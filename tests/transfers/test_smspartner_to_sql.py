@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerResponseError
+from airflow_provider_smspartner.exceptions import (
+    DuplicateStopIdError,
+    SmsPartnerAuthError,
+    SmsPartnerError,
+    SmsPartnerResponseError,
+    StopListGuardError,
+)
+from airflow_provider_smspartner.phone_numbers import stop_list_e164
 from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     SmsPartnerStopListToSqlOperator,
+    check_removals,
     stop_list_table_spec,
 )
-from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
-from tests.conftest import smspartner_connection_json
+from airflow_provider_smspartner.utils.sql_writer import (
+    RemovalCounts,
+    SqlTableWriter,
+    resolve_dbapi_hook,
+)
+from tests.conftest import PROJECT_ROOT, smspartner_connection_json
 
 
 def _operator(conn_id: str, table: str, mode: str = "replace", **kwargs) -> SmsPartnerStopListToSqlOperator:
@@ -67,6 +86,70 @@ def _current_list(sandbox) -> set[tuple[int, str]]:
     return {(stop_id, phone) for stop_id, phone, _ in sandbox.state.list_entries()}
 
 
+def _serve(monkeypatch: pytest.MonkeyPatch, sandbox, rows: list[tuple[int, str, str]]) -> None:
+    """Make the sandbox answer ``stop-sms/list`` with ``rows`` ``(id, phoneNumber, createdAt)``, as given."""
+    data = [{"id": i, "phoneNumber": phone, "createdAt": created} for i, phone, created in rows]
+    body = json.dumps({"success": True, "code": 200, "nbData": len(data), "data": data}, ensure_ascii=False)
+    monkeypatch.setattr(sandbox.state, "list_body", lambda truncated=False: body.encode())
+
+
+def _stop_rows(conn_id: str, table: str) -> list[tuple]:
+    """``(stop_id, phone_number, phone_e164, created_at)`` per row, missing values as None."""
+    frame = _table(conn_id, table)
+    return [
+        (int(r.stop_id), r.phone_number, None if pd.isna(r.phone_e164) else r.phone_e164, r.created_at)
+        for r in frame.itertuples(index=False)
+    ]
+
+
+def _staging_tables(conn_id: str, table: str) -> list[str]:
+    return [name for name in _tables_like(conn_id, table) if name != table]
+
+
+def _spawn(
+    tmp_path: Path, name: str, conn_id: str, table: str, mode: str, *flags: str
+) -> tuple[subprocess.Popen, Path]:
+    """Start ``extract_child`` (the operator in a process of its own); return it and its events file."""
+    events = tmp_path / f"{name}.jsonl"
+    with (tmp_path / f"{name}.out").open("w") as out:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.transfers.extract_child",
+                conn_id,
+                table,
+                mode,
+                str(events),
+                *flags,
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return child, events
+
+
+def _events(path: Path) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            found.setdefault(record["event"], []).append(record)
+    return found
+
+
+def _wait_for(child: subprocess.Popen, events: Path, event: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while event not in _events(events):
+        if child.poll() is not None:
+            output = events.with_suffix(".out").read_text()[-3000:]
+            pytest.fail(f"child exited ({child.returncode}) before {event!r}:\n{output}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"child did not reach {event!r} in {timeout} s")
+        time.sleep(0.05)
+
+
 @pytest.mark.usefixtures("smspartner_conn", "drop_after")
 class TestModes:
     def test_replace_holds_exactly_the_current_list(self, sandbox, warehouse_conn, unique_table):
@@ -83,7 +166,8 @@ class TestModes:
         sandbox.state.remove(entries[0][0])
         sandbox.state.remove(entries[1][0])
         sandbox.state.add("+33655500011")
-        second = _operator(warehouse_conn, unique_table).execute({})
+        # 2 of 5 stops leave the list: more than the guard's default share (see TestGuard).
+        second = _operator(warehouse_conn, unique_table, max_removed_fraction=0.5).execute({})
         assert (second["inserted"], second["removed"], second["rows_in_list"]) == (1, 2, 4)
         table = _table(warehouse_conn, unique_table)
         assert set(zip(table["stop_id"], table["phone_number"], strict=True)) == _current_list(sandbox)
@@ -147,7 +231,8 @@ class TestModes:
     def test_empty_list(self, sandbox, warehouse_conn, unique_table):
         _operator(warehouse_conn, unique_table).execute({})
         sandbox.state.clear()
-        summary = _operator(warehouse_conn, unique_table).execute({})
+        # Refused unless allowed (see TestGuard).
+        summary = _operator(warehouse_conn, unique_table, allow_empty_list=True).execute({})
         assert (summary["rows_in_list"], summary["removed"]) == (0, 5)
         assert _table(warehouse_conn, unique_table).empty
 
@@ -219,6 +304,15 @@ class TestValidation:
         with pytest.raises(ValueError, match=r"lacks column\(s\) \['stop_id'"):
             _operator(sqlite_conn, "stops").execute({})
 
+    @pytest.mark.parametrize("value", [-0.1, 1.5, "0.2", True, float("nan")], ids=repr)
+    def test_max_removed_fraction_is_a_share(self, value):
+        with pytest.raises(ValueError, match=r"^max_removed_fraction must be a number from 0 to 1 or None"):
+            _operator("any", "stops", max_removed_fraction=value)
+
+    def test_allow_empty_list_is_a_bool(self):
+        with pytest.raises(ValueError, match=r"^allow_empty_list must be True or False; got 'yes'"):
+            _operator("any", "stops", allow_empty_list="yes")
+
     def test_templated_fields(self):
         assert set(SmsPartnerStopListToSqlOperator.template_fields) >= {"sql_conn_id", "table", "mode"}
 
@@ -251,3 +345,269 @@ class TestSchemas:
         _operator(sqlite_conn, "stops").execute({})
         value = resolve_dbapi_hook(sqlite_conn).get_first("SELECT created_at FROM stops")[0]
         assert isinstance(value, str) and value.endswith("Z") and "T" in value
+
+
+class TestCheckRemovals:
+    """The guard's rule, without a database: shares of the stops on the list (removed_at IS NULL)."""
+
+    @pytest.mark.parametrize(
+        ("counts", "settings", "refused"),
+        [
+            (RemovalCounts(live=10, removed=2, incoming=8), {}, None),
+            (RemovalCounts(live=10, removed=3, incoming=7), {}, "would remove 3 of the 10 stops"),
+            (RemovalCounts(live=10, removed=3, incoming=7), {"max_removed_fraction": 0.3}, None),
+            (RemovalCounts(live=100, removed=57, incoming=43), {"max_removed_fraction": 0.57}, None),
+            (
+                RemovalCounts(live=10, removed=1, incoming=9),
+                {"max_removed_fraction": 0.0},
+                "fraction=0 allows",
+            ),
+            (RemovalCounts(live=10, removed=10, incoming=5), {"max_removed_fraction": None}, None),
+            (RemovalCounts(live=10, removed=10, incoming=0), {}, "empty stop list"),
+            (
+                RemovalCounts(live=10, removed=10, incoming=0),
+                {"max_removed_fraction": None},
+                "empty stop list",
+            ),
+            (RemovalCounts(live=10, removed=10, incoming=0), {"allow_empty_list": True}, None),
+            (RemovalCounts(live=0, removed=0, incoming=0), {}, None),
+            (RemovalCounts(live=0, removed=0, incoming=5), {"max_removed_fraction": 0.0}, None),
+        ],
+        ids=[
+            "at-the-share",
+            "over-the-share",
+            "raised-share",
+            "share-as-written",
+            "zero-share",
+            "check-disabled",
+            "empty",
+            "empty-needs-its-own-flag",
+            "empty-allowed",
+            "empty-table-empty-list",
+            "first-load",
+        ],
+    )
+    def test_rule(self, counts, settings, refused):
+        arguments = {"table": "stops", "max_removed_fraction": 0.2, "allow_empty_list": False, **settings}
+        if refused is None:
+            check_removals(counts, **arguments)
+        else:
+            with pytest.raises(StopListGuardError, match=refused):
+                check_removals(counts, **arguments)
+
+    def test_error_is_a_provider_error(self):
+        assert issubclass(StopListGuardError, SmsPartnerError)
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestGuard:
+    """replace and upsert refuse, writing nothing, a list that empties the table or removes too much."""
+
+    @pytest.fixture(params=["replace", "upsert"])
+    def mode(self, request: pytest.FixtureRequest) -> str:
+        return request.param
+
+    @pytest.fixture
+    def loaded(self, warehouse_conn, unique_table, mode) -> pd.DataFrame:
+        _operator(warehouse_conn, unique_table, mode).execute({})
+        return _table(warehouse_conn, unique_table)
+
+    def test_too_many_removed_is_refused(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        for stop_id, _, _ in sandbox.state.list_entries()[:2]:
+            sandbox.state.remove(stop_id)
+        sandbox.state.add("+33655500055")
+        with pytest.raises(
+            StopListGuardError,
+            match=r"would remove 2 of the 5 stops on the list \(40\.0%; the new list has 4\), "
+            r"more than max_removed_fraction=0\.2 allows; nothing was written",
+        ):
+            _operator(warehouse_conn, unique_table, mode).execute({})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), loaded)
+        assert _staging_tables(warehouse_conn, unique_table) == []
+
+    def test_empty_list_is_refused(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        sandbox.state.clear()
+        with pytest.raises(
+            StopListGuardError,
+            match=r"Refusing an empty stop list for table stops_\w+: it holds 5 stop\(s\) on the list "
+            r".*run with allow_empty_list=True",
+        ):
+            _operator(warehouse_conn, unique_table, mode).execute({})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), loaded)
+        assert _staging_tables(warehouse_conn, unique_table) == []
+
+    def test_removing_up_to_the_share_is_applied(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        sandbox.state.remove(sandbox.state.list_entries()[0][0])
+        assert _operator(warehouse_conn, unique_table, mode).execute({})["removed"] == 1
+
+    def test_none_disables_the_share_check(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        for stop_id, _, _ in sandbox.state.list_entries()[:4]:
+            sandbox.state.remove(stop_id)
+        summary = _operator(warehouse_conn, unique_table, mode, max_removed_fraction=None).execute({})
+        assert summary["removed"] == 4
+        on_list = _table(warehouse_conn, unique_table).query("removed_at.isna()")
+        assert set(zip(on_list["stop_id"], on_list["phone_number"], strict=True)) == _current_list(sandbox)
+
+    def test_allow_empty_list_applies_it(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        sandbox.state.clear()
+        summary = _operator(warehouse_conn, unique_table, mode, allow_empty_list=True).execute({})
+        assert (summary["rows_in_list"], summary["removed"]) == (0, 5)
+        table = _table(warehouse_conn, unique_table)
+        assert table.empty if mode == "replace" else table["removed_at"].notna().all()
+
+    def test_only_stops_on_the_list_count(self, loaded, sandbox, warehouse_conn, unique_table, mode):
+        entries = sandbox.state.list_entries()
+        for stop_id, _, _ in entries[:3]:  # in the table but marked as having left the list
+            _update_row(
+                warehouse_conn, unique_table, stop_id, removed_at=datetime(2020, 1, 1, tzinfo=timezone.utc)
+            )
+        before = _table(warehouse_conn, unique_table)
+        sandbox.state.remove(entries[4][0])  # 1 of the 5 rows, but 1 of the 2 on the list
+        with pytest.raises(StopListGuardError, match=r"would remove 1 of the 2 stops on the list \(50\.0%"):
+            _operator(warehouse_conn, unique_table, mode).execute({})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+
+    def test_append_is_not_guarded(self, sandbox, warehouse_conn, unique_table):
+        _operator(warehouse_conn, unique_table, "append").execute({})
+        before = _table(warehouse_conn, unique_table)
+        sandbox.state.clear()
+        assert _operator(warehouse_conn, unique_table, "append").execute({})["inserted"] == 0
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+
+
+CREATED = "2024-01-15 10:00:00"  # Europe/Paris, the API's zone
+CREATED_UTC = pd.Timestamp("2024-01-15 09:00:00", tz="UTC")
+LONG_NUMBER = "+33" + "6" * 70_000  # more than MySQL's TEXT (64 KiB) holds
+ODD_NUMBER = "+33 6 12 34 56 81 \u260e\U0001f600"  # 4-byte UTF-8: needs utf8mb4 on MySQL/MariaDB
+
+
+def _e164(number: str) -> str | None:
+    """What the hook's normaliser makes of ``number`` (the extract stores that, as for any number)."""
+    value = stop_list_e164(pd.Series([number]))[0]
+    return None if pd.isna(value) else value
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestPoisonRows:
+    """A row the warehouse could not take never blocks the list; every database ends the same."""
+
+    @pytest.mark.parametrize(
+        ("rows", "expected"),
+        [
+            ([(7, LONG_NUMBER, CREATED)], [(7, LONG_NUMBER, None, CREATED_UTC)]),
+            (
+                [(7, "+3361234\x005678", CREATED)],
+                [(7, "+33612345678", "+33612345678", CREATED_UTC)],
+            ),
+            (
+                [(7, "\t+33 6 12 34 56 79\r\n", CREATED), (8, "+33612345680\x7f\x85\x1b", CREATED)],
+                [
+                    (7, "+33 6 12 34 56 79", "+33612345679", CREATED_UTC),
+                    (8, "+33612345680", "+33612345680", CREATED_UTC),
+                ],
+            ),
+            ([(7, ODD_NUMBER, CREATED)], [(7, ODD_NUMBER, _e164(ODD_NUMBER), CREATED_UTC)]),
+            (
+                [(7, "+33612345682", CREATED), (7, "+33612345682", "2024-01-10 10:00:00")],
+                [(7, "+33612345682", "+33612345682", pd.Timestamp("2024-01-10 09:00:00", tz="UTC"))],
+            ),
+            (
+                [(7, "+33612345683\x00", CREATED), (7, "+33612345683", CREATED)],
+                [(7, "+33612345683", "+33612345683", CREATED_UTC)],
+            ),
+        ],
+        ids=[
+            "long-number",
+            "nul",
+            "control-characters",
+            "non-ascii",
+            "same-stop-twice",
+            "same-after-cleaning",
+        ],
+    )
+    def test_odd_rows_land(self, monkeypatch, sandbox, warehouse_conn, unique_table, rows, expected):
+        normal = (1, "+33612345601", CREATED)
+        _serve(monkeypatch, sandbox, [normal, *rows])
+        expected = [(1, "+33612345601", "+33612345601", CREATED_UTC), *expected]
+        summary = _operator(warehouse_conn, unique_table).execute({})
+        assert summary["rows_in_list"] == len(expected)
+        assert _stop_rows(warehouse_conn, unique_table) == expected
+        # The database holds what was written: the next run finds nothing to change.
+        again = _operator(warehouse_conn, unique_table, "upsert").execute({})
+        assert (again["inserted"], again["updated"], again["removed"]) == (0, 0, 0)
+
+    def test_stop_id_listed_with_two_numbers_is_refused(
+        self, monkeypatch, sandbox, warehouse_conn, unique_table
+    ):
+        _operator(warehouse_conn, unique_table).execute({})
+        before = _table(warehouse_conn, unique_table)
+        listed = [(i, phone, CREATED) for i, phone, _ in sandbox.state.list_entries()]
+        _serve(monkeypatch, sandbox, [*listed, (90, "+33612345690", CREATED), (90, "+33612345691", CREATED)])
+        with pytest.raises(
+            DuplicateStopIdError, match=r"1 stop id\(s\) more than once with different numbers: 90\. "
+        ):
+            _operator(warehouse_conn, unique_table, "upsert").execute({})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+        assert issubclass(DuplicateStopIdError, SmsPartnerResponseError)
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestStagingLeftovers:
+    def test_killed_upsert_leaves_at_most_one_staging_table_and_the_next_run_drops_it(
+        self, sandbox, warehouse_conn, unique_table, tmp_path
+    ):
+        _operator(warehouse_conn, unique_table, "upsert").execute({})
+        before = _table(warehouse_conn, unique_table)
+        sandbox.state.seed_random(40, random.Random(3))
+        child, events = _spawn(
+            tmp_path, "killed", warehouse_conn, unique_table, "upsert", "--chunk-size", "5", "--stall"
+        )
+        try:
+            _wait_for(child, events, "stalled")  # staging table created, first chunk sent
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+        # PostgreSQL and SQLite create it inside the killed transaction; MySQL commits DDL at once.
+        leftover = [f"{unique_table}__stg_smspartner"] if warehouse_conn == "warehouse_mysql" else []
+        assert _staging_tables(warehouse_conn, unique_table) == leftover
+
+        summary = _operator(warehouse_conn, unique_table, "upsert").execute({})
+        assert (summary["inserted"], summary["removed"]) == (40, 0)
+        assert _staging_tables(warehouse_conn, unique_table) == []
+        table = _table(warehouse_conn, unique_table)
+        assert set(zip(table["stop_id"], table["phone_number"], strict=True)) == _current_list(sandbox)
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestConcurrency:
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_two_extracts_at_once_apply_one_after_the_other(
+        self, sandbox, warehouse_conn, unique_table, tmp_path, mode
+    ):
+        sandbox.state.seed_random(1995, random.Random(5))
+        go = tmp_path / "go"
+        flags = ("--chunk-size", "100", "--chunk-delay", "0.03", "--go", str(go))
+        children = [_spawn(tmp_path, f"child{i}", warehouse_conn, unique_table, mode, *flags) for i in (1, 2)]
+        try:
+            for child, events in children:
+                _wait_for(child, events, "ready")
+            go.touch()
+            for child, events in children:
+                _wait_for(child, events, "done")
+                assert child.wait(timeout=60) == 0
+        finally:
+            for child, _ in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        runs = [_events(events) for _, events in children]
+        # One applied the whole list; the other waited for it, then found nothing to change.
+        assert sorted(run["done"][0]["summary"]["inserted"] for run in runs) == [0, 2000]
+        loads = sorted((run["load_start"][0]["time"], run["load_end"][0]["time"]) for run in runs)
+        assert loads[0][1] <= loads[1][0], "the loads overlapped: no lock"
+        assert max(run["start"][0]["time"] for run in runs) < loads[0][1], "the runs did not overlap"
+        table = _table(warehouse_conn, unique_table)
+        assert set(zip(table["stop_id"], table["phone_number"], strict=True)) == _current_list(sandbox)
+        assert len(table) == 2000 and table["removed_at"].isna().all()
+        assert _staging_tables(warehouse_conn, unique_table) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,9 +15,12 @@ from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
 from airflow_provider_smspartner.utils.sql_writer import (
     Column,
+    RemovalCounts,
     SqlTableWriter,
+    TableName,
     TableSpec,
     resolve_dbapi_hook,
+    staging_name,
 )
 
 SPEC = TableSpec(
@@ -253,6 +257,28 @@ class TestTypes:
         finally:
             hook.run(f"DROP TABLE IF EXISTS {name}")
 
+    def test_long_text_holds_any_length(self, warehouse_conn, table):
+        spec = TableSpec(
+            columns=(Column("id", "bigint", nullable=False), Column("body", "long_text")),
+            key="id",
+            compared=("body",),
+        )
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, spec)
+        value = "x" * 70_000 + "\u260e\U0001f600"  # over MySQL's TEXT (64 KiB); 4-byte UTF-8
+        frame = pd.DataFrame({"id": [1], "body": [value]})
+        writer.write(frame, "replace")
+        assert writer.read_frame()["body"].tolist() == [value]
+        assert writer.write(frame, "upsert").updated == 0
+        if writer.dialect_name == "mysql":
+            column_type, collation = hook.get_first(
+                "SELECT c.column_type, t.table_collation FROM information_schema.columns c "
+                "JOIN information_schema.tables t USING (table_schema, table_name) "
+                "WHERE c.table_schema = 'test' AND c.table_name = %s AND c.column_name = 'body'",
+                parameters=(table,),
+            )
+            assert column_type == "longtext" and collation.startswith("utf8mb4")
+
     def test_sqlite_types(self, sqlite_conn):
         hook = resolve_dbapi_hook(sqlite_conn)
         SqlTableWriter(hook, "stops", SPEC).ensure_table()
@@ -308,6 +334,112 @@ class TestValidation:
 
         with pytest.raises(ValueError, match="table name"):
             SqlTableWriter(NoHook(), name, SPEC)
+
+
+class TestStaging:
+    """Keyed writes stage under one fixed name per table, which every run drops first."""
+
+    def test_one_fixed_name_per_table(self):
+        assert str(staging_name(TableName.parse("stops"))) == "stops__stg_smspartner"
+        assert str(staging_name(TableName.parse("mart.stops"))) == "mart.stops__stg_smspartner"
+
+    def test_long_names_fit_and_stay_apart(self):
+        first, second = "a" * 61 + "x", "a" * 61 + "y"
+        names = [staging_name(TableName.parse(name)).name for name in (first, second, "b" * 47)]
+        assert all(len(name) <= 63 and name.endswith("__stg_smspartner") for name in names)
+        assert names[0] != names[1]
+        assert names[2] == "b" * 47 + "__stg_smspartner"
+        assert staging_name(TableName.parse(first)).name == names[0]
+
+    @pytest.mark.parametrize("mode", ["upsert", "append"])
+    def test_a_leftover_is_dropped_by_the_next_write(self, warehouse_conn, table, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        writer.write(_frame((1, "a")), "replace")
+        # What a run killed mid-load leaves behind: the staging table, with rows in it.
+        leftover = str(staging_name(TableName.parse(table)))
+        SqlTableWriter(hook, leftover, SPEC).write(_frame((1, "stale"), (9, "stale")), "replace")
+        assert _table_names(hook, table) == sorted([table, leftover])
+        summary = writer.write(_frame((1, "a"), (2, "b")), mode, now=NOW)
+        assert (summary.inserted, summary.updated) == (1, 0)
+        assert {i: row[0] for i, row in _rows(writer).items()} == {1: "a", 2: "b"}
+        assert _table_names(hook, table) == [table]
+
+    def test_repeated_key_is_refused(self, sqlite_conn):
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
+        with pytest.raises(
+            ValueError,
+            match=r"^Key column 'id' repeats 1 value\(s\) in the data for table stops \(e\.g\. 2\)",
+        ):
+            writer.write(_frame((1, "a"), (2, "b"), (2, "c")), "upsert")
+
+
+class TestGuard:
+    """``replace``/``upsert`` hand the live-row counts to a guard before the target changes."""
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_counts_only_live_rows(self, warehouse_conn, table, mode):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC)
+        writer.write(_frame((1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")), "upsert", now=NOW)
+        writer.write(_frame((2, "b"), (3, "c"), (4, "d"), (5, "e")), "upsert", now=NOW)  # 1 soft-deleted
+        seen: list[RemovalCounts] = []
+        writer.write(_frame((3, "c"), (4, "d"), (5, "e"), (6, "f")), mode, now=NOW, guard=seen.append)
+        assert seen == [RemovalCounts(live=4, removed=1, incoming=4)]
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_a_guard_that_raises_leaves_the_table_as_it_was(self, warehouse_conn, table, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        before = _rows(writer)
+
+        def refuse(counts: RemovalCounts) -> None:
+            raise RuntimeError(f"refused {counts}")
+
+        with pytest.raises(RuntimeError, match=r"refused RemovalCounts\(live=2, removed=2, incoming=1\)"):
+            writer.write(_frame((3, "c")), mode, now=NOW, guard=refuse)
+        assert _rows(writer) == before
+        assert _table_names(hook, table) == [table]
+
+    def test_not_called_in_append(self, sqlite_conn):
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
+        writer.write(_frame((1, "a")), "append", guard=lambda counts: pytest.fail("guard called"))
+
+
+class TestLock:
+    """Keyed writes of one table run one at a time; a writer that waits too long fails clearly."""
+
+    def test_a_second_writer_waits_then_fails_clearly(self, warehouse_conn, table):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, lock_timeout=0.5)
+        writer.write(_frame((1, "a")), "replace")
+        holder = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC)
+        with holder._locked():
+            started = time.monotonic()
+            with pytest.raises(
+                TimeoutError,
+                match=rf"^Another run is writing table {table} and kept its lock for more than 0.5 s; "
+                "nothing was written",
+            ):
+                writer.write(_frame((2, "b")), "upsert", now=NOW)
+            assert time.monotonic() - started >= 0.5
+        assert sorted(_rows(writer)) == [1]
+        assert writer.write(_frame((2, "b")), "upsert", now=NOW).inserted == 1  # released
+
+    @pytest.mark.parametrize("server", ["postgres", "mysql"])
+    def test_the_lock_is_per_table(self, request, server):
+        hook = resolve_dbapi_hook(request.getfixturevalue(f"{server}_conn"))
+        table = f"writer_{uuid.uuid4().hex[:10]}"
+        other = f"{table}_other"
+        try:
+            holder = SqlTableWriter(hook, table, SPEC)
+            with holder._locked():
+                assert (
+                    SqlTableWriter(hook, other, SPEC, lock_timeout=0.5)
+                    .write(_frame((1, "a")), "upsert")
+                    .inserted
+                )
+        finally:
+            _drop_like(hook, table)
 
 
 class TestExistenceCheck:
@@ -458,6 +590,16 @@ class TestGenericPath:
         assert hook.get_first("SELECT seen_at FROM stops WHERE id = 6")[0] == "2024-03-01T12:30:21Z"
         assert _table_names(hook, "stops") == ["stops"]  # staging tables dropped
         assert all(c["executemany"] is True for c in calls)
+
+    def test_guard_and_fixed_staging_name(self, hook, calls):
+        writer = SqlTableWriter(hook, "stops", SPEC, chunk_size=2)
+        writer.write(_frame((1, "a"), (2, "b"), (3, "c")), "replace")
+        seen: list[RemovalCounts] = []
+        for mode in ("replace", "upsert"):
+            writer.write(_frame((1, "a"), (2, "b")), mode, now=NOW, guard=seen.append)
+        assert seen == [RemovalCounts(3, 1, 2), RemovalCounts(2, 0, 2)]
+        assert {c["table"] for c in calls} == {"stops__stg_smspartner"}
+        assert _table_names(hook, "stops") == ["stops"]
 
     def test_insert_mode_goes_through_staging(self, hook, calls, monkeypatch):
         spec = TableSpec(columns=SPEC.columns[1:])
