@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -94,3 +96,125 @@ def use_connection(
     monkeypatch: pytest.MonkeyPatch, conn_json: str, conn_id: str = "smspartner_default"
 ) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", conn_json)
+
+
+class LoopbackServer:
+    """A raw TCP server on 127.0.0.1 for what the sandbox cannot be.
+
+    It records every byte it receives on every connection (``received``, ``connections``), so it
+    can stand for "another host" that must never see the API key; and it answers each request
+    with ``reply`` once the request's headers have arrived, all at once or one byte every
+    ``trickle_seconds`` (a server trickling its status line and headers).
+    """
+
+    DEFAULT_REPLY = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
+
+    def __init__(self, reply: bytes = DEFAULT_REPLY, trickle_seconds: float | None = None) -> None:
+        self.reply = reply
+        self.trickle_seconds = trickle_seconds
+        self._lock = threading.Lock()
+        self._received = bytearray()
+        self._connections = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.05)
+        self.port = self._socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> bytes:
+        with self._lock:
+            return bytes(self._received)
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return self._connections
+
+    def __enter__(self) -> LoopbackServer:
+        thread = threading.Thread(target=self._accept_loop, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+        self._socket.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.05)
+        request = bytearray()
+        replied = False
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                request += chunk
+                with self._lock:
+                    self._received += chunk
+                if not replied and b"\r\n\r\n" in request:
+                    replied = True
+                    if not self._send(conn):
+                        return
+
+    def _send(self, conn: socket.socket) -> bool:
+        try:
+            if not self.trickle_seconds:
+                conn.sendall(self.reply)
+                return True
+            for index in range(len(self.reply)):
+                if index and self._stop.wait(self.trickle_seconds):
+                    return False
+                conn.sendall(self.reply[index : index + 1])
+        except OSError:
+            return False
+        return True
+
+
+def ti_context(
+    try_number: int | None,
+    map_index: int = -1,
+    task_id: str = "add_stops",
+    dag_id: str = "bulk_dag",
+    run_id: str = "manual__2026-01-01",
+) -> dict[str, Any]:
+    """A task context with a task instance, as Airflow gives it: what keys a bulk run's results rows."""
+    ti = SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, try_number=try_number)
+    return {"dag": SimpleNamespace(dag_id=dag_id), "run_id": run_id, "ti": ti}
+
+
+def listed_once(sandbox: Any, numbers: Any) -> bool:
+    """Whether every number of ``numbers`` is on the sandbox list exactly once."""
+    from collections import Counter
+
+    counts = Counter(entry.phone_number for entry in sandbox.state.list_entries())
+    return all(counts[n] == 1 for n in numbers)

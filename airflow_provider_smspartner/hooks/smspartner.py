@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import http.client
+import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import requests
+import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from airflow_provider_smspartner import __version__
 from airflow_provider_smspartner.exceptions import (
@@ -31,7 +37,7 @@ from airflow_provider_smspartner.utils.api import (
     DELETE_ENDPOINT,
     LIST_ENDPOINT,
     parse_response,
-    response_code,
+    redirect_error,
 )
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
@@ -40,6 +46,110 @@ from airflow_provider_smspartner.utils.throttle import RequestThrottle, shared_t
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+#: Upper bound of the time to open a connection, in seconds (within the request's deadline).
+CONNECT_TIMEOUT = 10.0
+
+
+# --------------------------------------------------------------------------------- total deadline
+# ``requests``' timeout bounds each socket read, not the request: a server that trickles a byte
+# every half second holds a call with ``timeout=2`` for as long as it likes. So every socket read
+# of a response (status line, headers and body) is also bounded by the time left until the
+# request's deadline, which the hook sets here for the thread making the request.
+_deadline: ContextVar[float | None] = ContextVar("smspartner_request_deadline", default=None)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket; each read waits at most until the deadline (and at most the read timeout)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request's deadline passed")
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(remaining if timeout is None else min(timeout, remaining))
+        try:
+            return self._raw.readinto(buffer)
+        finally:
+            self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket:
+    """What ``http.client.HTTPResponse`` is given instead of the socket: it only calls ``makefile``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineHTTPResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        deadline = _deadline.get()
+        source = sock if deadline is None else cast(socket.socket, _DeadlineSocket(sock, deadline))
+        super().__init__(source, *args, **kwargs)
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    response_class = _DeadlineHTTPResponse
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    response_class = _DeadlineHTTPResponse
+
+
+class _DeadlineHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_POOL_CLASSES = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _NoRedirectSession(requests.Session):
+    """A session that never works out where a redirect points, let alone follows it.
+
+    ``requests`` prepares the next request of a redirect even with ``allow_redirects=False``
+    (parsing a ``Location`` a hostile server chose); with no target there is nothing to prepare.
+    """
+
+    max_redirects = 0
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections honour the request deadline (plain and proxied)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # SOCKS managers have connection classes of their own
+            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        return manager
 
 
 @dataclass(frozen=True)
@@ -91,6 +201,12 @@ class SmsPartnerHook(BaseHook):
     was lost, the retry answers code 3 ("already in the list"), which ``add_stop`` reports as
     ``already_present`` rather than an error.
 
+    It fails closed: an answer that breaks the response contract (``utils.api``) is a
+    ``SmsPartnerResponseError``, never an empty list or an ``added``; redirects are never followed
+    (``SmsPartnerConfigError``), so the key goes to the configured host only; ``timeout`` bounds
+    each request as a whole (connect, headers, body), not each socket read; a 429 with
+    ``Retry-After`` pauses every request of the connection in the process.
+
     :param smspartner_conn_id: Airflow connection id of type ``smspartner``.
     """
 
@@ -124,8 +240,11 @@ class SmsPartnerHook(BaseHook):
                 f"SmsPartnerHook needs a connection of type {self.conn_type!r}."
             )
         if conn.password:
-            register_secret(conn.password.strip())
-            mask_secret(conn.password.strip())
+            key = conn.password.strip()
+            mask_secret(key)
+            # The key also travels percent-encoded (query string) and JSON-escaped (body).
+            for form in register_secret(key):
+                mask_secret(form)
         return settings_from_connection(
             self.smspartner_conn_id, conn.password, conn.host, conn.port, conn.extra_dejson or {}
         )
@@ -140,9 +259,9 @@ class SmsPartnerHook(BaseHook):
         with self._session_lock:
             if self._session is None:
                 settings = self.settings
-                session = requests.Session()
+                session = _NoRedirectSession()
                 # Retries are ours (tenacity); urllib3's own would bypass the throttle and the logging.
-                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+                adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)
                 session.headers.update(
@@ -200,7 +319,12 @@ class SmsPartnerHook(BaseHook):
         settings = self.settings
         session = self.get_conn()
         url = f"{settings.base_url}/{endpoint}"
-        request_args: dict[str, Any] = {"timeout": (min(settings.timeout, 10.0), settings.timeout)}
+        request_args: dict[str, Any] = {
+            "timeout": (min(settings.timeout, CONNECT_TIMEOUT), settings.timeout),
+            # A redirect would carry the key wherever it points (in the query string, or in the
+            # re-sent body on 307/308), and turn an add into a GET on 301/302: refused below.
+            "allow_redirects": False,
+        }
         # The documented contract: apiKey in the query string for GET, in the JSON body for POST.
         if method == "GET":
             request_args["params"] = {"apiKey": settings.api_key, **params}
@@ -208,31 +332,43 @@ class SmsPartnerHook(BaseHook):
             request_args["json"] = {"apiKey": settings.api_key, **params}
         self.throttle.acquire()
         started = time.monotonic()
+        deadline = started + settings.timeout
         failure: str | None = None
+        token = _deadline.set(deadline)
         try:
             response = session.request(method, url, **request_args)
-        except requests.Timeout as exc:
-            failure = f"timed out after {settings.timeout:g} s ({type(exc).__name__})"
         except requests.RequestException as exc:
-            failure = f"connection failed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+                failure = (
+                    f"timed out: no complete answer within {settings.timeout:g} s "
+                    f"(connect and the whole response; {type(exc).__name__})"
+                )
+            else:
+                failure = f"connection failed: {type(exc).__name__}: {exc}"
+        finally:
+            _deadline.reset(token)
         if failure is not None:
             # Raised outside the except block so the original exception, whose text holds the
             # request URL (and so the API key), is not chained into tracebacks.
             raise SmsPartnerConnectionError(f"SMS Partner {endpoint}: {redact(failure)}")
+        status = response.status_code
         self.log.debug(
-            "SMS Partner %s %s -> HTTP %s in %.3f s",
-            method,
-            endpoint,
-            response.status_code,
-            time.monotonic() - started,
+            "SMS Partner %s %s -> HTTP %s in %.3f s", method, endpoint, status, time.monotonic() - started
         )
+        if 300 <= status < 400:
+            raise redirect_error(endpoint, status, response.headers.get("Location"), self.smspartner_conn_id)
         body = None
-        if fast_parse is not None and 200 <= response.status_code < 300:
+        if fast_parse is not None and 200 <= status < 300:
             body = fast_parse(response.content)
         if body is None:
-            body = parse_response(
-                endpoint, response.status_code, response.headers, response.text, accept_codes
-            )
+            try:
+                body = parse_response(endpoint, status, response.headers, response.content, accept_codes)
+            except SmsPartnerRateLimitError as exc:
+                if exc.retry_after is not None:
+                    # At once, not when this thread gets to retry: every request of the connection
+                    # waits, also those already waiting for their turn in the throttle.
+                    self.throttle.pause(min(exc.retry_after, self.max_retry_after))
+                raise
         if check is not None:
             check(body)
         return body
@@ -240,10 +376,8 @@ class SmsPartnerHook(BaseHook):
     def _wait(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, SmsPartnerRateLimitError) and exc.retry_after is not None:
-            delay = min(exc.retry_after, self.max_retry_after)
-            # Every thread of this connection backs off, not only the one that was told to.
-            self.throttle.pause(delay)
-            return delay
+            # The throttle is already paused for every thread (see _send_once).
+            return min(exc.retry_after, self.max_retry_after)
         backoff = self.settings.retry_backoff
         if backoff <= 0:
             return 0.0
@@ -264,19 +398,20 @@ class SmsPartnerHook(BaseHook):
     def _fetch_stop_list(self) -> pa.StructArray:
         """Fetch the stop list as an Arrow array of ``{id, phoneNumber, createdAt}``, checked complete.
 
-        The list has no pagination and reaches millions of rows, so the body is parsed by Arrow's
-        JSON reader (no Python object per row); odd or failed bodies fall back to the generic parser.
+        The list has no pagination and reaches millions of rows, so a body that keeps the contract
+        is parsed by Arrow's JSON reader (no Python object per row); anything else goes to the
+        generic parser, which applies the same contract and names what is wrong.
 
-        :raises SmsPartnerResponseError: when ``nbData`` disagrees with the rows received
-            (after retries): a partial list is never returned.
+        :raises SmsPartnerResponseError: when the answer breaks the list contract, e.g. ``nbData``
+            disagrees with the rows received (after retries): a partial list is never returned.
         """
         from airflow_provider_smspartner.utils.stop_list import (
-            check_complete_list,
             parse_stop_list_body,
             stop_list_array,
         )
 
-        body = self._request("GET", LIST_ENDPOINT, check=check_complete_list, fast_parse=parse_stop_list_body)
+        # Both parsers enforce the whole list contract (count and rows) inside the retry loop.
+        body = self._request("GET", LIST_ENDPOINT, fast_parse=parse_stop_list_body)
         return stop_list_array(body.get("data"))
 
     def get_stop_list_df(self) -> pd.DataFrame:
@@ -310,7 +445,8 @@ class SmsPartnerHook(BaseHook):
         :param phone_number: The number, ideally E.164 (``+336...``); French national form is accepted.
         :return: ``AddStopResult`` with status ``added`` or ``already_present``.
         :raises InvalidPhoneNumberError: the API rejected the number (code 9, or 2 when empty).
-        :raises SmsPartnerAuthError: the key was refused.
+        :raises SmsPartnerAuthError: the key was refused (an auth code, or HTTP 401/403).
+        :raises SmsPartnerResponseError: the answer was neither a stop id nor code 3 (after retries).
         """
         body = self._request(
             "POST",
@@ -318,14 +454,11 @@ class SmsPartnerHook(BaseHook):
             {"phoneNumber": str(phone_number).strip()},
             accept_codes=(ALREADY_PRESENT_CODE,),
         )
-        if response_code(body) == ALREADY_PRESENT_CODE:
+        # The contract (utils.api) guarantees the shape: code 3 with success false, or code 200
+        # with a positive integer stopId.
+        if body["code"] == ALREADY_PRESENT_CODE:
             return AddStopResult(status="already_present", stop_id=None, phone_number=phone_number)
-        stop_id = body.get("stopId")
-        return AddStopResult(
-            status="added",
-            stop_id=int(float(stop_id)) if stop_id is not None else None,
-            phone_number=phone_number,
-        )
+        return AddStopResult(status="added", stop_id=body["stopId"], phone_number=phone_number)
 
     def remove_stop(self, stop_id: int) -> None:
         """Remove a number from the stop list by its stop id (from the list, or from ``add_stop``).

@@ -5,6 +5,21 @@ A real HTTP server on loopback that answers like the documented API (``stop-sms/
 Standard library only, and independent of the rest of the provider on purpose: it validates
 phone numbers from the vendor documentation, not with the provider's own code.
 
+Knobs, from Python (``SandboxServer``) or the command line:
+
+- ``latency``, ``rate_limit`` (HTTP 429 + ``Retry-After``), ``error_style`` (API errors as HTTP
+  4xx or as HTTP 200 with ``success: false``);
+- faults, queued with ``inject(kind, count, endpoint)`` or drawn at random (``fault_rates``):
+  ``server_error``, ``bad_gateway``, ``drop``, ``lost_response``, ``slow``, ``malformed``,
+  ``rate_limit``, ``truncated_list``, and ``trickle`` (the body written one byte every
+  ``trickle_seconds``, so a per-read timeout never fires);
+- scripted raw answers, for every odd answer a client must refuse:
+  ``respond(body, status=200, endpoint=None, count=1, headers=None)`` serves any bytes with any
+  status (``{}``, ``{"success": "false"}``, ``{"nbData": null, "data": null}``, invalid UTF-8,
+  deeply nested JSON, a 401 without a code...), and ``redirect(location, status=302, ...)``
+  answers a redirect to another host (CLI: ``--respond ENDPOINT STATUS BODY``,
+  ``--redirect ENDPOINT STATUS URL``, ``--fault-rate trickle=1 --trickle-seconds 0.5``).
+
 Run it from a shell with ``python -m airflow_provider_smspartner.sandbox --help``.
 """
 
@@ -13,6 +28,8 @@ from airflow_provider_smspartner.sandbox.faults import (
     FAULT_KINDS,
     FaultKind,
     FaultPlan,
+    ResponseScript,
+    ScriptedResponse,
 )
 from airflow_provider_smspartner.sandbox.server import (
     ERROR_STYLES,
@@ -32,8 +49,10 @@ __all__ = [
     "FAULT_KINDS",
     "FaultKind",
     "FaultPlan",
+    "ResponseScript",
     "SandboxServer",
     "SandboxStats",
+    "ScriptedResponse",
     "StopListState",
     "StopRecord",
     "is_loopback_host",

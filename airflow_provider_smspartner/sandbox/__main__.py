@@ -3,6 +3,11 @@
 Prints one line ``SMS Partner sandbox listening on http://HOST:PORT/v1 (N stops)`` once it is ready
 (so a parent process can read the URL when ``--port 0`` picked one), then serves until SIGINT or
 SIGTERM. The API key is never printed.
+
+To rehearse answers a client must refuse: ``--respond ENDPOINT STATUS BODY`` (any raw body and
+status, on every request to the endpoint), ``--redirect ENDPOINT STATUS URL`` (a redirect to
+another host), ``--fault-rate trickle=1`` with ``--trickle-seconds`` (a body written one byte
+at a time). See ``--help``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from airflow_provider_smspartner.sandbox.faults import ENDPOINTS, FAULT_KINDS
+from airflow_provider_smspartner.sandbox.faults import ENDPOINTS, FAULT_KINDS, normalize_endpoint
 from airflow_provider_smspartner.sandbox.server import ERROR_STYLES, SandboxServer, is_loopback_host
 
 
@@ -33,11 +38,36 @@ def _fault_rate(text: str) -> tuple[str, float]:
     return name, value
 
 
+_EPILOG = """\
+rehearsing answers a client must refuse (scripted answers come before any check):
+  --respond stop-sms/list 200 '{"nbData": null, "data": null}'   a list that is not one
+  --respond stop-sms/add 200 '{"success": "false", "code": 200}'  success as a string
+  --respond me 401 'Unauthorized'                                  a 401 without an API code
+  --redirect stop-sms/add 307 http://127.0.0.1:9/elsewhere         a redirect to another host
+  --fault-rate trickle=1 --trickle-seconds 0.5                     a body at one byte per 0.5 s
+"""
+
+
+def _endpoint(text: str) -> str:
+    try:
+        return normalize_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _status(text: str, low: int = 200, high: int = 599) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"expected an HTTP status from {low} to {high}, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the sandbox CLI."""
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_smspartner.sandbox",
         description="Serve a local emulator of the SMS Partner stop-list API (JSON only).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for a free one (default: 8765)")
@@ -74,6 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slow-seconds", type=float, default=3.0, help="delay of the 'slow' fault (default: 3)"
     )
+    parser.add_argument(
+        "--trickle-seconds",
+        type=float,
+        default=0.5,
+        help="pause between two bytes of the 'trickle' fault's body (default: 0.5)",
+    )
+    parser.add_argument(
+        "--respond",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("ENDPOINT", "STATUS", "BODY"),
+        help="answer every request on ENDPOINT with HTTP STATUS and the raw BODY, before any check "
+        "(e.g. --respond stop-sms/list 200 '{}' or --respond me 401 ''); repeatable",
+    )
+    parser.add_argument(
+        "--redirect",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("ENDPOINT", "STATUS", "URL"),
+        help="answer every request on ENDPOINT with a redirect (STATUS 300-399, e.g. 302 or 307) to "
+        "URL; a client that follows it takes the API key there; repeatable",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the numbers and the fault draws")
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address (no real security!)"
@@ -89,6 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"refusing non-loopback host {args.host!r}; pass --allow-remote to override")
     if args.seed_stops < 0 or args.latency_ms < 0 or args.rate_limit < 0:
         parser.error("--seed-stops, --latency-ms and --rate-limit must not be negative")
+    if not args.trickle_seconds > 0:
+        parser.error("--trickle-seconds must be > 0")
+    scripted: list[tuple[str, int, str, bool]] = []
+    for option, values, low, high in (
+        ("--respond", args.respond, 200, 599),
+        ("--redirect", args.redirect, 300, 399),
+    ):
+        for endpoint, status, text in values:
+            try:
+                scripted.append(
+                    (_endpoint(endpoint), _status(status, low, high), text, option == "--redirect")
+                )
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{option}: {exc}")
 
     stop_requested = threading.Event()
 
@@ -110,8 +178,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_endpoints=args.fault_endpoint,
         seed=args.seed,
         slow_seconds=args.slow_seconds,
+        trickle_seconds=args.trickle_seconds,
         allow_remote=args.allow_remote,
     )
+    for endpoint, status, text, is_redirect in scripted:
+        try:
+            if is_redirect:
+                sandbox.redirect(text, status, endpoint=endpoint, count=None)
+            else:
+                sandbox.respond(text, status, endpoint=endpoint, count=None)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         sandbox.start()
     except OSError as exc:

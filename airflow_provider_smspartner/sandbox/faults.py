@@ -1,9 +1,15 @@
-"""Fault injection for the sandbox: one-shot queued faults and seeded random fault rates.
+"""Fault injection for the sandbox: queued and random faults, and scripted raw answers.
 
 Faults are decided per request, before the request is processed (authentication included), so a
-client sees the same failure whatever it sent. The one exception is ``lost_response``: the request
-is processed (an add really lands on the stop list) and only then is the connection closed without
-an answer, which is the case a client cannot tell apart from ``drop`` and must survive idempotently.
+client sees the same failure whatever it sent. The exceptions are ``lost_response`` (the request
+is processed, an add really lands on the stop list, and only then is the connection closed without
+an answer: the case a client cannot tell apart from ``drop`` and must survive idempotently),
+``slow`` and ``trickle`` (processed, then answered late or a byte at a time).
+
+Scripted answers (:class:`ScriptedResponse`, queued in a :class:`ResponseScript`) go further than
+faults: any status, headers and raw body, e.g. ``{}`` with HTTP 200, a redirect to another host,
+invalid UTF-8, so a client can rehearse every odd answer the real API, a proxy or an attacker
+could send.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 #: Endpoint names, relative to the ``/v1`` base path; used by ``inject``, ``fault_endpoints`` and stats.
@@ -37,6 +44,10 @@ class FaultKind(str, Enum):
     """HTTP 429 JSON with a ``Retry-After`` header."""
     TRUNCATED_LIST = "truncated_list"
     """``stop-sms/list`` only: ``nbData`` says N but ``data`` holds N - 1 rows."""
+    TRICKLE = "trickle"
+    """Answer normally, but write the body one byte every ``trickle_seconds`` (the headers go at
+    once): a client whose timeout bounds each read, not the whole call, waits for minutes. The
+    request is processed (an add lands) before the first byte goes out."""
 
 
 #: Every fault name, as plain strings.
@@ -186,3 +197,90 @@ class FaultPlan:
                 if draw < threshold:
                     return kind
             return None
+
+
+#: Headers a scripted answer may not set: the sandbox writes them from the body.
+_RESERVED_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding", "connection"})
+
+
+@dataclass(frozen=True)
+class ScriptedResponse:
+    """A raw answer served instead of processing a request (see ``SandboxServer.respond``).
+
+    :param status: HTTP status, 200-599 (3xx with a ``Location`` header for a redirect).
+    :param body: The body, sent byte for byte.
+    :param headers: Extra headers, ``(name, value)`` pairs (not Content-Length/-Type).
+    :param content_type: The ``Content-Type`` (``; charset=utf-8`` is appended).
+    """
+
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, bytes):
+            raise ValueError(f"body must be bytes or str, got {type(self.body).__name__}")
+        if isinstance(self.status, bool) or not isinstance(self.status, int) or not 200 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP status from 200 to 599, got {self.status!r}")
+        headers = tuple((str(name), str(value)) for name, value in self.headers)
+        for name, value in (*headers, ("Content-Type", self.content_type)):
+            if any(ch in name + value for ch in "\r\n\0") or not name.strip() or ":" in name:
+                raise ValueError(f"invalid header {name!r}: {value!r}")
+        for name, _ in headers:
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is written by the sandbox itself")
+        object.__setattr__(self, "headers", headers)
+
+
+@dataclass
+class _ScriptEntry:
+    response: ScriptedResponse
+    endpoint: str | None
+    remaining: int | None
+
+
+class ResponseScript:
+    """Thread-safe FIFO of scripted answers, each for some requests on one endpoint or on any.
+
+    Entries are matched in the order they were added; an entry with ``count=None`` answers every
+    matching request until :meth:`clear`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[_ScriptEntry] = []
+
+    def add(self, response: ScriptedResponse, endpoint: str | None = None, count: int | None = 1) -> None:
+        """Queue ``response`` for the next ``count`` requests on ``endpoint`` (``None`` = any endpoint).
+
+        :raises ValueError: on an unknown endpoint or a count below 1.
+        """
+        target = None if endpoint is None else normalize_endpoint(endpoint)
+        if count is not None and (isinstance(count, bool) or count < 1):
+            raise ValueError(f"count must be >= 1 or None (every request), got {count!r}")
+        with self._lock:
+            self._entries.append(_ScriptEntry(response, target, count))
+
+    def next_response(self, endpoint: str) -> ScriptedResponse | None:
+        """The scripted answer for one request on ``endpoint``, or ``None``."""
+        with self._lock:
+            for index, entry in enumerate(self._entries):
+                if entry.endpoint not in (None, endpoint):
+                    continue
+                if entry.remaining is not None:
+                    entry.remaining -= 1
+                    if entry.remaining == 0:
+                        del self._entries[index]
+                return entry.response
+            return None
+
+    def pending(self) -> list[tuple[int, str | None, int | None]]:
+        """Queued answers as ``(status, endpoint, remaining count or None)``."""
+        with self._lock:
+            return [(e.response.status, e.endpoint, e.remaining) for e in self._entries]
+
+    def clear(self) -> None:
+        """Drop every scripted answer."""
+        with self._lock:
+            self._entries.clear()

@@ -5,9 +5,20 @@ Endpoints (base path ``/v1``): ``GET stop-sms/list``, ``POST stop-sms/add`` (JSO
 ignored, because the docs show no XML shape for the stop list and the provider asks for JSON.
 
 Order of processing for every request: count it in the stats, wait ``latency``, apply the rate
-limiter (HTTP 429), route (404/405), then draw a fault. Faults are applied before authentication
-and before the request is processed, except ``lost_response`` (processed, then the connection is
-closed without an answer) and ``slow``/``truncated_list`` (processed normally, late or cut).
+limiter (HTTP 429), route (404/405), serve a scripted answer if one is queued for the endpoint
+(:meth:`SandboxServer.respond`, :meth:`SandboxServer.redirect`), then draw a fault. Scripted
+answers and faults come before authentication and before the request is processed, except
+``lost_response`` (processed, then the connection is closed without an answer),
+``slow``/``truncated_list`` (processed normally, late or cut) and ``trickle`` (processed, then
+the body written one byte every ``trickle_seconds``).
+
+Knobs to rehearse answers the provider must refuse (fail closed):
+
+- ``respond(body, status, endpoint=..., count=...)``: any raw body and status, e.g. ``{}``,
+  ``{"success": "false"}``, ``{"nbData": null, "data": null}``, invalid UTF-8, deep nesting, a
+  401 without a code;
+- ``redirect(location, status, endpoint=...)``: a 301/302/303/307/308 to another host;
+- the ``trickle`` fault: a body that never times out per read but takes minutes in total.
 
 Nothing of a request (request line, query string, API key) is ever written to stdout, stderr or a log.
 """
@@ -38,6 +49,8 @@ from airflow_provider_smspartner.sandbox.faults import (
     ENDPOINTS,
     FaultKind,
     FaultPlan,
+    ResponseScript,
+    ScriptedResponse,
     normalize_endpoint,
 )
 from airflow_provider_smspartner.sandbox.state import (
@@ -115,8 +128,8 @@ class SandboxStats:
     unknown paths), ``by_status`` (``Counter``: HTTP status -> responses sent; dropped connections
     send none), ``by_fault`` (``Counter``: fault name -> faults applied), ``adds_applied`` (adds that
     changed the list, ``lost_response`` ones included), ``rate_limited`` (429s sent, by the limiter
-    or a fault) and ``timestamps`` (``(time.monotonic(), endpoint)`` per request received, the
-    newest ``max_timestamps`` kept).
+    or a fault), ``scripted`` (scripted answers served) and ``timestamps``
+    (``(time.monotonic(), endpoint)`` per request received, the newest ``max_timestamps`` kept).
     """
 
     def __init__(self, max_timestamps: int = 1_000_000) -> None:
@@ -128,6 +141,7 @@ class SandboxStats:
         self._by_fault: Counter[str] = Counter()
         self._adds_applied = 0
         self._rate_limited = 0
+        self._scripted = 0
         self._timestamps: deque[tuple[float, str]] = deque(maxlen=max_timestamps)
 
     @property
@@ -167,6 +181,12 @@ class SandboxStats:
             return self._rate_limited
 
     @property
+    def scripted(self) -> int:
+        """Scripted answers served (``respond`` / ``redirect``)."""
+        with self._lock:
+            return self._scripted
+
+    @property
     def timestamps(self) -> list[tuple[float, str]]:
         """``(time.monotonic(), endpoint)`` for every request received, oldest first."""
         with self._lock:
@@ -191,6 +211,7 @@ class SandboxStats:
             self._by_fault.clear()
             self._adds_applied = 0
             self._rate_limited = 0
+            self._scripted = 0
             self._timestamps.clear()
 
     def as_dict(self) -> dict[str, Any]:
@@ -203,6 +224,7 @@ class SandboxStats:
                 "by_fault": dict(self._by_fault),
                 "adds_applied": self._adds_applied,
                 "rate_limited": self._rate_limited,
+                "scripted": self._scripted,
             }
 
     # Recording, called by the request handler.
@@ -227,6 +249,10 @@ class SandboxStats:
     def _record_add(self) -> None:
         with self._lock:
             self._adds_applied += 1
+
+    def _record_scripted(self) -> None:
+        with self._lock:
+            self._scripted += 1
 
 
 class _RateLimiter:
@@ -355,6 +381,12 @@ class _SandboxHandler(BaseHTTPRequestHandler):
             self._send(405, body, headers=(("Allow", allowed),))
             return
 
+        scripted = sandbox.responses.next_response(endpoint)
+        if scripted is not None:
+            sandbox.stats._record_scripted()
+            self._send(scripted.status, scripted.body, scripted.content_type, scripted.headers)
+            return
+
         fault = sandbox.faults.next_fault(endpoint)
         if fault is not None:
             sandbox.stats._record_fault(fault)
@@ -372,7 +404,7 @@ class _SandboxHandler(BaseHTTPRequestHandler):
         if fault is FaultKind.LOST_RESPONSE:
             self._drop()
             return
-        self._send(status, body)
+        self._send(status, body, trickle=fault is FaultKind.TRICKLE)
 
     def _apply_early_fault(self, fault: FaultKind) -> bool:
         """Answer for a fault that replaces processing; return whether one was applied."""
@@ -475,6 +507,7 @@ class _SandboxHandler(BaseHTTPRequestHandler):
         body: bytes,
         content_type: str = "application/json",
         headers: Iterable[tuple[str, str]] = (),
+        trickle: bool = False,
     ) -> None:
         reason = self.responses.get(status, ("",))[0]
         lines = [
@@ -488,6 +521,9 @@ class _SandboxHandler(BaseHTTPRequestHandler):
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.server.sandbox.stats._record_status(status)
+        if trickle:
+            self._trickle(head, body)
+            return
         try:
             if len(body) <= _BIG_BODY:
                 self.wfile.write(head + body)
@@ -498,6 +534,20 @@ class _SandboxHandler(BaseHTTPRequestHandler):
         except OSError:
             # The client went away (e.g. it timed out on a slow fault): nothing left to do.
             self.close_connection = True
+
+    def _trickle(self, head: bytes, body: bytes) -> None:
+        """Write the headers, then the body one byte every ``trickle_seconds``; stop if either side goes."""
+        sandbox = self.server.sandbox
+        self.close_connection = True
+        try:
+            self.wfile.write(head)
+            for index in range(len(body)):
+                sandbox._pause(sandbox.trickle_seconds)
+                if sandbox._stopping.is_set():
+                    return
+                self.wfile.write(body[index : index + 1])
+        except OSError:
+            return
 
     def _drop(self) -> None:
         # Closing without a byte written: the server shuts the socket down after this handler.
@@ -581,6 +631,7 @@ class SandboxServer:
     :param seed: seed of the number generator and of the fault draws.
     :param slow_seconds: delay of the ``slow`` fault.
     :param retry_after: value of the ``Retry-After`` header on 429 responses.
+    :param trickle_seconds: pause between two bytes of a ``trickle`` fault's response.
     :param allow_remote: allow a non-loopback ``host`` (the sandbox has no real security).
     :raises ValueError: on a non-loopback host without ``allow_remote`` or an invalid setting.
     """
@@ -601,6 +652,7 @@ class SandboxServer:
         *,
         slow_seconds: float = 3.0,
         retry_after: str = "1",
+        trickle_seconds: float = 0.5,
         allow_remote: bool = False,
     ) -> None:
         if not allow_remote and not is_loopback_host(host):
@@ -617,9 +669,11 @@ class SandboxServer:
         self.error_style = error_style
         self.slow_seconds = slow_seconds
         self.retry_after = retry_after
+        self.trickle_seconds = trickle_seconds
         self.seed = seed
         self.state = StopListState()
         self.faults = FaultPlan(fault_rates, fault_endpoints, seed=seed)
+        self.responses = ResponseScript()
         self._stats = SandboxStats()
         self._limiter = _RateLimiter()
         self._stopping = threading.Event()
@@ -643,6 +697,17 @@ class SandboxServer:
         if value < 0:
             raise ValueError(f"latency must be >= 0, got {value}")
         self._latency = float(value)
+
+    @property
+    def trickle_seconds(self) -> float:
+        """Pause between two bytes of a ``trickle`` fault's response."""
+        return self._trickle_seconds
+
+    @trickle_seconds.setter
+    def trickle_seconds(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"trickle_seconds must be > 0, got {value}")
+        self._trickle_seconds = float(value)
 
     @property
     def rate_limit(self) -> float | None:
@@ -697,6 +762,58 @@ class SandboxServer:
     def pending_faults(self) -> list[tuple[str, str | None]]:
         """Queued faults not consumed yet, as ``(kind, endpoint)``."""
         return self.faults.pending()
+
+    def respond(
+        self,
+        body: bytes | str,
+        status: int = 200,
+        *,
+        endpoint: str | None = None,
+        count: int | None = 1,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        """Answer the next ``count`` requests on ``endpoint`` with this raw body and status.
+
+        The answer replaces everything else (authentication, processing, faults), so any body can
+        be rehearsed: ``respond("{}")``, ``respond('{"success":"false","code":200}')``,
+        ``respond(b"\\xff", endpoint="stop-sms/list")``, ``respond("", 401)``...
+
+        :param body: Sent byte for byte; ``str`` is encoded as UTF-8.
+        :param status: HTTP status, 200-599.
+        :param endpoint: ``None`` = any endpoint.
+        :param count: Requests to answer; ``None`` = every matching request until
+            :meth:`clear_responses`.
+        :param headers: Extra response headers (not Content-Length or Content-Type).
+        :param content_type: The ``Content-Type`` (``; charset=utf-8`` is appended).
+        :raises ValueError: on an invalid status, header, endpoint or count.
+        """
+        pairs = tuple(headers.items() if isinstance(headers, Mapping) else headers or ())
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        self.responses.add(ScriptedResponse(status, data, pairs, content_type), endpoint, count)
+
+    def redirect(
+        self, location: str, status: int = 302, *, endpoint: str | None = None, count: int | None = 1
+    ) -> None:
+        """Answer the next ``count`` requests on ``endpoint`` with a redirect to ``location``.
+
+        A client that follows it sends the request, API key included, to ``location``.
+
+        :param status: 301, 302, 303, 307 or 308 (any 3xx is accepted).
+        :raises ValueError: on a status outside 300-399 or an invalid location.
+        """
+        if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 399:
+            raise ValueError(f"a redirect status is 300-399, got {status!r}")
+        body = _json({"success": False, "code": status, "message": "Moved"})
+        self.respond(body, status, endpoint=endpoint, count=count, headers=(("Location", location),))
+
+    def pending_responses(self) -> list[tuple[int, str | None, int | None]]:
+        """Scripted answers not used up yet, as ``(status, endpoint, remaining count or None)``."""
+        return self.responses.pending()
+
+    def clear_responses(self) -> None:
+        """Drop every scripted answer."""
+        self.responses.clear()
 
     @property
     def stats(self) -> SandboxStats:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -119,12 +120,24 @@ class SmsPartnerSettings:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# What the host field may hold. Anything else is refused rather than interpreted, because URL
+# parsers disagree on it: for ``http://evil.example\@127.0.0.1/v1`` Python's urlsplit reads the
+# host 127.0.0.1 while requests (urllib3) connects to evil.example. So: ASCII only, no whitespace
+# or control characters, no backslash, no user info (``@`` before the host), no query or
+# fragment, a host made of letters, digits, dots and hyphens (or a bracketed IPv6 address), a
+# numeric port, and a path of plain URL characters. On what is left, urlsplit and urllib3 agree.
+_NETLOC = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?"
+)
+_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 
 def build_base_url(conn_id: str, host: str | None, port: int | None = None) -> str:
@@ -132,30 +145,54 @@ def build_base_url(conn_id: str, host: str | None, port: int | None = None) -> s
 
     No host -> the public API; no scheme -> https; no path -> ``/v1``. Plain http is only allowed
     to loopback hosts (the sandbox): the API key travels in the URL and must not cross a network
-    unencrypted.
+    unencrypted. Anything a URL parser could read differently from ``requests`` is refused (see
+    ``_NETLOC``), so the host checked here is the host the key is sent to.
     """
     raw = (host or "").strip()
     if not raw:
         return DEFAULT_BASE_URL
+
+    def refuse(why: str, echo: bool = True) -> SmsPartnerConfigError:
+        shown = f" {host!r}" if echo else ""
+        return _config_error(
+            f"Connection {conn_id!r}: API base URL{shown} {why}; use e.g. {DEFAULT_BASE_URL!r}."
+        )
+
+    if not raw.isascii() or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+        raise refuse("holds spaces, control or non-ASCII characters (write an IDN host as xn--...)")
+    if "\\" in raw:
+        raise refuse("holds a backslash")
+    if "?" in raw or "#" in raw:
+        raise refuse("holds a query or a fragment")
     if "://" not in raw:
         raw = "https://" + raw
     parts = urlsplit(raw)
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise _config_error(
-            f"Connection {conn_id!r}: API base URL {host!r} is not an http(s) URL; "
-            f"use e.g. {DEFAULT_BASE_URL!r}."
-        )
-    if scheme == "http" and not _is_loopback(parts.hostname):
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise refuse("is not an http(s) URL")
+    if "@" in parts.netloc:
+        # Not echoed: what precedes the @ may well be a secret.
+        raise refuse("holds a user name or password (the API key belongs in the password field)", echo=False)
+    netloc = _NETLOC.fullmatch(parts.netloc)
+    if netloc is None:
+        raise refuse("has an invalid host or port")
+    if netloc["port"] is not None and not 0 < int(netloc["port"]) < 65536:
+        raise refuse("has a port out of range")
+    if not _PATH.fullmatch(parts.path):
+        raise refuse("has an invalid path")
+    hostname = netloc["host"]
+    if scheme == "http" and not _is_loopback(hostname):
         raise _config_error(
             f"Connection {conn_id!r}: plain http:// is only allowed for loopback hosts "
-            f"(got {parts.hostname!r}); use https:// so the API key is not sent in clear text."
+            f"(got {hostname!r}); use https:// so the API key is not sent in clear text."
         )
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
+    location = parts.netloc
+    if port and netloc["port"] is None:
+        if not 0 < int(port) < 65536:
+            raise _config_error(f"Connection {conn_id!r}: port {port!r} is out of range.")
+        location = f"{location}:{int(port)}"
     path = parts.path.rstrip("/") or "/v1"
-    return urlunsplit((scheme, netloc, path, "", ""))
+    return urlunsplit((scheme, location, path, "", ""))
 
 
 def _check_number(conn_id: str, extra: ExtraField, value: Any) -> float | int:

@@ -3,6 +3,12 @@
 Lists reach millions of rows, so nothing here builds a Python object per row: the body is read by
 Arrow's JSON reader and the frame is built column-wise. Imported lazily by the hook (it loads
 pandas and pyarrow), never at DAG-parse time.
+
+The response contract is ``utils.api``'s; the Arrow reader here is only a fast way to accept a
+body that keeps it. It accepts nothing the generic parser would refuse: Arrow itself refuses
+every type mismatch against the schema (a string ``nbData``, a fractional or out-of-range ``id``,
+a duplicate key), and what it would let through (nulls, missing fields, invalid UTF-8, an id of 0,
+an odd ``createdAt``) makes it hand the body to the generic parser, which names the problem.
 """
 
 from __future__ import annotations
@@ -14,10 +20,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from airflow_provider_smspartner.exceptions import SmsPartnerResponseError
-from airflow_provider_smspartner.utils.api import LIST_ENDPOINT, OK_CODE
+from airflow_provider_smspartner.utils.api import (
+    CREATED_AT_PATTERN,
+    LIST_ENDPOINT,
+    MIN_STOP_ID,
+    OK_CODE,
+    check_list_body,
+    contract_error,
+    incomplete_list_error,
+    is_json_integer,
+    snippet,
+)
 
 CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
 STOP_TYPE = pa.struct([("id", pa.int64()), ("phoneNumber", pa.string()), ("createdAt", pa.string())])
@@ -26,14 +43,40 @@ _BODY_SCHEMA = pa.schema(
 )
 
 
-def parse_stop_list_body(content: bytes) -> dict[str, Any] | None:
-    """Parse a successful list body into ``{"success", "code", "nbData", "data": StructArray}``.
+def _rows_keep_the_contract(items: pa.StructArray) -> bool:
+    """Vectorised twin of ``utils.api.stop_row_problem`` for rows Arrow already typed."""
+    if items.null_count:
+        return False
+    if any(items.field(name).null_count for name in ("id", "phoneNumber", "createdAt")):
+        return False
+    if len(items) == 0:
+        return True
+    try:
+        # Arrow stores JSON strings without checking their UTF-8; a full validation does.
+        items.field("phoneNumber").validate(full=True)
+        items.field("createdAt").validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    if pc.min(items.field("id")).as_py() < MIN_STOP_ID:
+        return False
+    created_ok = pc.match_substring_regex(items.field("createdAt"), f"^{CREATED_AT_PATTERN}$")
+    return bool(pc.all(created_ok).as_py())
 
-    Returns ``None`` (the caller then uses the generic JSON parser and its error mapping) when the
-    body is not the documented success shape: an error body, unexpected types, or not JSON.
+
+def parse_stop_list_body(content: bytes) -> dict[str, Any] | None:
+    """Parse a list body that keeps the contract into ``{"success", "code", "nbData", "data": StructArray}``.
+
+    Returns ``None`` (the caller then uses the generic parser, its contract and its error mapping)
+    for anything else: an error body, unexpected types, nulls, not JSON.
+
+    :raises SmsPartnerResponseError: when the body is otherwise well-formed but ``nbData``
+        disagrees with its rows (so a truncated list of millions of rows is not parsed twice).
     """
-    # Arrow's reader takes newline-delimited JSON: one document must be on one line.
-    if not content or b"\n" in content.strip():
+    # Arrow's reader takes newline-delimited JSON: one document must be on one line. It must also
+    # start as an object: pyarrow's reader crashes the process (segfault) on a body whose first
+    # document is ``null``, so nothing else is ever handed to it.
+    document = content.strip()
+    if not document.startswith(b"{") or b"\n" in document:
         return None
     try:
         table = pa_json.read_json(
@@ -48,26 +91,36 @@ def parse_stop_list_body(content: bytes) -> dict[str, Any] | None:
     if table.num_rows != 1:
         return None
     row = {name: table.column(name)[0].as_py() for name in ("success", "code", "nbData")}
-    if row["success"] is False or row["code"] not in (None, OK_CODE):
+    if row["success"] is not True or row["code"] != OK_CODE:
         return None
-    data = table.column("data").combine_chunks()
-    items = data.flatten() if data.null_count == 0 else pa.array([], type=STOP_TYPE)
+    announced = row["nbData"]
+    column = table.column("data")
+    if not is_json_integer(announced) or announced < 0 or column.null_count:
+        return None
+    items = column.combine_chunks().flatten()
+    if not _rows_keep_the_contract(items):
+        return None
+    if announced != len(items):
+        raise incomplete_list_error(announced, len(items))
     return {**row, "data": items}
 
 
 def check_complete_list(body: dict[str, Any]) -> None:
-    """Refuse a stop list whose rows disagree with its announced count (retryable)."""
+    """Refuse a list body whose ``data``/``nbData`` break the contract (retryable).
+
+    Takes the rows as an Arrow array (from :func:`parse_stop_list_body`) or as plain JSON rows.
+    """
     data = body.get("data")
-    if data is None:
-        data = body["data"] = []
-    if not isinstance(data, (list, pa.Array)):
-        raise SmsPartnerResponseError(f"SMS Partner {LIST_ENDPOINT}: 'data' is not a list")
+    if not isinstance(data, pa.StructArray):
+        check_list_body(body)
+        return
     announced = body.get("nbData")
-    if announced is not None and int(announced) != len(data):
-        raise SmsPartnerResponseError(
-            f"SMS Partner {LIST_ENDPOINT}: incomplete list: nbData={announced} but {len(data)} rows "
-            "received; refusing partial data"
-        )
+    if not isinstance(announced, int) or not is_json_integer(announced) or announced < 0:
+        raise contract_error(LIST_ENDPOINT, f"'nbData' must be a non-negative integer, got {announced!r}")
+    if announced != len(data):
+        raise incomplete_list_error(announced, len(data))
+    if not _rows_keep_the_contract(data):
+        raise contract_error(LIST_ENDPOINT, "some rows lack an id, number or date, or hold odd values")
 
 
 def stop_list_array(data: Any) -> pa.StructArray:
@@ -110,6 +163,7 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
 
     :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it) and ``created_at``
         (UTC).
+    :raises SmsPartnerResponseError: when a ``createdAt`` is not a date.
     """
     if len(records) == 0:
         return pd.DataFrame(
@@ -119,12 +173,14 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
                 "created_at": pd.Series([], dtype="datetime64[us, UTC]"),
             }
         )
+    try:
+        created_at = local_times_to_utc(records.field("createdAt").to_pandas().astype("str"), api_timezone)
+    except ValueError as exc:  # a well-formed but impossible date, e.g. month 13
+        raise contract_error(LIST_ENDPOINT, f"a 'createdAt' is not a date ({snippet(str(exc))})") from None
     return pd.DataFrame(
         {
             "stop_id": pd.Series(records.field("id").to_numpy(zero_copy_only=False), dtype="int64"),
             "phone_number": records.field("phoneNumber").to_pandas().astype("str"),
-            "created_at": local_times_to_utc(
-                records.field("createdAt").to_pandas().astype("str"), api_timezone
-            ),
+            "created_at": created_at,
         }
     )

@@ -27,6 +27,10 @@ class RequestThrottle:
     server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause every
     thread for a second.
 
+    :meth:`pause` (a 429 with ``Retry-After``) holds every caller until the pause ends, also those
+    already waiting for a slot reserved before it: a released caller re-checks the pause, and a
+    caller that finds one takes a new slot after it, so the pause does not end in a burst.
+
     :param rate: Requests per second (> 0).
     """
 
@@ -37,32 +41,51 @@ class RequestThrottle:
         self._interval = 1.0 / (rate * HEADROOM)
         self._per_window = max(1, math.floor(rate * HEADROOM * WINDOW))
         self._next_slot = 0.0
+        self._paused_until = 0.0
         self._released: deque[float] = deque()
         self._lock = threading.Lock()
+
+    def _reserve(self, now: float) -> float:
+        # Caller holds the lock.
+        slot = max(now, self._next_slot, self._paused_until)
+        self._next_slot = slot + self._interval
+        return slot
 
     def acquire(self) -> float:
         """Block until this caller may send a request; return the seconds waited."""
         started = time.monotonic()
         with self._lock:
-            slot = max(started, self._next_slot)
-            self._next_slot = slot + self._interval
-        if slot > started:
-            time.sleep(slot - started)
+            slot = self._reserve(started)
         while True:
+            wait = slot - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             with self._lock:
                 now = time.monotonic()
+                if now < self._paused_until:
+                    # A pause began while this caller waited: its slot is void.
+                    slot = self._reserve(now)
+                    continue
                 while self._released and self._released[0] <= now - WINDOW:
                     self._released.popleft()
                 if len(self._released) < self._per_window:
                     self._released.append(now)
                     return now - started
-                wait = self._released[0] + WINDOW - now
-            time.sleep(wait)
+                slot = self._released[0] + WINDOW
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller back for ``seconds`` (a 429 with ``Retry-After`` applies to the whole client)."""
+        """Hold every caller back for ``seconds`` (a 429 with ``Retry-After`` applies to the whole client).
+
+        Callers already waiting in :meth:`acquire` wait too; a shorter pause never shortens a longer one.
+        """
         with self._lock:
-            self._next_slot = max(self._next_slot, time.monotonic() + seconds)
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    @property
+    def paused_until(self) -> float:
+        """``time.monotonic()`` value until which no caller is released (in the past when not paused)."""
+        with self._lock:
+            return self._paused_until
 
 
 _registry: dict[tuple[str, float], RequestThrottle] = {}

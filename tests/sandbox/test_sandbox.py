@@ -533,7 +533,127 @@ class TestFaults:
 
     def test_fault_kinds_are_exported(self):
         assert {kind.value for kind in FaultKind} == FAULT_KINDS
-        assert len(FAULT_KINDS) == 8
+        assert len(FAULT_KINDS) == 9
+
+    def test_trickle_sends_the_body_a_byte_at_a_time(self, sandbox, http):
+        sandbox.trickle_seconds = 0.05
+        sandbox.inject("trickle", endpoint="stop-sms/add")
+        started = time.monotonic()
+        # Each read waits at most 0.05 s, so a per-read timeout of 1 s never fires.
+        response = http.post(
+            f"{sandbox.base_url}/stop-sms/add",
+            json={"apiKey": API_KEY, "phoneNumber": "0611111111"},
+            timeout=(5, 1),
+        )
+        assert response.json() == {"success": True, "code": 200, "stopId": 5}
+        assert time.monotonic() - started >= (len(response.content) - 1) * 0.05
+        assert sandbox.stats.adds_applied == 1  # processed before the first byte went out
+        assert sandbox.stats.by_fault == {"trickle": 1}
+
+    def test_stop_ends_a_trickle(self, http):
+        server = SandboxServer(api_key=API_KEY, trickle_seconds=30).start()
+        server.inject("trickle")
+        thread = threading.Thread(target=lambda: _swallow(lambda: get(http, server, "me", apiKey=API_KEY)))
+        thread.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        server.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 5
+
+
+class TestScriptedAnswers:
+    def test_raw_body_and_status_before_any_check(self, sandbox, http):
+        sandbox.respond(b'{"nbData": null, "data": null}', endpoint="stop-sms/list")
+
+        response = get(http, sandbox, "stop-sms/list")  # no key: the scripted answer comes first
+
+        assert response.status_code == 200
+        assert response.content == b'{"nbData": null, "data": null}'
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert list_stops(http, sandbox)["nbData"] == 4  # used up: the real list again
+        assert sandbox.stats.scripted == 1
+
+    def test_any_bytes_status_headers_and_content_type(self, sandbox, http):
+        sandbox.respond(b"\xff\xfe not UTF-8", 403, headers={"X-Why": "rehearsal"}, content_type="text/plain")
+
+        response = get(http, sandbox, "me", apiKey=API_KEY)
+
+        assert (response.status_code, response.content) == (403, b"\xff\xfe not UTF-8")
+        assert response.headers["X-Why"] == "rehearsal"
+        assert response.headers["Content-Type"].startswith("text/plain")
+
+    def test_text_body_is_utf8(self, sandbox, http):
+        sandbox.respond('{"message": "clé"}', 401)
+        assert get(http, sandbox, "me").content == '{"message": "clé"}'.encode()
+
+    def test_add_is_not_applied(self, sandbox, http):
+        sandbox.respond("{}", endpoint="stop-sms/add")
+        assert add(http, sandbox, "0611111111").content == b"{}"
+        assert sandbox.state.get_id("0611111111") is None
+
+    def test_count_endpoint_and_order(self, sandbox, http):
+        sandbox.respond("first", 500, endpoint="me", count=2)
+        sandbox.respond("any", 502)
+        assert sandbox.pending_responses() == [(500, "me", 2), (502, None, 1)]
+
+        assert add(http, sandbox, "0611111111").status_code == 502  # the endpoint-less one
+        assert [get(http, sandbox, "me", apiKey=API_KEY).status_code for _ in range(3)] == [500, 500, 200]
+        assert sandbox.pending_responses() == []
+
+    def test_every_request_until_cleared(self, sandbox, http):
+        sandbox.respond("{}", endpoint="me", count=None)
+        assert all(get(http, sandbox, "me", apiKey=API_KEY).content == b"{}" for _ in range(5))
+        assert sandbox.pending_responses() == [(200, "me", None)]
+        sandbox.clear_responses()
+        assert get(http, sandbox, "me", apiKey=API_KEY).json()["code"] == 200
+
+    def test_scripted_answers_come_before_faults(self, sandbox, http):
+        sandbox.inject("server_error", endpoint="me")
+        sandbox.respond("{}", endpoint="me")
+        assert get(http, sandbox, "me", apiKey=API_KEY).content == b"{}"
+        assert get(http, sandbox, "me", apiKey=API_KEY).status_code == 500
+
+    @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+    def test_redirect(self, sandbox, http, status):
+        sandbox.redirect("http://127.0.0.1:9/elsewhere", status, endpoint="stop-sms/add")
+
+        response = http.post(
+            f"{sandbox.base_url}/stop-sms/add", json={"apiKey": API_KEY}, timeout=5, allow_redirects=False
+        )
+
+        assert response.status_code == status
+        assert response.headers["Location"] == "http://127.0.0.1:9/elsewhere"
+
+    def test_a_client_that_follows_a_redirect_goes_there(self, sandbox, http):
+        sandbox.redirect(f"{sandbox.base_url}/me?apiKey={API_KEY}", 302, endpoint="stop-sms/list")
+        response = get(http, sandbox, "stop-sms/list", apiKey=API_KEY)
+        assert response.history[0].status_code == 302
+        assert "credits" in response.json()
+
+    @pytest.mark.parametrize(
+        ("call", "message"),
+        [
+            pytest.param(lambda s: s.respond("{}", 199), "status", id="status-too-low"),
+            pytest.param(lambda s: s.respond("{}", 600), "status", id="status-too-high"),
+            pytest.param(
+                lambda s: s.respond("{}", headers={"Content-Length": "9"}), "written by the sandbox", id="cl"
+            ),
+            pytest.param(lambda s: s.respond("{}", headers={"X": "a\r\nB: c"}), "invalid header", id="crlf"),
+            pytest.param(lambda s: s.respond("{}", count=0), "count", id="count-zero"),
+            pytest.param(
+                lambda s: s.respond("{}", endpoint="nope"), "Unknown sandbox endpoint", id="endpoint"
+            ),
+            pytest.param(lambda s: s.redirect("http://x", 200), "300-399", id="redirect-status"),
+            pytest.param(
+                lambda s: s.redirect("http://x\r\nSet-Cookie: a"), "invalid header", id="redirect-crlf"
+            ),
+        ],
+    )
+    def test_invalid_scripts(self, sandbox, call, message):
+        with pytest.raises(ValueError, match=message):
+            call(sandbox)
 
 
 class TestRateLimitAndLatency:
@@ -841,9 +961,52 @@ class TestCli:
                 process.communicate()
         assert process.returncode == 0
 
+    def test_scripted_answers_from_the_command_line(self, cli_env, http):
+        process = subprocess.Popen(
+            [
+                *CLI,
+                "--port",
+                "0",
+                "--respond",
+                "stop-sms/list",
+                "200",
+                '{"nbData": null, "data": null}',
+                "--redirect",
+                "stop-sms/add",
+                "307",
+                "http://127.0.0.1:9/elsewhere",
+            ],
+            cwd=REPO_ROOT,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = _read_line(process.stdout, timeout=15)
+            base_url = re.search(r"(http://\S+/v1)", line).group(1)  # type: ignore[union-attr]
+            for _ in range(2):  # every request, not only the first
+                listed = http.get(f"{base_url}/stop-sms/list", timeout=5)
+                assert listed.content == b'{"nbData": null, "data": null}'
+            added = http.post(f"{base_url}/stop-sms/add", json={}, timeout=5, allow_redirects=False)
+            assert (added.status_code, added.headers["Location"]) == (307, "http://127.0.0.1:9/elsewhere")
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0
+
     @pytest.mark.parametrize(
         ("args", "message"),
         [
+            pytest.param(
+                ["--respond", "nope", "200", "{}"], "Unknown sandbox endpoint", id="respond-endpoint"
+            ),
+            pytest.param(["--respond", "me", "99", "{}"], "HTTP status from 200 to 599", id="respond-status"),
+            pytest.param(["--redirect", "me", "200", "http://x"], "from 300 to 399", id="redirect-status"),
+            pytest.param(["--trickle-seconds", "0"], "--trickle-seconds", id="trickle-zero"),
             pytest.param(["--host", "0.0.0.0"], "--allow-remote", id="non-loopback-host"),
             pytest.param(["--fault-rate", "explode=0.1"], "KIND=RATE", id="unknown-fault"),
             pytest.param(["--error-style", "http_500"], "invalid choice", id="bad-error-style"),

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from airflow.sdk.exceptions import AirflowNotFoundException
+from urllib3.util import parse_url
 
 from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.utils.connection import build_base_url
 from tests.helpers import use_connection
+
+#: Host fields where URL parsers may disagree on the host, or that hide something: all refused.
+TRICKY_HOSTS = {
+    "backslash-userinfo": "http://evil.example\\@127.0.0.1/v1",
+    "backslash-https": "https://evil.example\\@api.smspartner.fr/v1",
+    "backslash-path": "http://127.0.0.1\\v1",
+    "userinfo": "http://evil.example@127.0.0.1/v1",
+    "userinfo-password": "https://user:secret-pw@api.smspartner.fr/v1",
+    "fragment-at": "http://127.0.0.1:8765#@evil.example/v1",
+    "query-at": "http://127.0.0.1:8765?@evil.example/v1",
+    "tab": "http://127.0.0.1\t.evil.example/v1",
+    "newline": "http://127.0.0.1\n/v1",
+    "space": "http://127.0.0.1 .evil.example/v1",
+    "non-ascii-host": "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/v1",  # fullwidth "localhost"
+    "percent-host": "http://127.0.0.1%2fevil.example/v1",
+    "ipv6-zone": "http://[::1%25eth0]:8765/v1",
+    "two-ports": "http://127.0.0.1:80:8765/v1",
+    "empty-port": "http://127.0.0.1:/v1",
+    "port-range": "http://127.0.0.1:99999/v1",
+    "non-http": "ftp://127.0.0.1/v1",
+    "no-host": "http:///v1",
+    "odd-path": "http://127.0.0.1/v1<script>",
+}
+
+#: Accepted host fields, and the URL requests must then talk to.
+ACCEPTED_HOSTS = [
+    "https://api.smspartner.fr/v1",
+    "api.smspartner.fr",
+    "https://API.smspartner.fr:443/v1/",
+    "http://127.0.0.1:8765",
+    "http://127.8.9.10:8765/v1",
+    "http://localhost:8765/v1",
+    "http://[::1]:8765/v1",
+    "https://xn--bcher-kva.example/sms-api/v1",
+    "http://127.0.0.1:8765/v1@evil.example",
+]
 
 
 class TestConnectionSettings:
@@ -39,6 +79,39 @@ class TestConnectionSettings:
     def test_base_url(self, monkeypatch, host, expected):
         use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "host": host, "password": "k"}))
         assert SmsPartnerHook().settings.base_url == expected
+
+    @pytest.mark.parametrize("host", TRICKY_HOSTS.values(), ids=TRICKY_HOSTS.keys())
+    def test_anything_parsers_could_read_differently_is_refused(self, host):
+        with pytest.raises(SmsPartnerConfigError, match="'c': API base URL"):
+            build_base_url("c", host)
+
+    def test_refusal_does_not_echo_user_info(self):
+        with pytest.raises(SmsPartnerConfigError) as excinfo:
+            build_base_url("c", TRICKY_HOSTS["userinfo-password"])
+        assert "secret-pw" not in str(excinfo.value)
+
+    @pytest.mark.parametrize("host", ACCEPTED_HOSTS)
+    def test_accepted_urls_are_read_alike_by_urlsplit_urllib3_and_requests(self, host):
+        base_url = build_base_url("c", host)
+        url = f"{base_url}/me"
+        ours, theirs = urlsplit(url), parse_url(url)
+        prepared = parse_url(requests.Request("GET", url, params={"apiKey": "k"}).prepare().url)
+        assert ours.hostname == theirs.host.strip("[]").lower() == prepared.host.strip("[]").lower()
+        assert ours.port == theirs.port == prepared.port
+        assert ours.path == theirs.path == prepared.path
+
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "http://api.smspartner.fr/v1",
+            "http://127.1:8765/v1",
+            "http://localhost.evil.example:8765",
+            "http://0x7f.0.0.1/",
+        ],
+    )
+    def test_plain_http_only_to_loopback_literally(self, host):
+        with pytest.raises(SmsPartnerConfigError, match="plain http:// is only allowed for loopback"):
+            build_base_url("c", host)
 
     def test_plain_http_to_remote_host_is_refused(self, monkeypatch):
         use_connection(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from airflow_provider_smspartner.exceptions import SmsPartnerResponseError
+from airflow_provider_smspartner.utils.api import LIST_ENDPOINT, parse_response
 from airflow_provider_smspartner.utils.stop_list import (
     check_complete_list,
     local_times_to_utc,
@@ -16,6 +19,21 @@ from airflow_provider_smspartner.utils.stop_list import (
     records_to_frame,
     stop_list_array,
 )
+
+ODD = [
+    b"{}",
+    b'{"nbData": null, "data": null}',
+    b'{"success": true, "code": 200, "nbData": null, "data": null}',
+    b'{"success": true, "code": 200, "nbData": 0, "data": null}',
+    b'{"success": true, "code": 200, "nbData": 1, "data": [null]}',
+    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 0, "phoneNumber": "+336", "createdAt": "2015-07-20 10:19:45"}]}',
+    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "phoneNumber": "+336", "createdAt": "20/07/2015"}]}',
+    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "phoneNumber": "+33\xff", "createdAt": "2015-07-20 10:19:45"}]}',
+    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "createdAt": "2015-07-20 10:19:45"}]}',
+    b'{"success": true, "code": 200, "nbData": 0, "data": []} {"success": true}',
+    b'{"success": true, "code": 200, "nbData": 0, "data": [], "success": true}',
+    b'\xef\xbb\xbf{"success": true, "code": 200, "nbData": 0, "data": []}',
+]
 
 ROWS = [
     {"id": 19, "phoneNumber": "+33612345678", "createdAt": "2015-07-20 10:19:45"},
@@ -42,11 +60,60 @@ class TestParseStopListBody:
     def test_anything_else_defers_to_the_generic_parser(self, content):
         assert parse_stop_list_body(content) is None
 
+    @pytest.mark.parametrize("content", ODD, ids=range(len(ODD)))
+    def test_never_accepts_what_the_contract_refuses(self, content):
+        assert parse_stop_list_body(content) is None
+        with pytest.raises(SmsPartnerResponseError):
+            parse_response(LIST_ENDPOINT, 200, {}, content)
+
+    @pytest.mark.parametrize(
+        "content", [b"null", b"  null", b"null {}"], ids=["null", "spaced", "then-object"]
+    )
+    def test_bodies_that_crash_pyarrow_never_reach_it(self, content):
+        # In a child process: pyarrow's JSON reader segfaults on a first document that is null.
+        script = (
+            "from airflow_provider_smspartner.utils.stop_list import parse_stop_list_body\n"
+            f"print(parse_stop_list_body({content!r}))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout.strip().splitlines()[-1:]) == (0, ["None"]), result.stderr[
+            -2000:
+        ]
+
+    def test_same_answer_as_the_generic_parser_on_good_bodies(self):
+        body = _body(extra={"nested": [1, {"x": None}]})
+        fast = parse_stop_list_body(body)
+        assert fast is not None
+        assert fast["data"].to_pylist() == parse_response(LIST_ENDPOINT, 200, {}, body)["data"]
+
 
 class TestCompleteness:
     def test_count_mismatch_is_refused(self):
         with pytest.raises(SmsPartnerResponseError, match=r"nbData=3 but 2 rows"):
             check_complete_list({"nbData": 3, "data": ROWS})
+
+    def test_count_mismatch_is_refused_by_the_arrow_path_too(self):
+        with pytest.raises(SmsPartnerResponseError, match=r"nbData=3 but 2 rows"):
+            parse_stop_list_body(_body(nbData=3))
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"nbData": None, "data": None},
+            {"data": ROWS},
+            {"nbData": "2", "data": ROWS},
+            {"nbData": 2, "data": None},
+        ],
+        ids=["nulls", "no-count", "count-text", "no-data"],
+    )
+    def test_missing_or_odd_count_or_rows_are_refused(self, body):
+        with pytest.raises(SmsPartnerResponseError):
+            check_complete_list(body)
+
+    def test_arrow_rows_are_checked_too(self):
+        rows = stop_list_array([{**ROWS[0], "id": 0}])
+        with pytest.raises(SmsPartnerResponseError):
+            check_complete_list({"nbData": 1, "data": rows})
 
     def test_row_without_id_is_refused(self):
         with pytest.raises(SmsPartnerResponseError, match="no 'id'"):

@@ -62,3 +62,40 @@ class TestRequestThrottle:
         assert shared_throttle("conn_a", 10) is shared_throttle("conn_a", 10)
         assert shared_throttle("conn_a", 10) is not shared_throttle("conn_b", 10)
         assert shared_throttle("conn_a", 10) is not shared_throttle("conn_a", 20)
+
+
+class TestPause:
+    def test_callers_already_waiting_for_a_slot_wait_for_the_pause_too(self):
+        # 4/s: three callers reserve slots ~0.25 s apart; the pause starts right after the first.
+        throttle, released = RequestThrottle(rate=4), []
+        first_out = threading.Event()
+        lock = threading.Lock()
+
+        def worker():
+            throttle.acquire()
+            with lock:
+                released.append(time.monotonic())
+            first_out.set()
+
+        pool = [threading.Thread(target=worker) for _ in range(3)]
+        for thread in pool:
+            thread.start()
+        assert first_out.wait(5)
+        paused_at = time.monotonic()
+        throttle.pause(0.5)
+        for thread in pool:
+            thread.join()
+        later = sorted(released)[1:]
+        assert len(later) == 2
+        assert all(t >= paused_at + 0.5 for t in later), [t - paused_at for t in later]
+        # And they leave spaced out after the pause, not in one burst.
+        assert later[1] - later[0] >= 0.2
+
+    def test_a_shorter_pause_never_shortens_a_longer_one(self):
+        throttle = RequestThrottle(rate=1000)
+        throttle.pause(0.4)
+        throttle.pause(0.1)
+        started = time.monotonic()
+        throttle.acquire()
+        assert time.monotonic() - started >= 0.35
+        assert throttle.paused_until <= time.monotonic()
