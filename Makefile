@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # Extra pip requirements, e.g. AIRFLOW_SPEC="apache-airflow==3.2.2" for the floor-version run.
 AIRFLOW_SPEC ?=
-# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not e2e"'.
+# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not deployment"'.
 PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

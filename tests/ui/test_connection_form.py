@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.e2e]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.deployment]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DOCS_SCREENSHOT = PROJECT_ROOT / "docs" / "images" / "connection-form.png"
