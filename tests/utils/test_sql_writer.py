@@ -90,7 +90,8 @@ def _drop_like(hook, prefix: str) -> None:
 def _table_names(hook, prefix: str) -> list[str]:
     engine = hook.get_sqlalchemy_engine()
     try:
-        return [n for n in sa.inspect(engine).get_table_names() if n.startswith(prefix)]
+        # Sorted: the catalog's order is not the same on every database or run.
+        return sorted(n for n in sa.inspect(engine).get_table_names() if n.startswith(prefix))
     finally:
         engine.dispose()
 
