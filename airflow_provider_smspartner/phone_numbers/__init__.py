@@ -429,6 +429,9 @@ def stop_list_e164(phone_numbers: pd.Series, default_region: str = "FR") -> pd.S
     :param phone_numbers: The stop list's ``phone_number`` column, as the API sent it.
     :return: pandas' default text dtype (``str``, missing = NaN), same index.
     """
-    e164 = normalize_phone_numbers(phone_numbers, default_region=default_region)["phone_e164"].astype("str")
-    unknown = e164.isna() & phone_numbers.str.fullmatch(E164_SHAPE)
-    return e164.where(~unknown, phone_numbers) if unknown.any() else e164
+    e164 = normalize_phone_numbers(phone_numbers, default_region=default_region)["phone_e164"]
+    unknown = e164.isna() & phone_numbers.astype(object).str.fullmatch(E164_SHAPE).fillna(False)
+    text = e164.astype(object).where(~unknown, phone_numbers.astype(object))
+    text = text.where(text.notna(), None)
+    # pandas 3's "str" holds a missing value as NaN; pandas 2's astype("str") would write "<NA>".
+    return text.astype("str") if pd.__version__ >= "3" else text

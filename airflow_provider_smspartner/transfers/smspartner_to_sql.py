@@ -80,7 +80,8 @@ def _may_hold_control_characters(values: pd.Series) -> bool:
     import numpy as np
     import pyarrow as pa
 
-    array = pa.array(values, from_pandas=True)
+    # Typed as text: an empty object column would otherwise become a NullArray (pandas 2).
+    array = pa.array(values, type=pa.large_string(), from_pandas=True)
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
     for chunk in chunks:
         data = chunk.buffers()[2]

@@ -809,7 +809,10 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
         elif column.type in ("short_text", "text", "long_text"):
             # Text columns may hold mixed Python types (raw inputs): send their text, as the
             # executemany path does.
-            arrays[column.name] = pa.array(values.astype("str"), from_pandas=True)
+            # The mask keeps missing values NULL: pandas 2's astype(str) would write "None".
+            arrays[column.name] = pa.array(
+                values.astype(str).to_numpy(dtype=object), type=pa.string(), mask=values.isna().to_numpy()
+            )
         else:
             arrays[column.name] = pa.array(values, from_pandas=True)
     buffer = pa.BufferOutputStream()
