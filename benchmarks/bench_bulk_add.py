@@ -3,6 +3,8 @@
 (a) 5,000 new numbers, hook throttle 200/s (the hook spaces requests 2% under it): achieved add rate as
     a fraction of the limit, 429s received, and the ratio against a naive sequential loop (one
     ``requests.post`` per number, same sandbox, same run; a sample is timed and extrapolated).
+    Run without a results table and with one written as the run goes (``--results``: SQLite file,
+    PostgreSQL), interleaved (``--repeat``), so one invocation compares them within its own spread.
 (b) 1,000 numbers with throttle 25/s: the most requests in any 1-second window (from the
     sandbox's request timestamps) and the 429s received.
 (c) 100,000 inputs of which 99% are already on the list (seeded with ``stops=``): add calls made
@@ -23,7 +25,9 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -110,20 +114,54 @@ def numbers(count: int, prefix: str) -> list[str]:
     return [f"{prefix}{i:06d}" for i in range(count)]
 
 
+#: Results databases of (a): name -> Airflow connection (SQLite in a temporary file).
+RESULTS_CONNECTIONS = {
+    "sqlite": {"conn_type": "sqlite", "host": os.path.join(tempfile.gettempdir(), "bench_bulk_results.db")},
+    "postgres": {
+        "conn_type": "postgres",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "login": "postgres",
+        "schema": "test",
+    },
+}
+
+
 def run_operator(
-    base_url: str, phone_numbers: list[str], throttle: float, workers: int
+    base_url: str, phone_numbers: list[str], throttle: float, workers: int, results: str | None = None
 ) -> tuple[dict[str, Any], float]:
-    """Run the add operator; return its summary and its wall time (list fetch and diff included)."""
+    """Run the add operator; return its summary and its wall time (list fetch, diff and results
+    table included). With ``results``, one row per input is written while the run goes to a fresh
+    table on that database, dropped afterwards."""
     from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
 
     conn_id = f"bench_{int(throttle * 1000)}_{time.monotonic_ns()}"
     use_connection(conn_id, base_url, throttle)
+    table_args: dict[str, Any] = {}
+    if results:
+        os.environ[f"AIRFLOW_CONN_BENCH_RESULTS_{results.upper()}"] = json.dumps(RESULTS_CONNECTIONS[results])
+        table_args = {
+            "results_table": f"bench_results_{uuid.uuid4().hex[:8]}",
+            "results_conn_id": f"bench_results_{results}",
+        }
     op = SmsPartnerAddStopsOperator(
-        task_id="bench", phone_numbers=phone_numbers, max_workers=workers, smspartner_conn_id=conn_id
+        task_id="bench",
+        phone_numbers=phone_numbers,
+        max_workers=workers,
+        smspartner_conn_id=conn_id,
+        **table_args,
     )
     started = time.perf_counter()
-    summary = op.execute(context={})
-    return summary, time.perf_counter() - started
+    try:
+        summary = op.execute(context={})
+        return summary, time.perf_counter() - started
+    finally:
+        if results:
+            from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+            resolve_dbapi_hook(table_args["results_conn_id"]).run(
+                f"DROP TABLE IF EXISTS {table_args['results_table']}"
+            )
 
 
 def naive_rate(base_url: str, phone_numbers: list[str]) -> float:
@@ -146,24 +184,49 @@ def max_in_window(timestamps: list[float], seconds: float = 1.0) -> int:
 
 
 # ----------------------------------------------------------------------------------- scenarios
-def scenario_a(inline: bool, count: int, sample: int, workers: int, throttles: list[float]) -> None:
+def scenario_a(
+    inline: bool,
+    count: int,
+    sample: int,
+    workers: int,
+    throttles: list[float],
+    results: list[str],
+    repeat: int,
+) -> None:
     naive = 0.0
     for i, throttle in enumerate(throttles):
-        sandbox = Sandbox(inline)
-        with sandbox.run():
-            summary, seconds = run_operator(sandbox.base_url, numbers(count, f"+3361{i}"), throttle, workers)
-            stats = sandbox.stats()
-            if i == 0:
-                naive = naive_rate(sandbox.base_url, numbers(sample, "+33620"))
-        rate = summary["added"] / seconds
-        print(
-            f"(a) {summary['added']:,} adds in {seconds:.1f} s: {rate:.1f} req/s = {rate / LIMIT:.2f} of the "
-            f"{LIMIT:.0f}/s limit (throttle {throttle:g}/s, {workers} workers, {stats['rate_limited']} x 429, "
-            f"{stats['adds']:,} requests, failed {summary['failed']}, sandbox {sandbox.where()}); naive "
-            f"sequential loop: {naive:.1f} req/s (timed on {sample:,} numbers, extrapolated to "
-            f"{count / naive:.0f} s for {count:,}) -> {rate / naive:.1f}x",
-            flush=True,
-        )
+        rates: dict[str, list[float]] = {}
+        for round_ in range(repeat):
+            for kind in results:
+                sandbox = Sandbox(inline)
+                with sandbox.run():
+                    phones = numbers(count, f"+3361{i}")
+                    summary, seconds = run_operator(
+                        sandbox.base_url, phones, throttle, workers, None if kind == "none" else kind
+                    )
+                    stats = sandbox.stats()
+                    if i == 0 and round_ == 0 and not naive:
+                        naive = naive_rate(sandbox.base_url, numbers(sample, "+33620"))
+                rate = summary["added"] / seconds
+                rates.setdefault(kind, []).append(rate)
+                print(
+                    f"(a) results {kind:8s}: {summary['added']:,} adds in {seconds:.1f} s: {rate:.1f} req/s = "
+                    f"{rate / LIMIT:.2f} of the {LIMIT:.0f}/s limit (throttle {throttle:g}/s, {workers} workers, "
+                    f"{stats['rate_limited']} x 429, {stats['adds']:,} requests, failed {summary['failed']}, "
+                    f"sandbox {sandbox.where()}); naive sequential loop: {naive:.1f} req/s (timed on "
+                    f"{sample:,} numbers, extrapolated to {count / naive:.0f} s for {count:,}) -> {rate / naive:.1f}x",
+                    flush=True,
+                )
+        if len(rates) > 1:
+            spread = ", ".join(
+                f"{kind} {min(r) / LIMIT:.2f}-{max(r) / LIMIT:.2f}"
+                if len(r) > 1
+                else f"{kind} {r[0] / LIMIT:.2f}"
+                for kind, r in rates.items()
+            )
+            print(
+                f"(a) throttle {throttle:g}/s, fraction of the limit per results table: {spread}", flush=True
+            )
 
 
 def scenario_b(inline: bool, count: int, workers: int, throttle: float = 25.0) -> None:
@@ -212,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throttled-numbers", type=int, default=1_000, help="numbers in (b)")
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs in (c)")
     parser.add_argument("--workers", type=int, default=16, help="max_workers of the operator")
+    parser.add_argument(
+        "--results",
+        default="none,sqlite,postgres",
+        help="results tables compared in (a): none, sqlite, postgres (comma-separated)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of (a) over the --results variants")
     parser.add_argument("--only", choices=("a", "b", "c"), help="run one scenario")
     args = parser.parse_args(argv)
     inline = args.sandbox == "inline"
@@ -222,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     throttles = [float(t) for t in args.throttles.split(",")]
     if args.only in (None, "a"):
-        scenario_a(inline, args.numbers, args.naive_sample, args.workers, throttles)
+        results = [r.strip() for r in args.results.split(",") if r.strip()]
+        scenario_a(inline, args.numbers, args.naive_sample, args.workers, throttles, results, args.repeat)
     if args.only in (None, "b"):
         scenario_b(inline, args.throttled_numbers, args.workers)
     if args.only in (None, "c"):

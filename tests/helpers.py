@@ -198,3 +198,25 @@ class LoopbackServer:
         except OSError:
             return False
         return True
+
+
+def ti_context(
+    try_number: int | None,
+    map_index: int = -1,
+    task_id: str = "add_stops",
+    dag_id: str = "bulk_dag",
+    run_id: str = "manual__2026-01-01",
+) -> dict[str, Any]:
+    """A task context with a task instance, as Airflow gives it: what keys a bulk run's results rows."""
+    ti = SimpleNamespace(
+        dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, try_number=try_number
+    )
+    return {"dag": SimpleNamespace(dag_id=dag_id), "run_id": run_id, "ti": ti}
+
+
+def listed_once(sandbox: Any, numbers: Any) -> bool:
+    """Whether every number of ``numbers`` is on the sandbox list exactly once."""
+    from collections import Counter
+
+    counts = Counter(entry.phone_number for entry in sandbox.state.list_entries())
+    return all(counts[n] == 1 for n in numbers)

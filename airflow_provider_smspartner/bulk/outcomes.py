@@ -8,7 +8,7 @@ Pure pandas: no Airflow, no HTTP.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -17,7 +17,8 @@ import pandas as pd
 
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
 
-#: Columns of the outcome table, which are also the columns of a results table (with dag_id, run_id).
+#: Columns of the outcome table; a results table holds them with the task instance and try
+#: (``bulk.results``). Its position in the table is the input row.
 OUTCOME_COLUMNS = (
     "input_value",
     "phone_e164",
@@ -25,7 +26,8 @@ OUTCOME_COLUMNS = (
     "stop_id",
     "error_code",
     "error_message",
-    "processed_at",
+    "note",
+    "decided_at",
 )
 
 
@@ -37,6 +39,10 @@ class CallOutcome:
     :param stop_id: The stop id the call created or targeted, when known.
     :param error_code: The API code of a failure (``None`` when none came back, e.g. a timeout).
     :param error_message: The (redacted) error text of a failure.
+    :param note: How the outcome was established when the answer alone did not say (a lost
+        response confirmed against the list, an earlier try's call...).
+    :param unapplied_status: Only for ``pending``: the status to take if the list shows the call
+        was not applied (``failed``, or ``already_present`` for a code 3 after a lost answer).
     :param finished_at: Wall-clock time (epoch seconds) the call ended.
     """
 
@@ -44,15 +50,22 @@ class CallOutcome:
     stop_id: int | None = None
     error_code: int | None = None
     error_message: str | None = None
+    note: str | None = None
+    unapplied_status: str | None = None
     finished_at: float = 0.0
 
 
 #: Status of an input left unprocessed because an authentication error stopped the run.
 NOT_PROCESSED = "not_processed"
+#: Status of an input whose call may have been applied and is not confirmed yet: written ahead of
+#: the call (write-ahead row), kept when the answer was lost, settled against the stop list at the
+#: end of the run or by the next try. Never in the summary of a finished run.
+PENDING = "pending"
 # When one input maps to several calls (a number listed under several stop ids), the row reports
 # the most alarming of their outcomes: a failure must never hide behind a success.
 ArrayLike: TypeAlias = "np.ndarray | pd.Series | Sequence[Any]"
-_MERGE_PRIORITY = ("failed", NOT_PROCESSED, "removed", "added", "already_present", "not_on_list")
+_MERGE_PRIORITY = ("failed", NOT_PROCESSED, PENDING, "removed", "added", "already_present", "not_on_list")
+_RANK = {status: i for i, status in enumerate(_MERGE_PRIORITY)}
 
 
 def plan_inputs(values: pd.Series, default_region: str, now: datetime) -> pd.DataFrame:
@@ -60,7 +73,7 @@ def plan_inputs(values: pd.Series, default_region: str, now: datetime) -> pd.Dat
 
     :param values: Raw values, one per input row (any dtype).
     :param default_region: Region of numbers written without an international prefix.
-    :param now: Timestamp (aware UTC) for ``processed_at`` of the rows decided here.
+    :param now: Timestamp (aware UTC) for ``decided_at`` of the rows decided here.
     :return: The outcome table (``OUTCOME_COLUMNS``, ``RangeIndex``): ``status`` is ``invalid``
         (with the reason in ``error_message``), ``duplicate`` (same E.164 as an earlier input), or
         missing for the inputs still to decide.
@@ -80,9 +93,8 @@ def plan_inputs(values: pd.Series, default_region: str, now: datetime) -> pd.Dat
             "stop_id": pd.array([pd.NA] * size, dtype="Int64"),
             "error_code": pd.array([pd.NA] * size, dtype="Int64"),
             "error_message": normalised["reason"].astype("string"),
-            "processed_at": pd.Series(pd.Timestamp(now), index=normalised.index).astype(
-                "datetime64[us, UTC]"
-            ),
+            "note": pd.Series(pd.NA, index=normalised.index, dtype="string"),
+            "decided_at": pd.Series(pd.Timestamp(now), index=normalised.index).astype("datetime64[us, UTC]"),
         }
     )
 
@@ -109,12 +121,20 @@ def listed_pairs(outcomes: pd.DataFrame, stop_list: pd.DataFrame) -> pd.DataFram
     return pairs.sort_values(["row", "stop_id"], kind="stable")[["row", "stop_id"]].reset_index(drop=True)
 
 
-def settle(outcomes: pd.DataFrame, rows: ArrayLike, status: str, stop_ids: ArrayLike | None = None) -> None:
-    """Give ``rows`` (positions) ``status``, and their ``stop_id`` when given (in place)."""
+def settle(
+    outcomes: pd.DataFrame,
+    rows: ArrayLike,
+    status: str,
+    stop_ids: ArrayLike | None = None,
+    notes: ArrayLike | None = None,
+) -> None:
+    """Give ``rows`` (positions) ``status``, and their ``stop_id`` / ``note`` when given (in place)."""
     rows = np.asarray(rows, dtype=np.int64)
     outcomes.loc[rows, "status"] = status
     if stop_ids is not None:
         outcomes.loc[rows, "stop_id"] = pd.array(np.asarray(stop_ids, dtype=np.int64), dtype="Int64")
+    if notes is not None:
+        outcomes.loc[rows, "note"] = pd.array(list(notes), dtype="string")
 
 
 def settle_rest(outcomes: pd.DataFrame, status: str) -> None:
@@ -152,21 +172,33 @@ def merge_call_outcomes(
             "error_message": pd.array(
                 [r.error_message if r is not None else None for r in results], dtype="string"
             ),
+            "note": pd.array([r.note if r is not None else None for r in results], dtype="string"),
             "finished_at": [r.finished_at if r is not None else np.nan for r in results],
         }
     )
-    rank = {status: i for i, status in enumerate(_MERGE_PRIORITY)}
-    calls["rank"] = calls["status"].map(rank).fillna(len(rank))
+    calls["rank"] = calls["status"].map(_RANK).fillna(len(_RANK))
     chosen = calls.sort_values(["row", "rank"], kind="stable").drop_duplicates("row")
     target = chosen["row"].to_numpy()
     outcomes.loc[target, "status"] = chosen["status"].to_numpy()
     outcomes.loc[target, "stop_id"] = chosen["stop_id"].array
     outcomes.loc[target, "error_code"] = chosen["error_code"].array
     outcomes.loc[target, "error_message"] = chosen["error_message"].array
+    outcomes.loc[target, "note"] = chosen["note"].array
     finished = pd.to_datetime(chosen["finished_at"], unit="s", utc=True).astype("datetime64[us, UTC]")
-    outcomes.loc[target, "processed_at"] = finished.fillna(
-        outcomes["processed_at"].iloc[target].set_axis(finished.index)
+    outcomes.loc[target, "decided_at"] = finished.fillna(
+        outcomes["decided_at"].iloc[target].set_axis(finished.index)
     ).array
+
+
+def merge_row_outcomes(results: Sequence[CallOutcome], item_stop_ids: Sequence[int | None]) -> CallOutcome:
+    """The outcome of one row from the outcomes of its calls, as :func:`merge_call_outcomes` picks it
+    (the most alarming; the targeted stop id where the outcome carries none). Used to write a row
+    as soon as its last call ends."""
+    best = min(range(len(results)), key=lambda i: _RANK.get(results[i].status, len(_RANK)))
+    chosen = results[best]
+    if chosen.stop_id is None and item_stop_ids[best] is not None:
+        return replace(chosen, stop_id=item_stop_ids[best])
+    return chosen
 
 
 def count_statuses(outcomes: pd.DataFrame, statuses: Sequence[str]) -> dict[str, int]:

@@ -1,26 +1,33 @@
 """Bulk add and remove of stop-list numbers: the pipeline behind the two bulk operators.
 
     values -> normalise (E.164) -> invalid / duplicate settled -> diff against the stop list (one
-    list call) -> dry run stops here -> one API call per remaining number, concurrently, through
-    ONE shared hook (its throttle and retries serve every thread) -> one outcome per input value.
+    list call; it also settles what earlier tries of the task instance left pending) -> dry run
+    stops here -> one API call per remaining number, concurrently, through ONE shared hook (its
+    throttle and retries serve every thread) -> calls whose answer was lost checked against one
+    fresh list fetch -> one outcome per input value.
 
-Every input value ends in exactly one status, so nothing is silently dropped; the caller
-(:func:`conclude`) writes the outcomes, then decides whether the task fails.
+Every input value ends in exactly one status, so nothing is silently dropped. With a results
+table the outcomes are recorded while the run goes (``bulk.recorder``): settled inputs first,
+each call's input as ``pending`` before it is sent, outcomes in batches; :func:`conclude` then
+logs the run and decides whether the task fails.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from airflow.exceptions import AirflowException
 
+from airflow_provider_smspartner.bulk.attempts import AttemptJournal, is_ambiguous, journal_attempts
 from airflow_provider_smspartner.bulk.outcomes import (
     NOT_PROCESSED,
+    PENDING,
     CallOutcome,
     count_statuses,
     listed_pairs,
@@ -31,11 +38,14 @@ from airflow_provider_smspartner.bulk.outcomes import (
     undecided,
 )
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
-from airflow_provider_smspartner.bulk.results import ResultsTable
-from airflow_provider_smspartner.bulk.runner import RunReport, run_calls
+from airflow_provider_smspartner.bulk.reconcile import Kind, Recovery, reconcile_calls, recover_earlier
+from airflow_provider_smspartner.bulk.recorder import RunRecorder
+from airflow_provider_smspartner.bulk.results import TryResults
+from airflow_provider_smspartner.bulk.runner import RunReport, failure_outcome, run_calls
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, StopNotFoundError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.utils.arguments import check_count
+from airflow_provider_smspartner.utils.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +84,25 @@ class BulkResult:
     :param outcomes: One row per input value (see ``outcomes.OUTCOME_COLUMNS``).
     :param statuses: The statuses of this kind of run (``ADD_STATUSES`` or ``REMOVE_STATUSES``).
     :param fatal: The authentication error that stopped the run, if one did.
+    :param unconfirmed: Why calls whose answer was lost could not be checked against the list
+        (the list fetch failed); their inputs stay ``pending`` for the next try.
+    :param results: The try's rows in the results table, when one is kept.
+    :param rows_written: Rows of this try in the results table.
     """
 
     outcomes: pd.DataFrame
     statuses: tuple[str, ...]
     fatal: SmsPartnerAuthError | None = None
+    unconfirmed: BaseException | None = None
+    results: TryResults | None = None
+    rows_written: int = 0
 
     def counts(self) -> dict[str, int]:
-        """``total`` and one count per status (``not_processed`` too after a fatal error)."""
+        """``total`` and one count per status (``not_processed`` after a fatal error, ``pending``
+        when calls could not be confirmed)."""
         statuses = self.statuses + ((NOT_PROCESSED,) if self.fatal is not None else ())
+        if self.unconfirmed is not None or (self.outcomes["status"] == PENDING).any():
+            statuses += (PENDING,)
         return count_statuses(self.outcomes, statuses)
 
 
@@ -104,87 +124,262 @@ def _log_plan(outcomes: pd.DataFrame, logger: Any) -> None:
     )
 
 
+def _recover(kind: Kind, results: TryResults | None, stop_list: pd.DataFrame | None, logger: Any) -> Recovery:
+    """Settle what earlier tries of the task instance left pending (needs the current list)."""
+    if results is None or results.earlier.empty or stop_list is None:
+        return Recovery()
+    recovery = recover_earlier(kind, results.earlier, stop_list, results.try_number)
+    if not recovery.updates.empty:
+        logger.info(
+            "Try %d: %d inputs of earlier tries were left pending (the try ended before recording their "
+            "outcome); checked against the list: %s",
+            results.try_number,
+            len(recovery.updates),
+            recovery.describe(),
+        )
+    return recovery
+
+
+def _note_earlier(
+    outcomes: pd.DataFrame, rows: np.ndarray, recovery: Recovery, verb: str
+) -> list[str | None] | None:
+    """Notes for ``rows`` whose number an earlier try of the task instance added / removed."""
+    if not recovery.applied_by:
+        return None
+    phones = outcomes["phone_e164"].to_numpy(dtype=object)[rows]
+    return [
+        f"{verb} by try {recovery.applied_by[p]} of this task instance" if p in recovery.applied_by else None
+        for p in phones
+    ]
+
+
+@contextmanager
+def _recording(
+    results: TryResults | None, outcomes: pd.DataFrame, logger: Any
+) -> Iterator[RunRecorder | None]:
+    """The run's recorder (``None`` without a results table); on an interruption, what is known is
+    written (briefly), then the interruption propagates."""
+    if results is None:
+        yield None
+        return
+    recorder = RunRecorder(results, outcomes, logger)
+    try:
+        yield recorder
+    except BaseException:
+        recorder.abort()
+        raise
+
+
 def _send(
-    items: Sequence[Any], call: Callable[[Any], CallOutcome], label: str, options: BulkOptions, logger: Any
+    items: Sequence[Any],
+    call: Callable[[Any], CallOutcome],
+    label: str,
+    options: BulkOptions,
+    logger: Any,
+    recorder: RunRecorder | None,
 ) -> RunReport:
     workers = min(options.max_workers, max(len(items), 1))
     logger.info("Calling %s %d times with %d workers", label, len(items), workers)
-    return run_calls(items, call, workers, ProgressReporter(len(items), label, logger))
+    return run_calls(items, call, workers, ProgressReporter(len(items), label, logger), journal=recorder)
 
 
-def add_stops(values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, logger: Any = log) -> BulkResult:
+def _pending(exc: BaseException, unapplied_status: str, note: str | None = None) -> CallOutcome:
+    """A call that may have been applied: its failure kept, its status settled later."""
+    failed = failure_outcome(exc)
+    return replace(failed, status=PENDING, unapplied_status=unapplied_status, note=note)
+
+
+def _lost(journal: AttemptJournal) -> str:
+    return redact(f"the answer to an earlier attempt was lost ({journal.ambiguous})")
+
+
+def _confirm(
+    kind: Kind,
+    report: RunReport,
+    items: Sequence[Any],
+    hook: SmsPartnerHook,
+    logger: Any,
+    start_list: pd.DataFrame | None,
+) -> BaseException | None:
+    """Check the calls left ``pending`` against one fresh list fetch (in ``report``, in place).
+
+    :param start_list: The list fetched before the calls, if it was: a number on it was not added
+        by this run, whatever a lost answer suggests.
+    :return: The error of the list fetch if it failed (the calls stay pending), else ``None``.
+    """
+    unsure = [i for i, o in enumerate(report.outcomes) if o is not None and o.status == PENDING]
+    if not unsure or report.fatal is not None:
+        return None
+    logger.info("%d calls got no usable answer; checking them against a fresh stop list", len(unsure))
+    try:
+        stop_list = hook.get_stop_list_df()
+    except SmsPartnerAuthError:
+        raise
+    except Exception as exc:
+        logger.error("Could not fetch the stop list to confirm %d calls: %s", len(unsure), exc)
+        return exc
+    listed_before = set() if start_list is None else set(start_list["phone_e164"].dropna().astype(str))
+    report.outcomes[:] = reconcile_calls(kind, report.outcomes, items, stop_list, listed_before)
+    settled = pd.Series([outcome.status for i in unsure if (outcome := report.outcomes[i]) is not None])
+    logger.info(
+        "Confirmed against the list: %s",
+        ", ".join(f"{status}: {count}" for status, count in settled.value_counts().items()),
+    )
+    return None
+
+
+def add_stops(
+    values: pd.Series,
+    hook: SmsPartnerHook,
+    options: BulkOptions,
+    logger: Any = log,
+    results: TryResults | None = None,
+) -> BulkResult:
     """Add the numbers of ``values`` to the stop list.
 
     :param values: Raw values, one per input row.
     :param hook: Shared by every worker thread.
+    :param results: This try's rows in the results table (prepared before any API call), if kept.
     :return: Statuses from ``ADD_STATUSES`` (``not_processed`` for inputs left after an auth error).
     """
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
-    if options.skip_existing:
-        stop_list = hook.get_stop_list_df()
+    has_earlier = results is not None and not results.earlier.empty
+    stop_list = hook.get_stop_list_df() if options.skip_existing or has_earlier else None
+    recovery = _recover("add", results, stop_list, logger)
+    if stop_list is not None:
         listed = listed_pairs(outcomes, stop_list).drop_duplicates("row")
-        settle(outcomes, listed["row"], "skipped_existing", listed["stop_id"])
+        if not options.skip_existing:
+            # Without the diff, only what an earlier try of this task instance added is not sent again.
+            phones = outcomes["phone_e164"].to_numpy(dtype=object)[listed["row"].to_numpy()]
+            listed = listed[[p in recovery.applied_by for p in phones]]
+        rows = listed["row"].to_numpy()
+        settle(
+            outcomes,
+            rows,
+            "skipped_existing",
+            listed["stop_id"],
+            _note_earlier(outcomes, rows, recovery, "added"),
+        )
         logger.info(
             "The stop list holds %d numbers; %d inputs are on it already", len(stop_list), len(listed)
         )
     todo = np.flatnonzero(undecided(outcomes).to_numpy())
-    if options.dry_run:
-        settle_rest(outcomes, "would_add")
-        logger.info("Dry run: %d numbers would be added; nothing sent", len(todo))
-        return BulkResult(outcomes, ADD_STATUSES)
+    with _recording(results, outcomes, logger) as recorder:
+        if options.dry_run:
+            settle_rest(outcomes, "would_add")
+            logger.info("Dry run: %d numbers would be added; nothing sent", len(todo))
+            if recorder is not None:
+                recorder.begin(outcomes, recovery.updates)
+            return _done(BulkResult(outcomes, ADD_STATUSES, results=results), recorder, outcomes)
+        if recorder is not None:
+            recorder.begin(outcomes, recovery.updates)
+            recorder.plan_calls(todo)
+        phones = outcomes["phone_e164"].to_numpy(dtype=object)[todo].tolist()
+        with journal_attempts(hook) as journal:
 
-    def add(phone: str) -> CallOutcome:
-        added = hook.add_stop(phone)
-        return CallOutcome(added.status, stop_id=added.stop_id)
+            def add(phone: str) -> CallOutcome:
+                journal.start()
+                try:
+                    added = hook.add_stop(phone)
+                except SmsPartnerAuthError:
+                    raise
+                except Exception as exc:
+                    if journal.ambiguous is not None or is_ambiguous(exc):
+                        return _pending(exc, "failed")
+                    raise
+                if added.status == "already_present" and journal.ambiguous is not None:
+                    # Code 3 to a retry: most likely this call's own earlier attempt, applied but
+                    # unanswered. The list at the end of the run says (and gives the stop id).
+                    return CallOutcome(PENDING, note=_lost(journal), unapplied_status="already_present")
+                return CallOutcome(added.status, stop_id=added.stop_id)
 
-    phones = outcomes["phone_e164"].to_numpy(dtype=object)[todo].tolist()
-    report = _send(phones, add, "stop-sms/add", options, logger)
-    merge_call_outcomes(outcomes, todo, report.outcomes)
-    return BulkResult(outcomes, ADD_STATUSES, report.fatal)
+            report = _send(phones, add, "stop-sms/add", options, logger, recorder)
+        unconfirmed = _confirm("add", report, phones, hook, logger, stop_list)
+        merge_call_outcomes(outcomes, todo, report.outcomes)
+        result = BulkResult(outcomes, ADD_STATUSES, report.fatal, unconfirmed, results)
+        return _done(result, recorder, outcomes)
 
 
 def remove_stops(
-    values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, logger: Any = log
+    values: pd.Series,
+    hook: SmsPartnerHook,
+    options: BulkOptions,
+    logger: Any = log,
+    results: TryResults | None = None,
 ) -> BulkResult:
     """Remove the numbers of ``values`` from the stop list.
 
     Numbers are mapped to stop ids through one list call (E.164 on both sides); a number listed
     under several stop ids has all of them removed. A stop id gone by the time of its delete (code
-    4: someone removed it meanwhile) counts as ``not_on_list``.
+    4: someone removed it meanwhile) counts as ``not_on_list``, unless an earlier attempt of the
+    same call got no answer (then this run removed it: ``removed``).
 
+    :param results: This try's rows in the results table (prepared before any API call), if kept.
     :return: Statuses from ``REMOVE_STATUSES`` (``not_processed`` for inputs left after an auth error).
     """
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
     stop_list = hook.get_stop_list_df()
+    recovery = _recover("remove", results, stop_list, logger)
     pairs = listed_pairs(outcomes, stop_list)
     absent = undecided(outcomes).to_numpy().copy()
     absent[pairs["row"].to_numpy()] = False
-    settle(outcomes, np.flatnonzero(absent), "not_on_list")
+    absent_rows = np.flatnonzero(absent)
+    settle(
+        outcomes, absent_rows, "not_on_list", notes=_note_earlier(outcomes, absent_rows, recovery, "removed")
+    )
     logger.info(
         "The stop list holds %d numbers; %d inputs are on it (%d stop ids)",
         len(stop_list),
         pairs["row"].nunique(),
         len(pairs),
     )
-    if options.dry_run:
-        first = pairs.drop_duplicates("row")
-        settle(outcomes, first["row"], "would_remove", first["stop_id"])
-        logger.info("Dry run: %d stop ids would be removed; nothing sent", len(pairs))
-        return BulkResult(outcomes, REMOVE_STATUSES)
+    with _recording(results, outcomes, logger) as recorder:
+        if options.dry_run:
+            first = pairs.drop_duplicates("row")
+            settle(outcomes, first["row"], "would_remove", first["stop_id"])
+            logger.info("Dry run: %d stop ids would be removed; nothing sent", len(pairs))
+            if recorder is not None:
+                recorder.begin(outcomes, recovery.updates)
+            return _done(BulkResult(outcomes, REMOVE_STATUSES, results=results), recorder, outcomes)
+        stop_ids = [int(i) for i in pairs["stop_id"]]
+        rows = pairs["row"].to_numpy()
+        if recorder is not None:
+            recorder.begin(outcomes, recovery.updates)
+            recorder.plan_calls(rows, stop_ids)
+        with journal_attempts(hook) as journal:
 
-    def remove(stop_id: int) -> CallOutcome:
-        try:
-            hook.remove_stop(stop_id)
-        except StopNotFoundError:
-            return CallOutcome("not_on_list", stop_id=stop_id)
-        return CallOutcome("removed", stop_id=stop_id)
+            def remove(stop_id: int) -> CallOutcome:
+                journal.start()
+                try:
+                    hook.remove_stop(stop_id)
+                except StopNotFoundError:
+                    if journal.ambiguous is not None:
+                        # Code 4 to a retry: the earlier attempt removed it and its answer was lost.
+                        return CallOutcome(
+                            "removed", stop_id=stop_id, note=_lost(journal) + "; the retry found it gone"
+                        )
+                    return CallOutcome("not_on_list", stop_id=stop_id)
+                except SmsPartnerAuthError:
+                    raise
+                except Exception as exc:
+                    if journal.ambiguous is not None or is_ambiguous(exc):
+                        return replace(_pending(exc, "failed"), stop_id=stop_id)
+                    raise
+                return CallOutcome("removed", stop_id=stop_id)
 
-    stop_ids = [int(i) for i in pairs["stop_id"]]
-    report = _send(stop_ids, remove, "stop-sms/delete", options, logger)
-    merge_call_outcomes(outcomes, pairs["row"].to_numpy(), report.outcomes, item_stop_ids=stop_ids)
-    return BulkResult(outcomes, REMOVE_STATUSES, report.fatal)
+            report = _send(stop_ids, remove, "stop-sms/delete", options, logger, recorder)
+        unconfirmed = _confirm("remove", report, stop_ids, hook, logger, None)
+        merge_call_outcomes(outcomes, rows, report.outcomes, item_stop_ids=stop_ids)
+        result = BulkResult(outcomes, REMOVE_STATUSES, report.fatal, unconfirmed, results)
+        return _done(result, recorder, outcomes)
+
+
+def _done(result: BulkResult, recorder: RunRecorder | None, outcomes: pd.DataFrame) -> BulkResult:
+    if recorder is not None:
+        result.rows_written = recorder.finish(outcomes)
+    return result
 
 
 def log_failures(outcomes: pd.DataFrame, logger: Any, limit: int = FAILURE_SAMPLE) -> None:
@@ -199,32 +394,27 @@ def log_failures(outcomes: pd.DataFrame, logger: Any, limit: int = FAILURE_SAMPL
         logger.warning("... and %d more failures", len(failed) - limit)
 
 
-def conclude(
-    result: BulkResult,
-    max_failed: int,
-    results: ResultsTable | None = None,
-    dag_id: str | None = None,
-    run_id: str | None = None,
-    logger: Any = log,
-) -> dict[str, Any]:
-    """Report a bulk run: log it, write the results table, then fail the task if it must.
+def conclude(result: BulkResult, max_failed: int, logger: Any = log) -> dict[str, Any]:
+    """Report a bulk run: log it, then fail the task if it must.
 
-    Outcomes are written before anything is raised, so nothing is lost when the task fails.
+    The outcomes are in the results table by then (recorded while the run went), so nothing is
+    lost when the task fails.
 
     :param max_failed: Failures tolerated before the task fails.
-    :param results: Where to append one row per input value, if anywhere.
     :return: ``total``, one count per status, and ``results_table`` when one was written.
     :raises SmsPartnerAuthError: when the API refused the key (the run stopped at once).
-    :raises AirflowException: when more than ``max_failed`` inputs failed.
+    :raises AirflowException: when calls could not be confirmed, or more than ``max_failed`` inputs failed.
     """
     summary: dict[str, Any] = dict(result.counts())
+    results = result.results
     log_failures(result.outcomes, logger)
     logger.info("Summary: %s", ", ".join(f"{key}={value}" for key, value in summary.items()))
     if results is not None:
-        written = results.write(result.outcomes, dag_id, run_id)
         summary["results_table"] = results.table
-        logger.info("Wrote %d outcome rows to %s on %r", written, results.table, results.conn_id)
-    where = f"results table {results.table} (connection {results.conn_id!r})" if results else "the log above"
+        logger.info(
+            "%s holds %d rows of %s", results.describe(), result.rows_written, results.identity.describe()
+        )
+    where = results.describe() if results is not None else "the log above"
     if result.fatal is not None:
         logger.error(
             "Stopped at once: the API refused the key (%s); %d inputs not processed. Fix the connection "
@@ -234,6 +424,12 @@ def conclude(
             where,
         )
         raise result.fatal
+    if result.unconfirmed is not None:
+        raise AirflowException(
+            f"{summary.get(PENDING, 0)} calls got no answer and the stop list could not be fetched to check "
+            f"them ({result.unconfirmed}); they are recorded pending in {where}. A retry of this task "
+            "checks them against the list first and sends only what did not land."
+        )
     if summary["failed"] > max_failed:
         raise AirflowException(
             f"{summary['failed']} of {summary['total']} numbers failed (max_failed={max_failed}); "

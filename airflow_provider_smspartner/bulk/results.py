@@ -1,61 +1,679 @@
-"""The results table of the bulk operators: one row per input value per run, appended through the warehouse writer."""
+"""The results table of the bulk operators: one row per input per try of a task instance.
+
+Key: (``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``, ``input_row``). A try
+inserts its rows while it runs and updates them in place: inputs settled without a call first,
+then each call's input as ``pending`` before the call is sent (the write-ahead row), then its
+outcome. So a later try of the same task instance finds what an earlier one may have applied.
+:func:`final_outcomes_sql` gives one final outcome per input.
+
+Every value is made storable on SQLite, PostgreSQL and MySQL/MariaDB before it is sent: NUL
+characters and unpaired surrogates become U+FFFD, and text longer than its column is cut with a
+visible ``...[truncated: N characters]`` marker. The identifiers are Airflow's (at most 250
+characters, never cut: they are the key). With ``utf8mb4`` the key takes 3 x 250 x 4 + 16 = 3,016
+bytes, under InnoDB's 3,072-byte limit (``ROW_FORMAT=DYNAMIC``, the default since MariaDB 10.2 and
+MySQL 5.7).
+
+The table is built with SQLAlchemy Core on the connection's engine (any ``DbApiHook``): created
+when missing, tolerating a concurrent creator (mapped tasks start together), and checked, with a
+rolled-back probe row, before the first API call of a run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from airflow_provider_smspartner.bulk.outcomes import OUTCOME_COLUMNS
+from airflow_provider_smspartner.bulk.outcomes import OUTCOME_COLUMNS, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
-from airflow_provider_smspartner.utils.sql_writer import (
-    Column,
-    SqlTableWriter,
-    TableSpec,
-    resolve_dbapi_hook,
-)
+from airflow_provider_smspartner.utils.sql_writer import TableName, resolve_dbapi_hook
 
-#: Shape of a results table. No key: every run appends its rows, so the table is the audit trail.
-RESULTS_TABLE = TableSpec(
-    columns=(
-        Column("input_value", "text"),
-        Column("phone_e164", "short_text"),
-        Column("status", "short_text"),
-        Column("stop_id", "bigint"),
-        Column("error_code", "int"),
-        Column("error_message", "text"),
-        Column("processed_at", "timestamp"),
-        # DAG ids may be 250 characters long, more than short_text holds.
-        Column("dag_id", "text"),
-        Column("run_id", "text"),
-    ),
-    indexes=("phone_e164",),
-)
+log = logging.getLogger(__name__)
+
+#: Airflow's limit for dag ids, task ids and run ids (``ID_LEN``).
+ID_LENGTH = 250
+#: Characters kept of an input value (longer ones are cut, with the marker).
+INPUT_LENGTH = 255
+PHONE_LENGTH = 32
+STATUS_LENGTH = 32
+#: Characters kept of an error message (the API's or a transport error's, redacted).
+MESSAGE_LENGTH = 1000
+NOTE_LENGTH = 500
+
+#: The key of a results table: one row per input of each try of a task instance.
+KEY_COLUMNS = ("dag_id", "run_id", "task_id", "map_index", "try_number", "input_row")
+#: Every column, in table order.
+RESULT_COLUMNS = (*KEY_COLUMNS, *OUTCOME_COLUMNS)
+#: Statuses that say the API applied a call of this task instance.
+APPLIED_STATUSES = ("added", "removed")
+#: Rows per statement of a write (executemany chunk, ``IN`` list).
+WRITE_CHUNK = 1000
+#: Outcome rows buffered before a write, and seconds between two writes at most (see the recorder).
+DEFAULT_FLUSH_ROWS = 500
+DEFAULT_FLUSH_SECONDS = 2.0
+#: Inputs recorded ``pending`` per write-ahead block.
+DEFAULT_BLOCK_ROWS = 500
+_CREATE_ATTEMPTS = 4
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_INT32 = 2**31
+_INT64 = 2**63
+_MYSQL = ("mysql", "mariadb")
+
+
+class ResultsTableError(RuntimeError):
+    """The results table cannot be created, is not the expected shape, or cannot be written."""
 
 
 @dataclass(frozen=True)
-class ResultsTable:
-    """Where a bulk run writes its outcomes.
+class TaskIdentity:
+    """Which task instance (and try) a run's rows belong to.
 
-    :param conn_id: Connection of the database (any DbApiHook).
+    :param try_number: ``None`` when the context has none (a test calling ``execute``): the run
+        then takes the try after the highest one recorded for the task instance.
+    """
+
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+    map_index: int = -1
+    try_number: int | None = None
+
+    def check(self) -> None:
+        """:raises ValueError: an id longer than the key column (Airflow's own limit)."""
+        for name in ("dag_id", "run_id", "task_id"):
+            value = getattr(self, name)
+            if len(value) > ID_LENGTH:
+                raise ValueError(
+                    f"{name} is {len(value)} characters long; the results table keys on it and holds at "
+                    f"most {ID_LENGTH} (Airflow's own limit): {value[:60]!r}..."
+                )
+
+    def describe(self) -> str:
+        map_part = "" if self.map_index < 0 else f"[{self.map_index}]"
+        return f"{self.dag_id}.{self.task_id}{map_part} run {self.run_id!r} try {self.try_number}"
+
+
+# ------------------------------------------------------------------------------------- values
+def storable_text(value: Any, limit: int) -> str | None:
+    """``value`` as text every supported database stores as is, in at most ``limit`` characters.
+
+    NUL (refused by PostgreSQL) and unpaired surrogates (not encodable in UTF-8) become U+FFFD;
+    longer text is cut and ends with ``...[truncated: N characters]`` (N = the original length).
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    text = _UNSTORABLE.sub("\ufffd", text)
+    if len(text) > limit:
+        marker = f"...[truncated: {len(text)} characters]"
+        text = text[: max(limit - len(marker), 0)] + marker
+    return text
+
+
+def storable_inputs(values: Sequence[Any]) -> list[str | None]:
+    """Input values as stored in ``input_value``: the text that was normalised, made storable."""
+    return [storable_text(phone_text(value), INPUT_LENGTH) for value in values]
+
+
+def _storable_int(value: Any, bound: int) -> int | None:
+    """An integer within ``[-bound, bound)``, or ``None`` (missing, or too big for the column)."""
+    if value is None or value is pd.NA:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if -bound <= number < bound else None
+
+
+def _timestamp_param(value: Any, dialect: str) -> Any:
+    """A UTC instant as the ``decided_at`` column of ``dialect`` takes it from the driver."""
+    if value is None or value is pd.NaT or value is pd.NA:
+        return None
+    stamp = pd.Timestamp(value).floor("us")  # what every database keeps
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    if dialect == "sqlite":
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # sorts chronologically, as text
+    moment = stamp.to_pydatetime()
+    return moment.replace(tzinfo=None) if dialect in _MYSQL else moment
+
+
+def _timestamp_params(series: pd.Series, dialect: str) -> list[Any]:
+    """:func:`_timestamp_param` for a whole column at once (missing -> ``None``)."""
+    stamps = pd.to_datetime(series, utc=True).dt.floor("us")
+    missing = stamps.isna().to_numpy()
+    if dialect == "sqlite":
+        values: list[Any] = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").tolist()
+    else:
+        # numpy turns datetime64[us] into datetime objects (naive: UTC).
+        values = stamps.dt.tz_convert(None).to_numpy("datetime64[us]").astype(object).tolist()
+        if dialect not in _MYSQL:
+            values = [v.replace(tzinfo=timezone.utc) if v is not None else None for v in values]
+    return [None if gone else v for v, gone in zip(values, missing, strict=True)]
+
+
+def _cells(series: pd.Series) -> list[Any]:
+    """A column's values with ``None`` for every kind of missing value."""
+    return [None if v is None or v is pd.NA or v is pd.NaT else v for v in series.astype(object)]
+
+
+# ------------------------------------------------------------------------------------- schema
+def _decided_at_type() -> sa.types.TypeEngine[Any]:
+    # SQLite has no timestamp type: ISO-8601 UTC text. MySQL/MariaDB: DATETIME(6) holding UTC
+    # (TIMESTAMP ends in 2038). PostgreSQL: timestamptz.
+    return (
+        sa.DateTime(timezone=True)
+        .with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
+        .with_variant(sa.Text(), "sqlite")
+    )
+
+
+def define_results_table(name: TableName, metadata: sa.MetaData | None = None) -> sa.Table:
+    """The results table ``name`` as a SQLAlchemy ``Table`` (key, index on ``phone_e164``)."""
+    table = sa.Table(
+        name.name,
+        metadata if metadata is not None else sa.MetaData(),
+        sa.Column("dag_id", sa.String(ID_LENGTH), primary_key=True),
+        sa.Column("run_id", sa.String(ID_LENGTH), primary_key=True),
+        sa.Column("task_id", sa.String(ID_LENGTH), primary_key=True),
+        sa.Column("map_index", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("try_number", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("input_row", sa.BigInteger(), primary_key=True, autoincrement=False),
+        sa.Column("input_value", sa.String(INPUT_LENGTH)),
+        sa.Column("phone_e164", sa.String(PHONE_LENGTH)),
+        sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),
+        sa.Column("stop_id", sa.BigInteger()),
+        sa.Column("error_code", sa.Integer()),
+        sa.Column("error_message", sa.String(MESSAGE_LENGTH)),
+        sa.Column("note", sa.String(NOTE_LENGTH)),
+        sa.Column("decided_at", _decided_at_type(), nullable=False),
+        schema=name.schema,
+        # Any text, case-sensitive ids (Airflow's are), and the 3,072-byte key limit of DYNAMIC rows.
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
+        mysql_row_format="DYNAMIC",
+    )
+    digest = hashlib.sha256(str(name).encode()).hexdigest()[:8]
+    sa.Index(f"ix_{name.name[:40]}_{digest}_phone", table.c.phone_e164)
+    return table
+
+
+def final_outcomes_sql(table: str) -> str:
+    """One final outcome per input of every task instance in results table ``table``.
+
+    Per (task instance, ``input_row``): the row of the latest try that recorded the input, except
+    that an input whose number any try of the task instance recorded ``added`` (or ``removed``)
+    shows that status, with that try's stop id, try (``decided_by_try``) and time. ``latest_try``
+    is the try the row comes from. Plain SQL for SQLite, PostgreSQL and MySQL/MariaDB; use it as
+    a query or a view (``CREATE VIEW ... AS``).
+    """
+    t = str(TableName.parse(table))
+    applied = ", ".join(f"'{s}'" for s in APPLIED_STATUSES)
+    same_ti = "{a}.dag_id = r.dag_id AND {a}.run_id = r.run_id AND {a}.task_id = r.task_id AND {a}.map_index = r.map_index"
+    return f"""SELECT r.dag_id, r.run_id, r.task_id, r.map_index, r.input_row, r.input_value, r.phone_e164,
+       CASE WHEN d.status IS NULL THEN r.status ELSE d.status END AS status,
+       CASE WHEN d.status IS NULL THEN r.stop_id ELSE d.stop_id END AS stop_id,
+       CASE WHEN d.status IS NULL THEN r.try_number ELSE d.try_number END AS decided_by_try,
+       CASE WHEN d.status IS NULL THEN r.decided_at ELSE d.decided_at END AS decided_at,
+       r.try_number AS latest_try, r.error_code, r.error_message, r.note
+FROM {t} r
+JOIN (SELECT dag_id, run_id, task_id, map_index, input_row, MAX(try_number) AS try_number
+      FROM {t} GROUP BY dag_id, run_id, task_id, map_index, input_row) l
+  ON {same_ti.format(a="l")} AND l.input_row = r.input_row AND l.try_number = r.try_number
+LEFT JOIN (SELECT dag_id, run_id, task_id, map_index, phone_e164, MAX(status) AS status,
+                  MAX(stop_id) AS stop_id, MAX(try_number) AS try_number, MAX(decided_at) AS decided_at
+           FROM {t} WHERE status IN ({applied})
+           GROUP BY dag_id, run_id, task_id, map_index, phone_e164) d
+  ON {same_ti.format(a="d")} AND d.phone_e164 = r.phone_e164
+ AND r.status NOT IN ('invalid', 'duplicate', {applied})"""
+
+
+# ------------------------------------------------------------------------------------- table
+@dataclass(frozen=True)
+class ResultsTable:
+    """Where a bulk run records its outcomes, and how often.
+
+    :param conn_id: Connection of the database (any ``DbApiHook``).
     :param table: ``name`` or ``schema.name``; created on first use.
-    :param chunk_size: Rows per load chunk.
+    :param flush_rows: Outcomes buffered before they are written.
+    :param flush_seconds: Longest wait before buffered outcomes are written.
+    :param block_rows: Inputs recorded ``pending`` per write-ahead block.
     """
 
     conn_id: str
     table: str
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    flush_rows: int = DEFAULT_FLUSH_ROWS
+    flush_seconds: float = DEFAULT_FLUSH_SECONDS
+    block_rows: int = DEFAULT_BLOCK_ROWS
 
-    def write(self, outcomes: pd.DataFrame, dag_id: str | None, run_id: str | None) -> int:
-        """Append one row per row of ``outcomes`` (``OUTCOME_COLUMNS``), tagged with the run.
+    def __post_init__(self) -> None:
+        TableName.parse(self.table)  # a bad name fails before anything else
 
-        :return: Rows written.
+    def prepare(self, identity: TaskIdentity) -> TryResults:
+        """Everything before the first API call: create the table or check its shape, prove a row can
+        be inserted, updated and deleted (rolled back), settle the try number, read what earlier
+        tries of the task instance left.
+
+        :raises ValueError: an id longer than the key allows.
+        :raises ResultsTableError: the table cannot be created, has another shape, or cannot be
+            written (missing schema, no privilege...); nothing has been sent to the API.
         """
-        frame = outcomes.loc[:, list(OUTCOME_COLUMNS)].copy()
-        # Inputs may mix str, int and float; the column is text, in the form that was normalised.
-        frame["input_value"] = pd.array([phone_text(v) for v in frame["input_value"]], dtype="string")
-        frame["dag_id"] = dag_id
-        frame["run_id"] = run_id
-        writer = SqlTableWriter(resolve_dbapi_hook(self.conn_id), self.table, RESULTS_TABLE, self.chunk_size)
-        return writer.write(frame, "insert").inserted
+        identity.check()
+        store = TryResults(self, identity)
+        store.connect()
+        return store
+
+    def create_final_view(self, view: str) -> None:
+        """Create (or replace) view ``view`` over :func:`final_outcomes_sql` of this table."""
+        name = TableName.parse(view)
+        engine = _engine(self.conn_id)
+        try:
+            verb = (
+                "CREATE VIEW IF NOT EXISTS" if engine.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
+            )
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"{verb} {name} AS {final_outcomes_sql(self.table)}")
+        finally:
+            engine.dispose()
+
+
+def _engine(conn_id: str) -> Engine:
+    # No pool: a run writes every few seconds at most, and each write stands alone.
+    engine: Engine = resolve_dbapi_hook(conn_id).get_sqlalchemy_engine(engine_kwargs={"poolclass": NullPool})
+    return engine
+
+
+@dataclass
+class TryResults:
+    """The rows of one try in a results table: created/checked, then read and written.
+
+    Built by :meth:`ResultsTable.prepare`. ``identity.try_number`` is settled by then, and
+    ``earlier`` holds what earlier tries of the task instance left that a new try must know:
+    their ``pending``, ``added`` and ``removed`` rows (``try_number``, ``input_row``,
+    ``phone_e164``, ``status``, ``stop_id``).
+    """
+
+    config: ResultsTable
+    identity: TaskIdentity
+    earlier: pd.DataFrame = field(default_factory=pd.DataFrame)
+    created: bool = False
+
+    @property
+    def table(self) -> str:
+        return self.config.table
+
+    @property
+    def conn_id(self) -> str:
+        return self.config.conn_id
+
+    @property
+    def try_number(self) -> int:
+        return int(self.identity.try_number or 0)
+
+    @cached_property
+    def name(self) -> TableName:
+        return TableName.parse(self.config.table)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return _engine(self.config.conn_id)
+
+    @cached_property
+    def sql_table(self) -> sa.Table:
+        return define_results_table(self.name)
+
+    @property
+    def dialect(self) -> str:
+        return str(self.engine.dialect.name)
+
+    def describe(self) -> str:
+        return f"results table {self.name} (connection {self.conn_id!r})"
+
+    # ------------------------------------------------------------------ preflight
+    def connect(self) -> None:
+        """Create or check the table, probe a write, settle the try, read the earlier tries."""
+        try:
+            self.created = self._ensure_table()
+            self._check_shape()
+            self._ensure_index()
+            self._settle_try()
+            self._probe()
+            self.earlier = self._read_earlier()
+        except ResultsTableError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise ResultsTableError(
+                f"Cannot use {self.describe()}: {db_error(exc)}. Nothing was sent to SMS Partner; fix the "
+                "table, its schema or the connection's privileges (it needs CREATE the first time, then "
+                "SELECT, INSERT, UPDATE and DELETE)."
+            ) from exc
+
+    def _ensure_table(self) -> bool:
+        """Create the table unless it exists; True if this call created it.
+
+        Mapped tasks reach this at the same moment: a creator that loses the race sees an error
+        (PostgreSQL: a duplicate ``pg_type`` row; SQLite: a locked database) and finds the table
+        on its next look. An error that persists (no schema, no privilege) is raised.
+        """
+        last: sa.exc.DBAPIError | None = None
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    if sa.inspect(conn).has_table(self.name.name, schema=self.name.schema):
+                        return False
+                    conn.execute(CreateTable(self.sql_table, if_not_exists=True))
+                log.info("Created %s", self.describe())
+                return True
+            except sa.exc.DBAPIError as exc:
+                last = exc
+                time.sleep(0.1 * (attempt + 1))
+        assert last is not None
+        raise last
+
+    def _check_shape(self) -> None:
+        with self.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            columns = {
+                str(c["name"]).lower() for c in inspector.get_columns(self.name.name, schema=self.name.schema)
+            }
+            key = inspector.get_pk_constraint(self.name.name, schema=self.name.schema)
+        missing = [c for c in RESULT_COLUMNS if c not in columns]
+        key_columns = sorted(str(c).lower() for c in key.get("constrained_columns") or ())
+        problems = []
+        if missing:
+            problems.append(f"lacks column(s) {missing}")
+        if key_columns != sorted(KEY_COLUMNS):
+            problems.append(f"has the key {key_columns or 'none'} instead of {list(KEY_COLUMNS)}")
+        if problems:
+            raise ResultsTableError(
+                f"{self.describe()} exists with another shape: it {' and '.join(problems)}. It may come from "
+                "an older version of the provider or another tool; rename or drop it, or choose another "
+                "results_table. Nothing was sent to SMS Partner."
+            )
+
+    def _ensure_index(self) -> None:
+        (index,) = self.sql_table.indexes
+        with self.engine.connect() as conn:
+            indexes = sa.inspect(conn).get_indexes(self.name.name, schema=self.name.schema)
+        if any([str(c).lower() for c in ix["column_names"] if c] == ["phone_e164"] for ix in indexes):
+            return
+        try:
+            with self.engine.begin() as conn:
+                # MySQL (not MariaDB) has no CREATE INDEX IF NOT EXISTS.
+                plain_mysql = conn.dialect.name in _MYSQL and not getattr(conn.dialect, "is_mariadb", False)
+                conn.execute(CreateIndex(index, if_not_exists=not plain_mysql))
+        except sa.exc.DBAPIError as exc:
+            # Lookups by number get slower without it; the outcomes are recorded all the same.
+            log.warning("Could not index %s on phone_e164: %s", self.describe(), db_error(exc))
+
+    def _where_task_instance(self, table: sa.Table | None = None) -> sa.ColumnElement[bool]:
+        t = self.sql_table if table is None else table
+        ident = self.identity
+        return sa.and_(
+            t.c.dag_id == ident.dag_id,
+            t.c.run_id == ident.run_id,
+            t.c.task_id == ident.task_id,
+            t.c.map_index == ident.map_index,
+        )
+
+    def _settle_try(self) -> None:
+        t = self.sql_table
+        with self.engine.connect() as conn:
+            highest = conn.execute(
+                sa.select(sa.func.max(t.c.try_number)).where(self._where_task_instance())
+            ).scalar()
+            if self.identity.try_number is None:
+                self.identity = replace(self.identity, try_number=int(highest or 0) + 1)
+                return
+            taken = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t)
+                .where(self._where_task_instance(), t.c.try_number == self.identity.try_number)
+            ).scalar_one()
+        if taken:
+            raise ResultsTableError(
+                f"{self.describe()} already holds {taken} rows of {self.identity.describe()}: a try records "
+                "its outcomes once. Clear the task (Airflow gives the next try a new number) or choose "
+                "another results_table. Nothing was sent to SMS Partner."
+            )
+
+    def _probe(self) -> None:
+        """Insert, update and delete a row at the columns' full width, then roll back: a table too
+        narrow, a missing privilege or a read-only database fails here, before any API call."""
+        t = self.sql_table
+        wide = "\U0001f4f5"  # four bytes in UTF-8, refused by utf8mb3 and latin1 columns
+        probe: dict[str, Any] = {
+            "input_row": -1,
+            "input_value": wide * INPUT_LENGTH,
+            "phone_e164": "+" + "9" * (PHONE_LENGTH - 1),
+            "status": "p" * STATUS_LENGTH,
+            "stop_id": _INT64 - 1,
+            "error_code": _INT32 - 1,
+            "error_message": wide * MESSAGE_LENGTH,
+            "note": wide * NOTE_LENGTH,
+            "decided_at": datetime.now(timezone.utc),
+        }
+        key = sa.and_(self._where_task_instance(), t.c.try_number == self.try_number, t.c.input_row == -1)
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                conn.exec_driver_sql(self._insert_sql, self._driver_rows([self._row_tuple(**probe)]))
+                conn.execute(sa.update(t).where(key).values(status=PENDING))
+                conn.execute(sa.delete(t).where(key))
+            finally:
+                transaction.rollback()
+
+    def _read_earlier(self) -> pd.DataFrame:
+        t = self.sql_table
+        columns = ["try_number", "input_row", "phone_e164", "status", "stop_id"]
+        query = sa.select(*(t.c[c] for c in columns)).where(
+            self._where_task_instance(),
+            t.c.try_number < self.try_number,
+            t.c.status.in_([PENDING, *APPLIED_STATUSES]),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+        return frame.astype(
+            {
+                "try_number": "int64",
+                "input_row": "int64",
+                "phone_e164": "string",
+                "status": "string",
+                "stop_id": "Int64",
+            }
+        )
+
+    # ------------------------------------------------------------------ rows
+    def _row_tuple(
+        self,
+        input_row: int,
+        input_value: str | None,
+        phone_e164: Any,
+        status: str,
+        stop_id: Any,
+        error_code: Any,
+        error_message: Any,
+        note: Any,
+        decided_at: Any,
+        *,
+        stamp_ready: bool = False,
+    ) -> tuple[Any, ...]:
+        """One row of this try, every value storable and in the form the driver takes.
+
+        :param stamp_ready: ``decided_at`` is already in the driver's form (:func:`_timestamp_params`).
+        """
+        ident = self.identity
+        return (
+            ident.dag_id,
+            ident.run_id,
+            ident.task_id,
+            int(ident.map_index),
+            self.try_number,
+            int(input_row),
+            input_value,
+            storable_text(phone_e164, PHONE_LENGTH),
+            storable_text(status, STATUS_LENGTH),
+            _storable_int(stop_id, _INT64),
+            _storable_int(error_code, _INT32),
+            storable_text(error_message, MESSAGE_LENGTH),
+            storable_text(note, NOTE_LENGTH),
+            decided_at if stamp_ready else _timestamp_param(decided_at, self.dialect),
+        )
+
+    def rows(
+        self, outcomes: pd.DataFrame, positions: Sequence[int] | np.ndarray, inputs: Sequence[str | None]
+    ) -> list[tuple[Any, ...]]:
+        """Rows for ``positions`` of the outcome table (``outcomes.OUTCOME_COLUMNS``).
+
+        :param inputs: The storable input texts (:func:`storable_inputs`), one per outcome row.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) == 0:
+            return []
+        part = outcomes.iloc[positions]
+        columns = [
+            _cells(part[c])
+            for c in ("phone_e164", "status", "stop_id", "error_code", "error_message", "note")
+        ]
+        stamps = _timestamp_params(part["decided_at"], self.dialect)
+        return [
+            self._row_tuple(
+                int(row), inputs[row], phone, status, stop, code, message, note, stamp, stamp_ready=True
+            )
+            for row, phone, status, stop, code, message, note, stamp in zip(
+                positions.tolist(), *columns, stamps, strict=True
+            )
+        ]
+
+    # ------------------------------------------------------------------ writes
+    @cached_property
+    def _insert_compiled(self) -> SQLCompiler:
+        compiled = sa.insert(self.sql_table).compile(
+            dialect=self.engine.dialect, column_keys=list(RESULT_COLUMNS)
+        )
+        assert isinstance(compiled, SQLCompiler)
+        return compiled
+
+    @property
+    def _insert_sql(self) -> str:
+        return str(self._insert_compiled)
+
+    def _driver_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Rows as ``exec_driver_sql`` takes them for this dialect's parameter style."""
+        compiled = self._insert_compiled
+        if not compiled.positional:
+            return [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in rows]
+        order = [RESULT_COLUMNS.index(name) for name in (compiled.positiontup or ())]
+        if order == list(range(len(RESULT_COLUMNS))):
+            return list(rows)
+        return [tuple(row[i] for i in order) for row in rows]
+
+    def _chunks(self, rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
+        for start in range(0, len(rows), WRITE_CHUNK):
+            yield rows[start : start + WRITE_CHUNK]
+
+    def insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows of this try (from :meth:`rows`), in one transaction."""
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            for chunk in self._chunks(rows):
+                conn.exec_driver_sql(self._insert_sql, self._driver_rows(chunk))
+
+    def replace(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write rows of this try over the ones with the same key (a ``pending`` row becomes its
+        outcome), in one transaction: a delete by key and an insert, fast on every database, and
+        safe to repeat."""
+        if not rows:
+            return
+        t = self.sql_table
+        with self.engine.begin() as conn:
+            for chunk in self._chunks(rows):
+                keys = [row[5] for row in chunk]
+                conn.execute(
+                    sa.delete(t).where(
+                        self._where_task_instance(),
+                        t.c.try_number == self.try_number,
+                        # The range lets the key index find the rows; ``IN`` alone is a filter
+                        # on every row of the try for PostgreSQL's planner.
+                        t.c.input_row.between(min(keys), max(keys)),
+                        t.c.input_row.in_(keys),
+                    )
+                )
+                conn.exec_driver_sql(self._insert_sql, self._driver_rows(chunk))
+
+    def update_earlier(self, updates: pd.DataFrame) -> None:
+        """Settle rows of earlier tries: ``updates`` has ``try_number``, ``input_row``, ``status``,
+        ``stop_id`` and ``note``; the other columns (``decided_at`` included) stay as written."""
+        if updates.empty:
+            return
+        t = self.sql_table
+        statement = (
+            sa.update(t)
+            .where(
+                self._where_task_instance(),
+                t.c.try_number == sa.bindparam("b_try"),
+                t.c.input_row == sa.bindparam("b_row"),
+            )
+            .values(
+                status=sa.bindparam("b_status"), stop_id=sa.bindparam("b_stop"), note=sa.bindparam("b_note")
+            )
+        )
+        params = [
+            {
+                "b_try": int(tn),
+                "b_row": int(row),
+                "b_status": storable_text(status, STATUS_LENGTH),
+                "b_stop": _storable_int(stop, _INT64),
+                "b_note": storable_text(note, NOTE_LENGTH),
+            }
+            for tn, row, status, stop, note in zip(
+                updates["try_number"],
+                updates["input_row"],
+                _cells(updates["status"]),
+                _cells(updates["stop_id"]),
+                _cells(updates["note"]),
+                strict=True,
+            )
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(statement, params)
+
+    # ------------------------------------------------------------------ reads (tests, reports)
+    def read(self, all_tries: bool = False) -> pd.DataFrame:
+        """This try's rows (or every try's of the task instance), ordered by try and input row."""
+        t = self.sql_table
+        query = sa.select(t).where(self._where_task_instance())
+        if not all_tries:
+            query = query.where(t.c.try_number == self.try_number)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(t.c.try_number, t.c.input_row)).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=list(RESULT_COLUMNS))
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+def db_error(exc: BaseException) -> str:
+    """The database's own message, without SQLAlchemy's statement and parameters."""
+    original = getattr(exc, "orig", None)
+    text = str(original if original is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,17 +2,20 @@
 
 The hook does the throttling and the retries (shared by all threads); this module only keeps a
 bounded number of calls queued, collects outcomes in item order, and stops at once on an error
-that would repeat for every item (a refused API key).
+that would repeat for every item (a refused API key). An optional journal (the results
+recorder) is told before calls are submitted and as each one ends; if it fails, or the task is
+interrupted (Airflow's ``execution_timeout``, SIGTERM), no further call is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from airflow_provider_smspartner.bulk.outcomes import CallOutcome
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
@@ -24,6 +27,26 @@ T = TypeVar("T")
 #: Queued calls per worker: enough to keep every worker busy, few enough that a fatal error leaves
 #: little to cancel and a million items never become a million futures.
 QUEUE_PER_WORKER = 4
+#: Seconds between two ``journal.tick()`` calls at most, while calls are running.
+TICK_SECONDS = 0.5
+#: Seconds an interrupted run waits for the calls in flight, to record their outcomes.
+GRACE_SECONDS = 5.0
+
+
+class CallJournal(Protocol):
+    """What the runner tells while it runs (all from the thread that called :func:`run_calls`).
+
+    Any exception a method raises stops the run: queued calls are dropped and the error propagates.
+    """
+
+    def reserve(self, count: int) -> None:
+        """Calls ``[0, count)`` are about to be submitted (returns once they may be sent)."""
+
+    def record(self, index: int, outcome: CallOutcome) -> None:
+        """Call ``index`` ended with ``outcome``."""
+
+    def tick(self) -> None:
+        """Called at least every ``TICK_SECONDS`` while calls run."""
 
 
 @dataclass
@@ -49,6 +72,8 @@ def run_calls(
     call: Callable[[T], CallOutcome],
     max_workers: int,
     progress: ProgressReporter,
+    journal: CallJournal | None = None,
+    grace_seconds: float = GRACE_SECONDS,
 ) -> RunReport:
     """Call ``call(item)`` for every item on ``max_workers`` threads.
 
@@ -62,6 +87,10 @@ def run_calls(
     :param call: Thread-safe; typically a bound hook method wrapped to return a ``CallOutcome``.
     :param max_workers: Threads (>= 1).
     :param progress: Advanced once per finished item.
+    :param journal: Told of submissions and outcomes (see :class:`CallJournal`).
+    :param grace_seconds: When the run is interrupted (an exception from the journal, or one raised
+        in this thread, such as Airflow's task timeout), queued calls are dropped and the calls in
+        flight get this long to end and be recorded; then the exception propagates.
     :return: The outcomes in item order and the fatal error, if any.
     """
     outcomes: list[CallOutcome | None] = [None] * len(items)
@@ -83,27 +112,50 @@ def run_calls(
 
     next_index = 0
     window = max_workers * QUEUE_PER_WORKER
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smspartner-bulk") as pool:
-        pending: dict[Future[CallOutcome | None], int] = {}
+    pending: dict[Future[CallOutcome | None], int] = {}
+
+    def collect(future: Future[CallOutcome | None]) -> None:
+        index = pending.pop(future)
+        try:
+            outcome = future.result()
+        except SmsPartnerAuthError as exc:
+            if report.fatal is None:
+                report.fatal = exc
+            stopping.set()
+            outcome = failure_outcome(exc)
+        except Exception as exc:
+            outcome = failure_outcome(exc)
+        if outcome is not None:
+            outcome = replace(outcome, finished_at=outcome.finished_at or time.time())
+            outcomes[index] = outcome
+            progress.advance()
+            if journal is not None:
+                journal.record(index, outcome)
+
+    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smspartner-bulk")
+    try:
         while True:
+            if journal is not None and next_index < len(items) and not stopping.is_set():
+                journal.reserve(min(len(items), next_index + window - len(pending)))
             while next_index < len(items) and len(pending) < window and not stopping.is_set():
                 pending[pool.submit(guarded, items[next_index])] = next_index
                 next_index += 1
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
             for future in finished:
-                index = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except SmsPartnerAuthError as exc:
-                    if report.fatal is None:
-                        report.fatal = exc
-                    stopping.set()
-                    outcome = failure_outcome(exc)
-                except Exception as exc:
-                    outcome = failure_outcome(exc)
-                if outcome is not None:
-                    outcomes[index] = replace(outcome, finished_at=outcome.finished_at or time.time())
-                    progress.advance()
+                collect(future)
+            if journal is not None:
+                journal.tick()
+    except BaseException:
+        # No new call: what is queued is dropped, and a worker that dequeues one anyway sees the flag.
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        in_flight = [f for f in pending if not f.cancelled()]
+        done, _ = wait(in_flight, timeout=grace_seconds) if in_flight else (set(), set())
+        for future in done:
+            with contextlib.suppress(Exception):  # the journal may be what failed; raised below
+                collect(future)
+        raise
+    pool.shutdown(wait=True)
     return report

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
+    from airflow_provider_smspartner.bulk.results import TryResults
 
 OUTPUT_FORMATS = ("parquet", "csv")
 
@@ -57,6 +58,25 @@ class SmsPartnerStopListOperator(BaseOperator):
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
         self.log.info("Fetched %d stops from SMS Partner", len(frame))
         if not self.output_path:
+            if len(frame) > 100_000:  # ~60 bytes a stop in the metadata database, every run
+                try:
+                    from airflow.sdk.bases.xcom import BaseXCom
+                    from airflow.sdk.execution_time.xcom import resolve_xcom_backend
+
+                    in_database = resolve_xcom_backend() is BaseXCom
+                except ImportError:  # another SDK layout: assume the default, the database
+                    in_database = True
+                if in_database:
+                    self.log.warning(
+                        "Returning %d stops as a DataFrame through XCom: the database XCom backend "
+                        "stores them in Airflow's metadata database (about %.0f MB per run). Set "
+                        "output_path to write the list to a Parquet or CSV file (local or object "
+                        "storage) and return its path, or configure Airflow's object-storage XCom "
+                        "backend ([core] xcom_backend = airflow.providers.common.io.xcom.backend."
+                        "XComObjectStorageBackend, with [common.io] xcom_objectstorage_path).",
+                        len(frame),
+                        len(frame) * 60 / 1e6,
+                    )
             return frame
         from airflow_provider_smspartner.utils.storage import to_storage_path
 
@@ -78,6 +98,29 @@ def run_identity(context: Context | Mapping[str, Any]) -> tuple[str | None, str 
     dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
     run_id = context.get("run_id") or getattr(ti, "run_id", None)
     return dag_id, run_id
+
+
+def task_identity(context: Context | Mapping[str, Any], task_id: str) -> dict[str, Any]:
+    """The task instance and try a bulk run records its outcomes under, from the context.
+
+    A minimal test context gets ``""`` for missing ids, ``map_index`` -1 and no try number (the
+    results table then takes the next one).
+
+    :return: ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``.
+    """
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id, run_id = run_identity(context)
+    map_index = getattr(ti, "map_index", None)
+    try_number = getattr(ti, "try_number", None)
+    return {
+        "dag_id": str(dag_id or ""),
+        "run_id": str(run_id or ""),
+        "task_id": str(getattr(ti, "task_id", None) or task_id),
+        "map_index": int(map_index) if isinstance(map_index, int) else -1,
+        "try_number": int(try_number)
+        if isinstance(try_number, int) and not isinstance(try_number, bool)
+        else None,
+    }
 
 
 class _BulkStopsOperator(BaseOperator):
@@ -152,47 +195,54 @@ class _BulkStopsOperator(BaseOperator):
             default_region=self.default_region, dry_run=self.is_dry_run, max_workers=self.max_workers
         )
 
-    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+    def _run(
+        self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, results: TryResults | None
+    ) -> BulkResult:
         raise NotImplementedError
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Read the numbers, run the bulk pipeline, write the results table, return the summary.
+        """Check the results table, read the numbers, run the bulk pipeline, return the summary.
 
         :return: ``total``, one count per status, and ``results_table`` when one is written.
         :raises ValueError: on unusable arguments or data (before any API call).
-        :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
-        :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes written first).
+        :raises ResultsTableError: when the results table cannot be created, has another shape or
+            cannot be written (before any API call).
+        :raises SmsPartnerAuthError: when the API refuses the key (outcomes recorded first).
+        :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes recorded first).
         """
         from airflow_provider_smspartner.bulk.pipeline import conclude
-        from airflow_provider_smspartner.bulk.results import ResultsTable
+        from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity
         from airflow_provider_smspartner.bulk.sources import PhoneSource
-        from airflow_provider_smspartner.utils.sql_writer import TableName
 
         options = self._options()
         results = None
         if self.results_table:
-            TableName.parse(self.results_table)  # a bad name must fail before the API is called
-            results = ResultsTable(
+            # Before any API call: a bad name, a table of another shape, a missing schema or a
+            # missing privilege fails here; earlier tries' rows are read for the recovery.
+            table = ResultsTable(
                 conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table
             )
-        source = PhoneSource(
-            phone_numbers=self.phone_numbers,
-            sql=self.sql,
-            sql_conn_id=self.sql_conn_id,
-            source_path=self.source_path,
-            phone_column=self.phone_column,
-        )
-        values = source.read()
-        self.log.info("Read %d values from %s", len(values), source.describe())
-        hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
+            results = table.prepare(TaskIdentity(**task_identity(context, self.task_id)))
+            self.log.info("Recording outcomes in %s as %s", results.describe(), results.identity.describe())
         try:
-            result = self._run(values, hook, options)
+            source = PhoneSource(
+                phone_numbers=self.phone_numbers,
+                sql=self.sql,
+                sql_conn_id=self.sql_conn_id,
+                source_path=self.source_path,
+                phone_column=self.phone_column,
+            )
+            values = source.read()
+            self.log.info("Read %d values from %s", len(values), source.describe())
+            hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
+            try:
+                result = self._run(values, hook, options, results)
+            finally:
+                hook.close()
         finally:
-            hook.close()
-        dag_id, run_id = run_identity(context)
-        return conclude(
-            result, max_failed=self.max_failed, results=results, dag_id=dag_id, run_id=run_id, logger=self.log
-        )
+            if results is not None:
+                results.close()
+        return conclude(result, max_failed=self.max_failed, logger=self.log)
 
 
 class SmsPartnerAddStopsOperator(_BulkStopsOperator):
@@ -205,14 +255,29 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
     form by ``max_workers`` threads sharing one hook (its throttle and retries are shared).
 
     Every input ends in exactly one status: ``invalid``, ``duplicate``, ``skipped_existing``,
-    ``added``, ``already_present`` (API code 3, e.g. a retry after a lost response), ``failed``
-    (after the hook's retries; code and message kept) or, in a dry run, ``would_add``. Re-running
-    the same input sends no add for numbers already added.
+    ``added``, ``already_present`` (API code 3), ``failed`` (after the hook's retries; code and
+    message kept) or, in a dry run, ``would_add``. Re-running the same input sends no add for
+    numbers already added. A call whose answer was lost (timeout, dropped connection, 5xx, or a
+    code 3 to the retry of such a call) is checked against one fresh list fetch at the end of the
+    run: on the list means ``added`` (stop id from the list, with a note), so no number on the list
+    when the run ends is reported ``failed``.
+
+    **Results table** (``results_table``): checked or created before the first API call (a table of
+    another shape, a missing schema or privilege fails the task before anything is sent), then
+    written while the run goes: the inputs settled without a call first, each call's input as
+    ``pending`` before the call is sent, outcomes in batches (every few seconds or few hundred
+    outcomes). One row per input per try, keyed by ``dag_id``, ``run_id``, ``task_id``,
+    ``map_index``, ``try_number``, ``input_row``; also ``input_value``, ``phone_e164``, ``status``,
+    ``stop_id``, ``error_code``, ``error_message``, ``note`` and ``decided_at`` (UTC). A killed
+    worker loses at most the last few seconds of outcomes, whose rows stay ``pending``; the next try
+    of the task instance (an Airflow retry) checks them against the list and records them
+    ``added`` under the try that sent them, so every add the API applied has exactly one ``added``
+    row across the tries. ``bulk.results.final_outcomes_sql`` gives one final outcome per input.
 
     A refused API key stops the run at once (queued calls dropped; the inputs never tried are
-    written as ``not_processed``). Otherwise every number is processed, the outcomes are written,
-    and only then does the task fail if more than ``max_failed`` numbers failed. A progress line
-    (done/total, rate, ETA) is logged every 10 s and at each 10 %.
+    recorded as ``not_processed``). Otherwise every number is processed and recorded, and only then
+    does the task fail if more than ``max_failed`` numbers failed. A progress line (done/total,
+    rate, ETA) is logged every 10 s and at each 10 %.
 
     **Scale-out.** The hook's throttle (``requests_per_second`` on the connection, default 25) is
     per process, and SMS Partner allows about 2000 requests/minute per IP for the whole fleet. To
@@ -250,9 +315,8 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
     :param dry_run: Report what would be added (``would_add``), add nothing.
     :param max_workers: Threads sending adds. The throttle still caps the rate; the threads hide the
         latency (about latency x rate calls are in flight at full speed).
-    :param results_table: Table to append one row per input value to (created when missing):
-        ``input_value``, ``phone_e164``, ``status``, ``stop_id``, ``error_code``, ``error_message``,
-        ``processed_at``, ``dag_id``, ``run_id``. (templated)
+    :param results_table: Table recording one row per input value per try (created when missing;
+        see above). (templated)
     :param results_conn_id: Connection of ``results_table`` (default ``sql_conn_id``). (templated)
     :param max_failed: Failed numbers tolerated before the task fails.
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
@@ -260,8 +324,9 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
         "failed", "would_add"}`` (all present; they sum to ``total``), plus ``"results_table"``.
     :raises ValueError: on bad arguments (no or two sources, a missing or unknown ``phone_column``,
         ``results_table`` without a connection...), raised before any API call.
-    :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
-    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes written first).
+    :raises ResultsTableError: when the results table cannot be used, before any API call.
+    :raises SmsPartnerAuthError: when the API refuses the key (outcomes recorded first).
+    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes recorded first).
     """
 
     def __init__(self, *, skip_existing: bool = True, **kwargs: Any) -> None:
@@ -273,10 +338,12 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
 
         return replace(super()._options(), skip_existing=self.skip_existing)
 
-    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+    def _run(
+        self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, results: TryResults | None
+    ) -> BulkResult:
         from airflow_provider_smspartner.bulk.pipeline import add_stops
 
-        return add_stops(values, hook, options, logger=self.log)
+        return add_stops(values, hook, options, logger=self.log, results=results)
 
 
 class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
@@ -290,16 +357,21 @@ class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
 
     Every input ends in exactly one status: ``invalid``, ``duplicate``, ``not_on_list`` (also when
     the stop id vanished before its delete: API code 4), ``removed``, ``failed`` or, in a dry run,
-    ``would_remove``. Same results table, ``max_failed`` rule and auth-error stop as the add.
+    ``would_remove``. A delete whose answer was lost counts as ``removed`` when its retry answers
+    code 4 or the stop id is gone from the list at the end of the run. Same results table (recorded
+    as it goes, recovered by the next try), ``max_failed`` rule and auth-error stop as the add.
 
     :return: ``{"total", "invalid", "duplicate", "not_on_list", "removed", "failed",
         "would_remove"}`` (all present; they sum to ``total``), plus ``"results_table"``.
     :raises ValueError: on bad arguments, before any API call.
-    :raises SmsPartnerAuthError: when the API refuses the key (outcomes written first).
-    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes written first).
+    :raises ResultsTableError: when the results table cannot be used, before any API call.
+    :raises SmsPartnerAuthError: when the API refuses the key (outcomes recorded first).
+    :raises AirflowException: when more than ``max_failed`` numbers failed (outcomes recorded first).
     """
 
-    def _run(self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions) -> BulkResult:
+    def _run(
+        self, values: pd.Series, hook: SmsPartnerHook, options: BulkOptions, results: TryResults | None
+    ) -> BulkResult:
         from airflow_provider_smspartner.bulk.pipeline import remove_stops
 
-        return remove_stops(values, hook, options, logger=self.log)
+        return remove_stops(values, hook, options, logger=self.log, results=results)

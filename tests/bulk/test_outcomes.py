@@ -34,7 +34,7 @@ class TestPlan:
         ]
         assert plan["phone_e164"].tolist()[:2] == ["+33612345678", "+33612345678"]
         assert plan["error_message"].tolist()[2:4] == ["not_a_number", "empty"]
-        assert (plan["processed_at"] == pd.Timestamp(NOW)).all()
+        assert (plan["decided_at"] == pd.Timestamp(NOW)).all()
 
     def test_listed_pairs_keep_every_stop_id_of_a_number(self):
         plan = plan_inputs(pd.Series(["0612345678", "0751234567", "0612345679", "0612345678"]), "FR", NOW)
@@ -59,8 +59,8 @@ class TestPlan:
         assert plan["status"].tolist() == ["failed", "not_on_list", NOT_PROCESSED]
         assert plan["stop_id"].tolist() == [2, 3, 4]
         assert plan.loc[0, "error_code"] == 500
-        assert plan.loc[0, "processed_at"] == pd.Timestamp(NOW) + pd.Timedelta(seconds=6)
-        assert plan.loc[2, "processed_at"] == pd.Timestamp(NOW)
+        assert plan.loc[0, "decided_at"] == pd.Timestamp(NOW) + pd.Timedelta(seconds=6)
+        assert plan.loc[2, "decided_at"] == pd.Timestamp(NOW)
 
     def test_failure_sample_is_bounded(self):
         plan = plan_inputs(pd.Series([f"+336123456{i:02d}" for i in range(15)]), "FR", NOW)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 
 import numpy as np
+import pytest
 
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
-from airflow_provider_smspartner.bulk.runner import CallOutcome, run_calls
+from airflow_provider_smspartner.bulk.runner import QUEUE_PER_WORKER, CallOutcome, run_calls
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerServerError
 from tests.helpers import RecordingLogger
 
@@ -57,3 +59,67 @@ class TestRunCalls:
             [], lambda item: CallOutcome("added"), max_workers=8, progress=ProgressReporter(0, "x")
         )
         assert report.outcomes == []
+
+
+class RecordingJournal:
+    """A journal that notes what the runner tells it and can fail at the n-th outcome."""
+
+    def __init__(self, fail_at: int | None = None, error: BaseException | None = None) -> None:
+        self.reserved = 0
+        self.recorded: list[int] = []
+        self.ticks = 0
+        self.fail_at = fail_at
+        self.error = error
+
+    def reserve(self, count: int) -> None:
+        self.reserved = max(self.reserved, count)
+
+    def record(self, index: int, outcome: CallOutcome) -> None:
+        self.recorded.append(index)
+        if self.fail_at is not None and len(self.recorded) == self.fail_at:
+            assert self.error is not None
+            raise self.error
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
+class TestJournal:
+    def test_every_call_is_reserved_before_it_is_sent(self):
+        journal = RecordingJournal()
+        early: list[int] = []
+
+        def call(item: int) -> CallOutcome:
+            if item >= journal.reserved:
+                early.append(item)
+            return CallOutcome("added", stop_id=item)
+
+        run_calls(list(range(300)), call, max_workers=4, progress=ProgressReporter(300, "x"), journal=journal)
+        assert not early
+        assert sorted(journal.recorded) == list(range(300))
+        assert journal.ticks > 0
+
+    @pytest.mark.parametrize(
+        "error",
+        [RuntimeError("results table down"), KeyboardInterrupt()],
+        ids=["journal-fails", "interrupted-like-a-task-timeout"],
+    )
+    def test_a_failing_journal_or_an_interruption_stops_the_run(self, error):
+        journal = RecordingJournal(fail_at=10, error=error)
+        sent: list[int] = []
+        lock = threading.Lock()
+
+        def call(item: int) -> CallOutcome:
+            with lock:
+                sent.append(item)
+            time.sleep(0.002)
+            return CallOutcome("added", stop_id=item)
+
+        with pytest.raises(type(error)):
+            run_calls(
+                list(range(1000)), call, max_workers=4, progress=ProgressReporter(1000, "x"), journal=journal
+            )
+        time.sleep(0.1)  # the calls in flight end on their own
+        assert len(sent) <= 10 + 4 * QUEUE_PER_WORKER + 4
+        # The calls that ended within the grace period were told to the journal too.
+        assert len(journal.recorded) >= 10

@@ -32,6 +32,7 @@ from tests.helpers import (
     nonzero,
     read_results,
     status_counts,
+    ti_context,
     use_sandbox,
 )
 
@@ -282,13 +283,35 @@ class TestAddResultsTable:
         assert rows.loc[rows["status"] == "skipped_existing", "stop_id"].notna().all()
         invalid = rows[rows["status"] == "invalid"]
         assert set(invalid["error_message"]) >= {"empty", "not_a_number"}
-        assert pd.to_datetime(rows["processed_at"], utc=True, format="mixed").notna().all()
+        assert pd.to_datetime(rows["decided_at"], utc=True, format="mixed").notna().all()
+
+        assert set(rows["task_id"]) == {"add_stops"}
+        assert set(rows["map_index"]) == {-1}
+        assert set(rows["try_number"]) == {1}  # a context without a task instance: the first try
+        assert sorted(rows["input_row"]) == list(range(len(values)))
 
         rerun = _add(phone_numbers=values, results_table=table, results_conn_id=conn_id).execute(
             context=CONTEXT
         )
-        assert len(read_results(conn_id, table)) == 2 * len(values)
+        rows = read_results(conn_id, table)
+        assert len(rows) == 2 * len(values)
+        assert rows.groupby("try_number").size().to_dict() == {1: len(values), 2: len(values)}
         assert rerun["added"] == 0
+
+    def test_rows_are_keyed_by_the_task_instance_and_try(self, api, sqlite_conn):
+        values = new_numbers(3, api)
+        for map_index, try_number in ((0, 1), (1, 1), (1, 2)):
+            _add(phone_numbers=values, results_table="adds", results_conn_id=sqlite_conn).execute(
+                context=ti_context(try_number, map_index=map_index, task_id="add_stops")
+            )
+        rows = read_results(sqlite_conn, "adds")
+        keys = rows.groupby(["dag_id", "run_id", "task_id", "map_index", "try_number"]).size()
+        assert keys.to_dict() == {
+            ("bulk_dag", "manual__2026-01-01", "add_stops", 0, 1): 3,
+            ("bulk_dag", "manual__2026-01-01", "add_stops", 1, 1): 3,
+            ("bulk_dag", "manual__2026-01-01", "add_stops", 1, 2): 3,
+        }
+        assert api.stats.adds_applied == 3
 
     def test_sql_conn_id_is_the_default_results_connection(self, api, sqlite_conn):
         hook = resolve_dbapi_hook(sqlite_conn)
@@ -582,3 +605,44 @@ class TestSeveralStopIds:
         assert sorted(hook.removed) == [3, 7]
         assert result.outcomes["status"].tolist() == ["removed", "not_on_list"]
         assert result.outcomes["stop_id"].tolist() == [3, 9]
+
+
+class TestStopListXComWarning:
+    """A DataFrame of more than 100,000 stops bound for the metadata database gets one warning."""
+
+    @pytest.mark.parametrize(
+        ("rows", "output_path", "backend", "warned"),
+        [
+            (100_001, False, None, True),
+            (100_000, False, None, False),
+            (100_001, True, None, False),
+            (100_001, False, "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend", False),
+        ],
+        ids=["large", "at-the-limit", "file", "object-storage-backend"],
+    )
+    def test_warning(self, monkeypatch, tmp_path, rows, output_path, backend, warned):
+        from unittest import mock
+
+        frame = pd.DataFrame(
+            {
+                "stop_id": range(1, rows + 1),
+                "phone_number": "+33612345678",
+                "phone_e164": "+33612345678",
+                "created_at": pd.Timestamp("2026-01-01", tz="UTC"),
+            }
+        )
+        monkeypatch.setattr(SmsPartnerHook, "get_stop_list_df", lambda self: frame)
+        if backend:
+            monkeypatch.setenv("AIRFLOW__CORE__XCOM_BACKEND", backend)
+            monkeypatch.setenv("AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH", (tmp_path / "xcom").as_uri())
+        log = mock.MagicMock()
+        monkeypatch.setattr(SmsPartnerStopListOperator, "log", property(lambda self: log))
+        path = str(tmp_path / "stops.parquet") if output_path else None
+        SmsPartnerStopListOperator(task_id="fetch", output_path=path).execute({})
+        warnings = [c.args[0] % c.args[1:] for c in log.warning.call_args_list]
+        if not warned:
+            assert warnings == []
+            return
+        assert len(warnings) == 1
+        assert warnings[0].startswith("Returning 100001 stops as a DataFrame through XCom")
+        assert "output_path" in warnings[0] and "XComObjectStorageBackend" in warnings[0]

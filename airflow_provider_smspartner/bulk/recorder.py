@@ -1,0 +1,317 @@
+"""Records a bulk run in its results table while the run goes, so a killed worker loses little.
+
+Order of writes for one try (each in a transaction of its own, on one writer thread, in order):
+
+1. before any call: the rows settled without a call (``invalid``, ``duplicate``,
+   ``skipped_existing``...) and what this try learnt about earlier tries' rows;
+2. before a block of calls is sent: its inputs as ``pending`` (the write-ahead rows; the next
+   block is written while the current one is being sent, so the calls never wait for it);
+3. while the calls run: their outcomes, in batches (every ``flush_rows`` outcomes or
+   ``flush_seconds``, whichever comes first), over the ``pending`` rows;
+4. at the end: the outcomes settled by the reconciliation, and the inputs never sent.
+
+A write that failed on a database error is tried again (``WRITE_ATTEMPTS``), as a replacement of
+this try's rows by key (a delete and an insert in one transaction), which is safe to repeat.
+
+A SIGKILL therefore loses at most the outcomes of the last ``flush_seconds`` (their rows stay
+``pending``, which tells the next try to check them against the list), and never a row of an
+input that may have been sent. A write that fails stops the run: no call is sent that could not
+be recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from airflow_provider_smspartner.bulk.outcomes import PENDING, CallOutcome, merge_row_outcomes
+from airflow_provider_smspartner.bulk.results import TryResults, db_error, storable_inputs
+
+log = logging.getLogger(__name__)
+
+#: Writes queued at most before the run waits for the database (bounds memory if it is slow).
+MAX_QUEUED_WRITES = 8
+#: Seconds :meth:`RunRecorder.abort` waits for the last writes before giving up on them.
+ABORT_WAIT_SECONDS = 10.0
+#: Attempts of one write; every write replaces rows by key, so trying again is safe.
+WRITE_ATTEMPTS = 3
+WRITE_BACKOFF_SECONDS = 0.5
+
+
+class ResultsWriteError(RuntimeError):
+    """A write to the results table failed during the run; the run stopped sending calls."""
+
+
+class RunRecorder:
+    """Writes one try's rows while its calls run (see the module docstring for the order).
+
+    Used by the pipeline as the runner's journal: :meth:`reserve` before calls are submitted,
+    :meth:`record` for each finished call, :meth:`tick` regularly; then :meth:`finish` (or
+    :meth:`abort` when the run is interrupted).
+
+    :param results: The try's rows in the table, prepared (:meth:`ResultsTable.prepare`).
+    :param outcomes: The run's outcome table (its static columns: input values, numbers).
+    :param logger: For the lines on what was written.
+    :param clock: Monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        results: TryResults,
+        outcomes: pd.DataFrame,
+        logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.results = results
+        self.logger = logger if logger is not None else log
+        self.clock = clock
+        self.flush_rows = results.config.flush_rows
+        self.flush_seconds = results.config.flush_seconds
+        self.block_rows = max(int(results.config.block_rows), 1)
+        self.inputs = storable_inputs(outcomes["input_value"].tolist())
+        self.phones = (
+            outcomes["phone_e164"].astype(object).where(outcomes["phone_e164"].notna(), None).tolist()
+        )
+        size = len(outcomes)
+        #: What the table holds (or will, once queued writes end) of each row: ``_state`` of it,
+        #: ``None`` before its first write.
+        self.written: list[tuple[Any, ...] | None] = [None] * size
+        self._item_rows = np.zeros(0, dtype=np.int64)
+        self._item_stop_ids: list[int | None] = []
+        self._row_calls: dict[int, list[int]] = {}
+        self._row_results: dict[int, dict[int, CallOutcome]] = {}
+        self._covered = 0  # calls whose rows are queued as pending
+        # Write-ahead blocks not waited for yet: (first call of the block, its write). At most the
+        # block being sent and the one after it are pending without having been sent.
+        self._blocks: deque[tuple[int, Future[None]]] = deque()
+        self._buffer: list[tuple[Any, ...]] = []
+        self._last_flush = clock()
+        self._writes: deque[Future[None]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smspartner-results")
+        self._failed: BaseException | None = None
+
+    # ------------------------------------------------------------------ before the calls
+    def begin(self, outcomes: pd.DataFrame, earlier_updates: pd.DataFrame | None = None) -> None:
+        """Write the rows settled without a call and the earlier tries' settled rows; wait for it."""
+        if earlier_updates is not None and not earlier_updates.empty:
+            self._wait(self._submit(self.results.update_earlier, earlier_updates))
+            self.logger.info(
+                "Settled %d rows of earlier tries in %s", len(earlier_updates), self.results.describe()
+            )
+        settled = np.flatnonzero(outcomes["status"].notna().to_numpy())
+        self._wait(self._insert_rows(outcomes, settled))
+
+    def plan_calls(
+        self, item_rows: Sequence[int] | np.ndarray, item_stop_ids: Sequence[int | None] | None = None
+    ) -> None:
+        """Tell which row each call belongs to (several calls may share a row), in call order."""
+        self._item_rows = np.asarray(item_rows, dtype=np.int64)
+        self._item_stop_ids = (
+            list(item_stop_ids) if item_stop_ids is not None else [None] * len(self._item_rows)
+        )
+        self._row_calls = {}
+        for index, row in enumerate(self._item_rows.tolist()):
+            self._row_calls.setdefault(row, []).append(index)
+
+    # ------------------------------------------------------------------ the runner's journal
+    def reserve(self, count: int) -> None:
+        """Make sure the rows of calls ``[0, count)`` are recorded ``pending`` before they are sent;
+        queue the next block ahead, so the calls do not wait for it."""
+        self.check()
+        total = len(self._item_rows)
+        count = min(count, total)
+        while self._covered < min(count + self.block_rows, total):
+            start, stop = self._covered, min(self._covered + self.block_rows, total)
+            self._blocks.append((start, self._write_pending(start, stop)))
+            self._covered = stop
+        while self._blocks and self._blocks[0][0] < count:
+            self._wait(self._blocks.popleft()[1])
+
+    def record(self, index: int, outcome: CallOutcome) -> None:
+        """Take the outcome of call ``index``; its row is buffered once all its calls have ended."""
+        row = int(self._item_rows[index])
+        done = self._row_results.setdefault(row, {})
+        done[index] = outcome
+        calls = self._row_calls.get(row, [index])
+        if len(done) < len(calls):
+            return
+        merged = merge_row_outcomes([done[i] for i in calls], [self._item_stop_ids[i] for i in calls])
+        del self._row_results[row]
+        decided = pd.Timestamp(merged.finished_at or time.time(), unit="s", tz="UTC")
+        self._buffer.append(
+            self.results._row_tuple(
+                row,
+                self.inputs[row],
+                self.phones[row],
+                merged.status,
+                merged.stop_id,
+                merged.error_code,
+                merged.error_message,
+                merged.note,
+                decided,
+            )
+        )
+        if len(self._buffer) >= self.flush_rows:
+            self.flush()
+
+    def tick(self) -> None:
+        """Write the buffered outcomes when ``flush_seconds`` have passed; raise a failed write."""
+        self.check()
+        if self._buffer and self.clock() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    # ------------------------------------------------------------------ writes
+    def flush(self) -> None:
+        """Queue the buffered outcomes for writing (over their ``pending`` rows)."""
+        self._last_flush = self.clock()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        for row in rows:
+            self.written[row[5]] = _state(row)
+        self._submit(self.results.replace, rows)
+
+    def check(self) -> None:
+        """Raise :class:`ResultsWriteError` if a write failed."""
+        while self._writes and self._writes[0].done():
+            self._result(self._writes.popleft())
+        if self._failed is not None:
+            raise ResultsWriteError(
+                f"Writing {self.results.describe()} failed: {self._failed}. No further call is sent; "
+                "the next try checks the inputs left pending against the stop list."
+            ) from self._failed
+
+    def finish(self, outcomes: pd.DataFrame) -> int:
+        """Write every row whose final state the table does not hold yet; wait for all writes.
+
+        :return: Rows of this try in the table.
+        """
+        self.flush()
+        candidates = {r for r, state in enumerate(self.written) if state is None}
+        candidates.update(self._item_rows.tolist())
+        final = self.results.rows(outcomes, sorted(candidates), self.inputs)
+        new = [row for row in final if self.written[row[5]] is None]
+        changed = [row for row in final if self.written[row[5]] not in (None, _state(row))]
+        if new:
+            self._submit(self.results.insert, new)
+        if changed:
+            self._submit(self.results.replace, changed)
+        for row in (*new, *changed):
+            self.written[row[5]] = _state(row)
+        self._drain()
+        self.close()
+        return sum(state is not None for state in self.written)
+
+    def abort(self) -> None:
+        """After an interruption: write the outcomes already known, wait a little, never raise."""
+        try:
+            self.flush()
+            pending = [f for f in self._writes if not f.done()]
+            _, late = wait_futures(pending, timeout=ABORT_WAIT_SECONDS)
+            if late:
+                self.logger.warning(
+                    "%d writes to %s did not finish in time", len(late), self.results.describe()
+                )
+            for future in self._writes:
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    self.logger.warning(
+                        "A write to %s failed: %s", self.results.describe(), future.exception()
+                    )
+        except BaseException as exc:  # the original interruption matters more
+            self.logger.warning("Could not write the last outcomes to %s: %s", self.results.describe(), exc)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ helpers
+    def _write_pending(self, start: int, stop: int) -> Future[None]:
+        rows = [r for r in dict.fromkeys(self._item_rows[start:stop].tolist()) if self.written[r] is None]
+        now = pd.Timestamp.now(tz="UTC")
+        records = [
+            self.results._row_tuple(
+                row,
+                self.inputs[row],
+                self.phones[row],
+                PENDING,
+                self._item_stop_ids[self._row_calls[row][0]],
+                None,
+                None,
+                None,
+                now,
+            )
+            for row in rows
+        ]
+        for record in records:
+            self.written[record[5]] = _state(record)
+        return self._submit(self.results.insert, records)
+
+    def _insert_rows(self, outcomes: pd.DataFrame, positions: np.ndarray) -> Future[None]:
+        rows = self.results.rows(outcomes, positions, self.inputs)
+        for row in rows:
+            self.written[row[5]] = _state(row)
+        return self._submit(self.results.insert, rows)
+
+    def _submit(self, write: Callable[[Any], None], payload: Any) -> Future[None]:
+        while len(self._writes) >= MAX_QUEUED_WRITES:
+            self._wait(self._writes[0])
+            self.check()
+        future = self._pool.submit(self._attempt, write, payload)
+        self._writes.append(future)
+        return future
+
+    def _attempt(self, write: Callable[[Any], None], payload: Any) -> None:
+        """Run a write, again after a database error (a dropped connection, a locked SQLite file).
+
+        A repeated write replaces rows by key: an insert whose commit went through unanswered
+        would otherwise meet its own rows.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                (write if attempt == 1 else self.results.replace)(payload)
+                return
+            except sa.exc.DBAPIError as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                delay = WRITE_BACKOFF_SECONDS * 2 ** (attempt - 1)
+                self.logger.warning(
+                    "Write to %s failed (%s); attempt %d of %d in %.1f s",
+                    self.results.describe(),
+                    db_error(exc),
+                    attempt + 1,
+                    WRITE_ATTEMPTS,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _wait(self, future: Future[None]) -> None:
+        self._result(future)
+        if self._failed is not None:
+            self.check()
+
+    def _result(self, future: Future[None]) -> None:
+        try:
+            future.result()
+        except Exception as exc:
+            if self._failed is None:
+                self._failed = exc
+
+    def _drain(self) -> None:
+        while self._writes:
+            self._result(self._writes.popleft())
+        self.check()
+
+
+def _state(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What of a row can change between two writes: status, stop id, error and note."""
+    return row[8:13]
