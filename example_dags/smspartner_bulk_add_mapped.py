@@ -1,11 +1,16 @@
 """Bulk-add a very large input by splitting it across mapped tasks that share an Airflow Pool.
 
 SMS Partner takes one number per request and documents a limit of 2000 requests per minute per
-IP address. One task's hook throttles itself (``requests_per_second``, default 25/s = 1500/min),
-but mapped tasks run in parallel, possibly on several workers. The ``smspartner_api`` Pool bounds
-how many run at once: keep ``pool slots x requests_per_second x 60`` under the API limit (here
-1 slot x 25/s = 1500/min). Create the pool first:
-``airflow pools set smspartner_api 1 "SMS Partner API budget"``.
+IP address, but mapped tasks run in parallel, possibly on several workers, each in its own process.
+Two ways to keep the fleet under the limit:
+
+- a shared limit: with ``rate_limit_redis_conn_id`` in the ``smspartner_default`` extras,
+  ``requests_per_second`` (default 25/s = 1500/min) is one budget in Redis for every task and
+  worker, so the ``smspartner_api`` Pool may have as many slots as the workers can run (e.g. 8);
+- without it, each task throttles only itself: keep ``pool slots x requests_per_second x 60``
+  under the API limit (1 slot x 25/s = 1500/min).
+
+Create the pool first: ``airflow pools set smspartner_api 1 "SMS Partner API budget"``.
 
 ``split_input`` reads the numbers and returns chunks; each mapped
 ``SmsPartnerAddStopsOperator`` adds one chunk (skipping numbers already on the list) and writes

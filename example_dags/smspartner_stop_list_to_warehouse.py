@@ -7,6 +7,10 @@
    ``marketing_contacts_e164`` (contacts are typed in every format; the stop list is E.164).
 3. ``flag_opt_outs`` sets ``marketing_contacts.sms_opt_out`` with one SQL join in the warehouse.
 
+The task that calls SMS Partner runs in the ``smspartner_api`` Pool, which every example shares:
+its slots bound how many tasks call the API at once (``airflow pools set smspartner_api 4 "SMS
+Partner API"``).
+
 Connections: ``smspartner_default`` and ``warehouse`` (any SQL database; SQLite in the demo).
 The warehouse needs a ``marketing_contacts`` table with ``contact_id``, ``phone`` and an integer
 ``sms_opt_out`` column. Override the ids with ``SMSPARTNER_EXAMPLE_SQL_CONN_ID``.
@@ -24,6 +28,7 @@ from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerSt
 
 SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
 STOP_LIST_ASSET = Asset("smspartner_stop_list")
+POOL = "smspartner_api"
 
 FLAG_OPT_OUTS = """
 UPDATE marketing_contacts
@@ -52,6 +57,7 @@ def smspartner_stop_list_to_warehouse():
         table="smspartner_stop_list",
         mode="upsert",
         outlets=[STOP_LIST_ASSET],
+        pool=POOL,
     )
 
     @task

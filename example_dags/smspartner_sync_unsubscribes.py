@@ -54,6 +54,7 @@ def smspartner_sync_unsubscribes():
         sql_conn_id=SQL_CONN_ID,
         results_table="smspartner_add_results",
         max_failed=0,
+        pool="smspartner_api",
     )
 
 

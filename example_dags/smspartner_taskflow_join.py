@@ -6,6 +6,8 @@
 the stop list and writes the contacts that are safe to text to a CSV. Only counts and the path go
 to XCom, not the contact data.
 
+``fetch_stop_list`` runs in the ``smspartner_api`` Pool shared by every task that calls SMS Partner.
+
 Params: ``contacts_path`` (CSV with a ``phone`` column; empty = the sample), ``output_dir``.
 Connection: ``smspartner_default`` (the sandbox works: see the README).
 """
@@ -48,7 +50,7 @@ SAMPLE_CONTACTS = [
     doc_md=__doc__,
 )
 def smspartner_taskflow_join():
-    stop_list = SmsPartnerStopListOperator(task_id="fetch_stop_list")
+    stop_list = SmsPartnerStopListOperator(task_id="fetch_stop_list", pool="smspartner_api")
 
     @task
     def load_contacts(params: dict | None = None) -> pd.DataFrame:

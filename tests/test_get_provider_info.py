@@ -14,6 +14,7 @@ import pytest
 
 from airflow_provider_smspartner import __version__
 from airflow_provider_smspartner.get_provider_info import get_provider_info
+from airflow_provider_smspartner.utils.connection import EXTRA_FIELDS
 
 AIRFLOW_CLI = [sys.executable, "-m", "airflow"]
 
@@ -49,13 +50,7 @@ class TestProviderInfo:
         assert set(behaviour["hidden-fields"]) == {"login", "schema", "port"}
         assert behaviour["relabeling"] == {"password": "API Key", "host": "API base URL"}
         assert behaviour["placeholders"]["host"] == "https://api.smspartner.fr/v1"
-        assert set(conn_type["conn-fields"]) == {
-            "timeout",
-            "max_retries",
-            "retry_backoff",
-            "requests_per_second",
-            "api_timezone",
-        }
+        assert list(conn_type["conn-fields"]) == [extra.name for extra in EXTRA_FIELDS]
 
     def test_version(self):
         assert get_provider_info()["versions"] == [__version__]
@@ -77,3 +72,7 @@ class TestAirflowCli:
     def test_providers_hooks_shows_connection_type(self):
         hooks = {row["connection_type"]: row for row in _cli_json("providers", "hooks")}
         assert hooks["smspartner"]["class"] == "airflow_provider_smspartner.hooks.smspartner.SmsPartnerHook"
+
+    def test_plugins_shows_connection_test_plugin(self):
+        plugins = {row["name"]: row for row in _cli_json("plugins")}
+        assert "smspartner_connection_test" in plugins

@@ -28,6 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "get_provider_info": {"", "utils"},
     "phone_numbers": set(),
     "sandbox": set(),
+    # The API server's plugin: Airflow only.
+    "plugins": set(),
     "utils": {"exceptions"},
     # The hook's stop-list frame carries phone_e164, so the hook also reads phone_numbers (a leaf).
     "hooks": {"", "exceptions", "utils", "phone_numbers"},

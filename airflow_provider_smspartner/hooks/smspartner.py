@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import random
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from airflow_provider_smspartner import __version__
@@ -41,11 +42,13 @@ from airflow_provider_smspartner.utils.api import (
 )
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
-from airflow_provider_smspartner.utils.throttle import RequestThrottle, shared_throttle
+from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
+from airflow_provider_smspartner.utils.throttle import Throttle, shared_throttle
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+    from redis import Redis
 
 #: Upper bound of the time to open a connection, in seconds (within the request's deadline).
 CONNECT_TIMEOUT = 10.0
@@ -174,6 +177,11 @@ class AddStopResult:
     phone_number: str
 
 
+#: Connections whose per-process budget was explained in the log already (once per process).
+_per_process_notices: set[str] = set()
+_notices_lock = threading.Lock()
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Errors worth another attempt: transport failures, 429, 5xx and untrustworthy bodies.
 
@@ -191,11 +199,13 @@ class SmsPartnerHook(BaseHook):
 
     The API key is the connection's password; the host is the API base URL (default
     ``https://api.smspartner.fr/v1``). Optional extras: ``timeout``, ``max_retries``,
-    ``retry_backoff``, ``requests_per_second``, ``api_timezone``.
+    ``retry_backoff``, ``requests_per_second``, ``api_timezone``, ``rate_limit_redis_conn_id``,
+    ``rate_limit_key``.
 
     Nothing touches the network or the connection until a method is called, so the hook is cheap
     to build at DAG-parse time. One instance may be shared by many threads: it keeps one pooled
-    ``requests.Session`` and every request passes the connection's process-wide throttle.
+    ``requests.Session`` and every request passes the connection's throttle: process-wide, or
+    shared by every process and worker through Redis with ``rate_limit_redis_conn_id``.
 
     Retrying a POST to ``stop-sms/add`` is safe: if the first attempt was applied but its response
     was lost, the retry answers code 3 ("already in the list"), which ``add_stop`` reports as
@@ -205,7 +215,8 @@ class SmsPartnerHook(BaseHook):
     ``SmsPartnerResponseError``, never an empty list or an ``added``; redirects are never followed
     (``SmsPartnerConfigError``), so the key goes to the configured host only; ``timeout`` bounds
     each request as a whole (connect, headers, body), not each socket read; a 429 with
-    ``Retry-After`` pauses every request of the connection in the process.
+    ``Retry-After`` pauses every request of the connection in the process (in the fleet, with the
+    shared rate limit). Retries are logged as summaries, at most one line every few seconds.
 
     :param smspartner_conn_id: Airflow connection id of type ``smspartner``.
     """
@@ -225,6 +236,7 @@ class SmsPartnerHook(BaseHook):
         self.smspartner_conn_id = smspartner_conn_id
         self._session_lock = threading.Lock()
         self._session: requests.Session | None = None
+        self._activity = RetrySummaryLog(smspartner_conn_id)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(smspartner_conn_id={self.smspartner_conn_id!r})"
@@ -250,9 +262,80 @@ class SmsPartnerHook(BaseHook):
         )
 
     @cached_property
-    def throttle(self) -> RequestThrottle:
-        """The throttle shared by every hook of this connection in the process."""
-        return shared_throttle(self.smspartner_conn_id, self.settings.requests_per_second)
+    def throttle(self) -> Throttle:
+        """The request budget: shared by every hook of this connection in the process, or, with the
+        extra ``rate_limit_redis_conn_id``, by every process and worker through Redis.
+
+        :raises SmsPartnerConfigError: the Redis connection is missing, of another type, or the
+            Redis provider is not installed.
+        :raises SmsPartnerConnectionError: Redis does not answer (never a silent per-process budget).
+        """
+        settings = self.settings
+        if settings.rate_limit_redis_conn_id is not None:
+            try:
+                from airflow_provider_smspartner.utils.rate_limit import shared_rate_limit
+            except ImportError:  # redis-py itself is missing
+                raise self._redis_provider_missing() from None
+            limiter = shared_rate_limit(
+                settings.rate_limit_redis_conn_id,
+                settings.shared_rate_limit_key,
+                settings.requests_per_second,
+                self._connect_redis,
+            )
+            self.log.debug("SMS Partner %r: rate limit %s", self.smspartner_conn_id, limiter)
+            return limiter
+        with _notices_lock:
+            first = self.smspartner_conn_id not in _per_process_notices
+            _per_process_notices.add(self.smspartner_conn_id)
+        if first:
+            self.log.info(
+                "SMS Partner %r: requests_per_second=%g is the budget of this process only; parallel "
+                "tasks and workers each get as much (set the connection extra "
+                "rate_limit_redis_conn_id to share one budget through Redis)",
+                self.smspartner_conn_id,
+                settings.requests_per_second,
+            )
+        return shared_throttle(self.smspartner_conn_id, settings.requests_per_second)
+
+    def _redis_provider_missing(self) -> SmsPartnerConfigError:
+        return SmsPartnerConfigError(
+            f"Connection {self.smspartner_conn_id!r}: extra 'rate_limit_redis_conn_id' needs the Redis "
+            "provider: pip install 'airflow-provider-smspartner[redis]' (apache-airflow-providers-redis)."
+        )
+
+    def _connect_redis(self) -> tuple[Redis, str]:
+        """The Redis client of the shared rate limit, from the Airflow connection the extra names."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        redis_conn_id = cast(str, self.settings.rate_limit_redis_conn_id)
+        where = f"Connection {self.smspartner_conn_id!r}: extra 'rate_limit_redis_conn_id'"
+        try:
+            from airflow.providers.redis.hooks.redis import RedisHook
+        except ImportError:
+            raise self._redis_provider_missing() from None
+        try:
+            conn = self.get_connection(redis_conn_id)
+        except AirflowNotFoundException:
+            raise SmsPartnerConfigError(
+                f"{where} names {redis_conn_id!r}, which is not a defined Airflow connection."
+            ) from None
+        if conn.conn_type and conn.conn_type != "redis":
+            raise SmsPartnerConfigError(
+                f"{where} names {redis_conn_id!r}, a connection of type {conn.conn_type!r}; "
+                "it must be of type 'redis'."
+            )
+        try:
+            client = RedisHook(redis_conn_id=redis_conn_id).get_conn()
+        except ValueError as exc:
+            raise SmsPartnerConfigError(f"{where}: {exc}") from None
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            # RedisHook sets no timeouts: an unreachable host would hang every request forever.
+            for name in ("socket_connect_timeout", "socket_timeout"):
+                if pool.connection_kwargs.get(name) is None:
+                    pool.connection_kwargs[name] = CONNECT_TIMEOUT
+        db = conn.extra_dejson.get("db") or 0
+        return client, f"Redis connection {redis_conn_id!r} ({conn.host}:{conn.port or 6379}, db {db})"
 
     def get_conn(self) -> requests.Session:
         """Return the pooled HTTP session (created on first use, shared by threads)."""
@@ -273,11 +356,12 @@ class SmsPartnerHook(BaseHook):
             return self._session
 
     def close(self) -> None:
-        """Close the pooled HTTP session."""
+        """Close the pooled HTTP session and log what the retry summary still holds."""
         with self._session_lock:
             if self._session is not None:
                 self._session.close()
                 self._session = None
+        self._activity.flush(self.log)
 
     # ----------------------------------------------------------------------------- transport
     def _request(
@@ -330,7 +414,7 @@ class SmsPartnerHook(BaseHook):
             request_args["params"] = {"apiKey": settings.api_key, **params}
         else:
             request_args["json"] = {"apiKey": settings.api_key, **params}
-        self.throttle.acquire()
+        self._activity.request(self.log, self.throttle.acquire())
         started = time.monotonic()
         deadline = started + settings.timeout
         failure: str | None = None
@@ -364,10 +448,12 @@ class SmsPartnerHook(BaseHook):
             try:
                 body = parse_response(endpoint, status, response.headers, response.content, accept_codes)
             except SmsPartnerRateLimitError as exc:
-                if exc.retry_after is not None:
+                if exc.retry_after:
                     # At once, not when this thread gets to retry: every request of the connection
-                    # waits, also those already waiting for their turn in the throttle.
+                    # (of the fleet, with the shared limit) waits, also those already waiting for
+                    # their turn in the throttle.
                     self.throttle.pause(min(exc.retry_after, self.max_retry_after))
+                    self._activity.pause()
                 raise
         if check is not None:
             check(body)
@@ -381,18 +467,15 @@ class SmsPartnerHook(BaseHook):
         backoff = self.settings.retry_backoff
         if backoff <= 0:
             return 0.0
-        return wait_exponential_jitter(initial=backoff, max=self.max_backoff, jitter=backoff)(retry_state)
+        # Exponential with jitter, computed here: tenacity's wait_exponential_jitter renamed its
+        # arguments across the releases this provider supports (and warns about the old names).
+        exponential = backoff * 2.0 ** min(retry_state.attempt_number - 1, 62)
+        return min(self.max_backoff, exponential + random.uniform(0, backoff))
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        self.log.warning(
-            "%s; retry %d of %d in %.2f s",
-            exc,
-            retry_state.attempt_number,
-            self.settings.max_retries,
-            delay,
-        )
+        self._activity.retry(self.log, exc, retry_state.attempt_number, self.settings.max_retries, delay)
 
     # ----------------------------------------------------------------------------- endpoints
     def _fetch_stop_list(self) -> pa.StructArray:

@@ -20,6 +20,10 @@ Knobs, from Python (``SandboxServer``) or the command line:
   answers a redirect to another host (CLI: ``--respond ENDPOINT STATUS BODY``,
   ``--redirect ENDPOINT STATUS URL``, ``--fault-rate trickle=1 --trickle-seconds 0.5``).
 
+What it saw (requests per endpoint, statuses incl. 429s, the busiest sliding second, faults,
+adds applied) is served at ``GET /_sandbox/stats`` and written by the CLI's ``--stats-file PATH``
+on exit, so a fleet set-up (several workers sharing one rate limit) can be rehearsed against it.
+
 Run it from a shell with ``python -m airflow_provider_smspartner.sandbox --help``.
 """
 
@@ -33,6 +37,7 @@ from airflow_provider_smspartner.sandbox.faults import (
 )
 from airflow_provider_smspartner.sandbox.server import (
     ERROR_STYLES,
+    STATS_PATH,
     SandboxServer,
     SandboxStats,
     is_loopback_host,
@@ -47,6 +52,7 @@ __all__ = [
     "ENDPOINTS",
     "ERROR_STYLES",
     "FAULT_KINDS",
+    "STATS_PATH",
     "FaultKind",
     "FaultPlan",
     "ResponseScript",

@@ -8,11 +8,16 @@ To rehearse answers a client must refuse: ``--respond ENDPOINT STATUS BODY`` (an
 status, on every request to the endpoint), ``--redirect ENDPOINT STATUS URL`` (a redirect to
 another host), ``--fault-rate trickle=1`` with ``--trickle-seconds`` (a body written one byte
 at a time). See ``--help``.
+
+What the sandbox saw is served as JSON at ``GET http://HOST:PORT/_sandbox/stats`` while it runs,
+and written to ``--stats-file PATH`` when it stops (same JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import threading
@@ -128,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer every request on ENDPOINT with a redirect (STATUS 300-399, e.g. 302 or 307) to "
         "URL; a client that follows it takes the API key there; repeatable",
     )
+    parser.add_argument(
+        "--stats-file",
+        metavar="PATH",
+        help="write what the sandbox saw (requests per endpoint, status counts incl. 429, busiest "
+        "second, faults, adds applied) as JSON to PATH on exit; also served at GET /_sandbox/stats",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for the numbers and the fault draws")
     parser.add_argument(
         "--allow-remote", action="store_true", help="allow binding a non-loopback address (no real security!)"
@@ -201,7 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         sandbox.stop()
+        if args.stats_file:
+            write_stats(args.stats_file, sandbox.stats.as_dict())
     return 0
+
+
+def write_stats(path: str, stats: dict) -> None:
+    """Write ``stats`` as JSON to ``path`` atomically (a reader never sees half a file)."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(stats, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(partial, path)
 
 
 if __name__ == "__main__":

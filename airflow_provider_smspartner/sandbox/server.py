@@ -4,8 +4,9 @@ Endpoints (base path ``/v1``): ``GET stop-sms/list``, ``POST stop-sms/add`` (JSO
 ``GET stop-sms/delete`` and ``GET me``. Only JSON is produced: ``_format=xml`` is accepted and
 ignored, because the docs show no XML shape for the stop list and the provider asks for JSON.
 
-Order of processing for every request: count it in the stats, wait ``latency``, apply the rate
-limiter (HTTP 429), route (404/405), serve a scripted answer if one is queued for the endpoint
+Order of processing for every request: count it in the stats and let the rate limiter decide,
+both at its arrival (so a ``busiest_second`` at or under ``rate_limit`` means no 429 from the
+limiter), wait ``latency``, answer 429 if the limiter refused it, route (404/405), serve a scripted answer if one is queued for the endpoint
 (:meth:`SandboxServer.respond`, :meth:`SandboxServer.redirect`), then draw a fault. Scripted
 answers and faults come before authentication and before the request is processed, except
 ``lost_response`` (processed, then the connection is closed without an answer),
@@ -20,11 +21,17 @@ Knobs to rehearse answers the provider must refuse (fail closed):
 - ``redirect(location, status, endpoint=...)``: a 301/302/303/307/308 to another host;
 - the ``trickle`` fault: a body that never times out per read but takes minutes in total.
 
+What the sandbox saw (requests per endpoint, statuses sent including 429s, the busiest sliding
+second, faults injected, adds applied) is served as JSON at ``GET /_sandbox/stats`` (outside
+``/v1``; not counted, limited or delayed itself; ``POST /_sandbox/stats/reset`` zeroes it) and
+written by the CLI's ``--stats-file`` on exit: see :meth:`SandboxStats.as_dict`.
+
 Nothing of a request (request line, query string, API key) is ever written to stdout, stderr or a log.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import json
@@ -66,6 +73,8 @@ ERROR_STYLES: tuple[str, ...] = ("http_4xx", "http_200")
 
 #: Endpoint name used in the stats for paths that are not an API endpoint.
 OTHER_ENDPOINT = "other"
+#: Where the stats are served (``GET``; ``POST .../reset`` zeroes them): outside ``/v1``.
+STATS_PATH = "/_sandbox/stats"
 
 _ROUTES = {f"/v1/{name}": name for name in ENDPOINTS}
 _METHODS = {"stop-sms/list": "GET", "stop-sms/add": "POST", "stop-sms/delete": "GET", "me": "GET"}
@@ -120,6 +129,26 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class _BusiestSecond:
+    """The most events seen in any sliding one-second window (``(t - 1, t]``), kept as they come."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque()
+        self.busiest = 0
+
+    def add(self, now: float) -> None:
+        if self.recent and now < self.recent[-1]:
+            # Stamped by another thread a hair earlier than the last one recorded: keep the order.
+            bisect.insort(self.recent, now)
+            now = self.recent[-1]
+        else:
+            self.recent.append(now)
+        cutoff = now - 1.0
+        while self.recent[0] <= cutoff:
+            self.recent.popleft()
+        self.busiest = max(self.busiest, len(self.recent))
+
+
 class SandboxStats:
     """Thread-safe counters of what the sandbox received and sent.
 
@@ -128,8 +157,12 @@ class SandboxStats:
     unknown paths), ``by_status`` (``Counter``: HTTP status -> responses sent; dropped connections
     send none), ``by_fault`` (``Counter``: fault name -> faults applied), ``adds_applied`` (adds that
     changed the list, ``lost_response`` ones included), ``rate_limited`` (429s sent, by the limiter
-    or a fault), ``scripted`` (scripted answers served) and ``timestamps``
+    or a fault), ``scripted`` (scripted answers served), ``busiest_second`` (the most requests
+    received in any sliding one-second window, 429s included) and ``timestamps``
     (``(time.monotonic(), endpoint)`` per request received, the newest ``max_timestamps`` kept).
+
+    :meth:`as_dict` is the JSON summary served at ``GET /_sandbox/stats`` and written by the CLI's
+    ``--stats-file``.
     """
 
     def __init__(self, max_timestamps: int = 1_000_000) -> None:
@@ -143,6 +176,9 @@ class SandboxStats:
         self._rate_limited = 0
         self._scripted = 0
         self._timestamps: deque[tuple[float, str]] = deque(maxlen=max_timestamps)
+        self._busiest = _BusiestSecond()
+        self._busiest_by_endpoint: dict[str, _BusiestSecond] = {}
+        self._first_last: dict[str, list[float]] = {}
 
     @property
     def total(self) -> int:
@@ -187,6 +223,12 @@ class SandboxStats:
             return self._scripted
 
     @property
+    def busiest_second(self) -> int:
+        """The most requests received in any sliding one-second window (429s included)."""
+        with self._lock:
+            return self._busiest.busiest
+
+    @property
     def timestamps(self) -> list[tuple[float, str]]:
         """``(time.monotonic(), endpoint)`` for every request received, oldest first."""
         with self._lock:
@@ -213,28 +255,56 @@ class SandboxStats:
             self._rate_limited = 0
             self._scripted = 0
             self._timestamps.clear()
+            self._busiest = _BusiestSecond()
+            self._busiest_by_endpoint.clear()
+            self._first_last.clear()
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary (no timestamps)."""
+        """The JSON summary (no timestamps), as served at ``GET /_sandbox/stats``.
+
+        Keys: ``requests_total``; ``requests_by_endpoint`` (endpoint name -> requests received,
+        ``"other"`` for unknown paths); ``status_counts`` (HTTP status as a string -> responses
+        sent); ``rate_limited`` (429s sent); ``busiest_second`` (most requests received in any
+        sliding one-second window, 429s included) and ``busiest_second_by_endpoint``;
+        ``active_seconds_by_endpoint`` (seconds from the first to the last request received on
+        the endpoint, for rates); ``faults`` (fault name -> faults injected); ``scripted``
+        (scripted answers served); ``adds_applied`` (adds that changed the list).
+        """
         with self._lock:
             return {
-                "total": self._total,
-                "by_endpoint": dict(self._by_endpoint),
-                "by_status": dict(self._by_status),
-                "by_fault": dict(self._by_fault),
-                "adds_applied": self._adds_applied,
+                "requests_total": self._total,
+                "requests_by_endpoint": dict(self._by_endpoint),
+                "status_counts": {str(status): count for status, count in sorted(self._by_status.items())},
                 "rate_limited": self._rate_limited,
+                "busiest_second": self._busiest.busiest,
+                "busiest_second_by_endpoint": {
+                    name: window.busiest for name, window in self._busiest_by_endpoint.items()
+                },
+                "active_seconds_by_endpoint": {
+                    name: round(last - first, 6) for name, (first, last) in self._first_last.items()
+                },
+                "faults": dict(self._by_fault),
                 "scripted": self._scripted,
+                "adds_applied": self._adds_applied,
             }
 
     # Recording, called by the request handler.
 
-    def _record_request(self, endpoint: str) -> None:
-        now = time.monotonic()
+    def _record_request(self, endpoint: str, now: float) -> None:
         with self._lock:
             self._total += 1
             self._by_endpoint[endpoint] += 1
             self._timestamps.append((now, endpoint))
+            self._busiest.add(now)
+            window = self._busiest_by_endpoint.get(endpoint)
+            if window is None:
+                window = self._busiest_by_endpoint[endpoint] = _BusiestSecond()
+            window.add(now)
+            span = self._first_last.get(endpoint)
+            if span is None:
+                self._first_last[endpoint] = [now, now]
+            else:
+                span[1] = now
 
     def _record_status(self, status: int) -> None:
         with self._lock:
@@ -262,10 +332,9 @@ class _RateLimiter:
         self._lock = threading.Lock()
         self._accepted: deque[float] = deque()
 
-    def allow(self, limit: float | None) -> bool:
+    def allow(self, limit: float | None, now: float) -> bool:
         if not limit:
             return True
-        now = time.monotonic()
         with self._lock:
             cutoff = now - 1.0
             while self._accepted and self._accepted[0] <= cutoff:
@@ -362,14 +431,21 @@ class _SandboxHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         sandbox = self.server.sandbox
         path, _, query = self.path.partition("?")
+        if path.startswith(STATS_PATH):
+            self._stats_endpoint(method, path.rstrip("/"))
+            return
         endpoint = _ROUTES.get(path.rstrip("/"))
-        sandbox.stats._record_request(endpoint or OTHER_ENDPOINT)
+        arrived = time.monotonic()
+        sandbox.stats._record_request(endpoint or OTHER_ENDPOINT, arrived)
+        # Decided on arrival, as a server's limiter does (not after the latency, whose wake-up
+        # jitter would bunch requests up that arrived evenly spaced).
+        allowed_by_limiter = sandbox._limiter.allow(sandbox.rate_limit, arrived)
         raw = self._read_body()
         if raw is None:
             return
         if sandbox.latency > 0:
             sandbox._pause(sandbox.latency)
-        if not sandbox._limiter.allow(sandbox.rate_limit):
+        if not allowed_by_limiter:
             self._send_too_many()
             return
         if endpoint is None:
@@ -405,6 +481,23 @@ class _SandboxHandler(BaseHTTPRequestHandler):
             self._drop()
             return
         self._send(status, body, trickle=fault is FaultKind.TRICKLE)
+
+    def _stats_endpoint(self, method: str, path: str) -> None:
+        """``GET /_sandbox/stats`` (the JSON summary) and ``POST /_sandbox/stats/reset``.
+
+        Outside ``/v1`` and outside the stats: no latency, limit, fault or key applies.
+        """
+        sandbox = self.server.sandbox
+        if self._read_body() is None:
+            return
+        if path == STATS_PATH and method == "GET":
+            self._send(200, _json(sandbox.stats.as_dict()), record=False)
+        elif path == f"{STATS_PATH}/reset" and method == "POST":
+            sandbox.reset_stats()
+            self._send(200, _json({"reset": True}), record=False)
+        else:
+            body = _json({"success": False, "code": 404, "message": "Not found"})
+            self._send(404, body, record=False)
 
     def _apply_early_fault(self, fault: FaultKind) -> bool:
         """Answer for a fault that replaces processing; return whether one was applied."""
@@ -508,6 +601,7 @@ class _SandboxHandler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
         headers: Iterable[tuple[str, str]] = (),
         trickle: bool = False,
+        record: bool = True,
     ) -> None:
         reason = self.responses.get(status, ("",))[0]
         lines = [
@@ -520,7 +614,8 @@ class _SandboxHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.server.sandbox.stats._record_status(status)
+        if record:
+            self.server.sandbox.stats._record_status(status)
         if trickle:
             self._trickle(head, body)
             return
@@ -844,6 +939,11 @@ class SandboxServer:
     def base_url(self) -> str:
         """``http://HOST:PORT/v1``, the value for the connection's host."""
         return f"{self.url}/v1"
+
+    @property
+    def stats_url(self) -> str:
+        """``http://HOST:PORT/_sandbox/stats``: the JSON of :meth:`SandboxStats.as_dict`."""
+        return f"{self.url}{STATS_PATH}"
 
     @property
     def running(self) -> bool:

@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -36,21 +36,22 @@ class ExtraField:
     :param name: Key in the connection's extra JSON.
     :param label: Label in the connection form.
     :param kind: ``seconds`` / ``rate`` (a number > 0), ``backoff`` (a number >= 0), ``count`` (a
-        whole number >= 0) or ``timezone`` (an IANA zone name).
-    :param default: Used when the extra is absent.
+        whole number >= 0), ``timezone`` (an IANA zone name), ``conn_id`` (an Airflow connection
+        id) or ``redis_key`` (a Redis key name).
+    :param default: Used when the extra is absent (``None``: the feature is off).
     :param description: What it does, for the form and the README.
     """
 
     name: str
     label: str
-    kind: Literal["seconds", "rate", "backoff", "count", "timezone"]
-    default: float | int | str
+    kind: Literal["seconds", "rate", "backoff", "count", "timezone", "conn_id", "redis_key"]
+    default: float | int | str | None
     description: str
 
     @property
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of the form field (null = use the default)."""
-        if self.kind == "timezone":
+        if self.kind in ("timezone", "conn_id", "redis_key"):
             return {"type": ["string", "null"]}
         if self.kind == "count":
             return {"type": ["integer", "null"], "minimum": 0}
@@ -67,6 +68,8 @@ class ExtraField:
             "backoff": "a number of seconds, 0 or more",
             "count": "a whole number, 0 or more",
             "timezone": "an IANA time zone such as 'Europe/Paris'",
+            "conn_id": "an Airflow connection id (letters, digits, '_', '-', '.')",
+            "redis_key": "a Redis key of printable ASCII without spaces or braces",
         }[self.kind]
 
 
@@ -88,7 +91,8 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "rate",
         # 25/s = 1500/min, under the documented 2000 requests per minute per IP address.
         25.0,
-        "Client-side throttle, shared by every hook of the connection in a process.",
+        "Client-side throttle: the budget of every hook of the connection in a process, or of "
+        "every process and worker when `rate_limit_redis_conn_id` is set.",
     ),
     ExtraField(
         "api_timezone",
@@ -96,6 +100,22 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "timezone",
         "Europe/Paris",
         "Zone of the list's naive `createdAt` times.",
+    ),
+    ExtraField(
+        "rate_limit_redis_conn_id",
+        "Shared rate limit: Redis connection id",
+        "conn_id",
+        None,
+        "An Airflow connection of type `redis` (install the `[redis]` extra): `requests_per_second` "
+        "becomes one budget for every task and worker using this connection, and a 429 pauses them all.",
+    ),
+    ExtraField(
+        "rate_limit_key",
+        "Shared rate limit: budget name",
+        "redis_key",
+        None,
+        "Name of the shared budget in Redis (default `smspartner:<connection id>`); give connections "
+        "that leave through one IP address the same name so they share one budget.",
     ),
 )
 _EXTRAS = {extra.name: extra for extra in EXTRA_FIELDS}
@@ -108,15 +128,22 @@ class SmsPartnerSettings:
     conn_id: str
     base_url: str
     api_key: str = field(repr=False)
-    timeout: float = float(_EXTRAS["timeout"].default)
-    max_retries: int = int(_EXTRAS["max_retries"].default)
-    retry_backoff: float = float(_EXTRAS["retry_backoff"].default)
-    requests_per_second: float = float(_EXTRAS["requests_per_second"].default)
+    timeout: float = float(cast(float, _EXTRAS["timeout"].default))
+    max_retries: int = int(cast(int, _EXTRAS["max_retries"].default))
+    retry_backoff: float = float(cast(float, _EXTRAS["retry_backoff"].default))
+    requests_per_second: float = float(cast(float, _EXTRAS["requests_per_second"].default))
     api_timezone: str = str(_EXTRAS["api_timezone"].default)
+    rate_limit_redis_conn_id: str | None = None
+    rate_limit_key: str | None = None
 
     @property
     def tzinfo(self) -> ZoneInfo:
         return ZoneInfo(self.api_timezone)
+
+    @property
+    def shared_rate_limit_key(self) -> str:
+        """Name of the shared budget: ``rate_limit_key``, or ``smspartner:<connection id>``."""
+        return self.rate_limit_key or f"smspartner:{self.conn_id}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -224,6 +251,21 @@ def _check_timezone(conn_id: str, extra: ExtraField, value: Any) -> str:
     return str(value)
 
 
+# Airflow's own rule for connection ids (airflow.utils.helpers.validate_key), plus a length cap.
+_CONN_ID = re.compile(r"[A-Za-z0-9_.-]{1,250}")
+# Printable ASCII without spaces, and without braces: the key goes inside a Redis Cluster hash tag.
+_REDIS_KEY = re.compile(r"[!-z|~]{1,200}")
+
+
+def _check_name(conn_id: str, extra: ExtraField, value: Any) -> str:
+    pattern = _CONN_ID if extra.kind == "conn_id" else _REDIS_KEY
+    if not isinstance(value, str) or not pattern.fullmatch(value.strip()):
+        raise _config_error(
+            f"Connection {conn_id!r}: extra {extra.name!r} must be {extra.rule}, got {value!r}."
+        )
+    return value.strip()
+
+
 def settings_from_connection(
     conn_id: str, password: str | None, host: str | None, port: int | None, extras: Mapping[str, Any]
 ) -> SmsPartnerSettings:
@@ -245,8 +287,16 @@ def settings_from_connection(
         if value is None or value == "":  # an emptied form field means "use the default"
             continue
         extra = _EXTRAS[name]
-        check = _check_timezone if extra.kind == "timezone" else _check_number
+        check = {"timezone": _check_timezone, "conn_id": _check_name, "redis_key": _check_name}.get(
+            extra.kind, _check_number
+        )
         kwargs[name] = check(conn_id, extra, value)
+    if "rate_limit_key" in kwargs and "rate_limit_redis_conn_id" not in kwargs:
+        # Without Redis the key would name nothing: the budget would silently stay per process.
+        raise _config_error(
+            f"Connection {conn_id!r}: extra 'rate_limit_key' names a shared budget, which needs "
+            "'rate_limit_redis_conn_id' (an Airflow Redis connection) too."
+        )
     return SmsPartnerSettings(
         conn_id=conn_id, base_url=build_base_url(conn_id, host, port), api_key=api_key, **kwargs
     )

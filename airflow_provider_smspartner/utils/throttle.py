@@ -1,4 +1,7 @@
-"""Client-side request throttle shared by every hook of one connection in a process."""
+"""Client-side request throttle shared by every hook of one connection in a process.
+
+:mod:`airflow_provider_smspartner.utils.rate_limit` holds its fleet-wide twin, shared through Redis.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,36 @@ import math
 import threading
 import time
 from collections import deque
+from typing import Protocol
 
 #: Fraction of the configured rate actually used (see RequestThrottle).
 HEADROOM = 0.98
 WINDOW = 1.0
+
+
+class Throttle(Protocol):
+    """What the hook needs of a throttle: per process (:class:`RequestThrottle`) or shared by a
+    fleet (``rate_limit.SharedRateLimit``)."""
+
+    rate: float
+
+    def acquire(self) -> float:
+        """Block until the caller may send a request; return the seconds waited."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller back for ``seconds``."""
+        ...
+
+
+def window_allowance(rate: float) -> int:
+    """Requests allowed in any sliding second at ``rate``: as many as the spacing itself lets through.
+
+    Requests spaced ``1 / (rate * HEADROOM)`` apart put at most ``ceil(rate * HEADROOM)`` in any
+    second, so the window only ever stops a caller that woke up late. (Flooring instead, as an
+    earlier version did, capped 7/s at 6/s.)
+    """
+    return max(1, math.ceil(round(rate * HEADROOM * WINDOW, 9)))
 
 
 class RequestThrottle:
@@ -20,8 +49,8 @@ class RequestThrottle:
     - spacing: each caller reserves the next free time slot (``1 / rate`` apart) under a lock and
       sleeps outside it, so threads never wait on each other longer than their own slot;
     - a sliding one-second window: a thread that woke up late (GIL, scheduler) cannot bunch up with
-      the next slots, because no more than ``rate`` (less the headroom) requests are released in
-      any second.
+      the next slots, because no more than :func:`window_allowance` requests (what the spacing
+      lets through, never more than ``rate`` rounded up) are released in any second.
 
     Requests are spaced 2% under ``rate``: network jitter bunches requests up on their way to the
     server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause every
@@ -39,7 +68,7 @@ class RequestThrottle:
             raise ValueError("rate must be > 0")
         self.rate = rate
         self._interval = 1.0 / (rate * HEADROOM)
-        self._per_window = max(1, math.floor(rate * HEADROOM * WINDOW))
+        self._per_window = window_allowance(rate)
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._released: deque[float] = deque()

@@ -727,6 +727,80 @@ class TestStats:
         assert sorted(sandbox.state.snapshot().values()) == list(range(1, 155))
 
 
+class TestStatsEndpoint:
+    """``GET /_sandbox/stats``: what a fleet rehearsal reads (the CI deployment test among them)."""
+
+    KEYS = {
+        "requests_total",
+        "requests_by_endpoint",
+        "status_counts",
+        "rate_limited",
+        "busiest_second",
+        "busiest_second_by_endpoint",
+        "active_seconds_by_endpoint",
+        "faults",
+        "scripted",
+        "adds_applied",
+    }
+
+    def test_reports_what_the_sandbox_saw(self, http):
+        with SandboxServer(api_key=API_KEY, rate_limit=3, retry_after="0") as sandbox:
+            sandbox.inject("server_error", endpoint="me")
+            for index in range(4):
+                add(http, sandbox, f"+3361200000{index}")
+            get(http, sandbox, "me", apiKey=API_KEY)
+            response = http.get(sandbox.stats_url, timeout=5)
+            assert response.status_code == 200
+            assert response.headers["Content-Type"].startswith("application/json")
+            stats = response.json()
+            assert stats == sandbox.stats.as_dict()
+        assert set(stats) == self.KEYS
+        assert stats["requests_total"] == 5
+        assert stats["requests_by_endpoint"] == {"stop-sms/add": 4, "me": 1}
+        # 3 per sliding second: the 4th add and the `me` are refused before any fault is drawn.
+        assert stats["status_counts"] == {"200": 3, "429": 2}
+        assert stats["rate_limited"] == 2
+        assert stats["busiest_second"] == 5
+        assert stats["busiest_second_by_endpoint"] == {"stop-sms/add": 4, "me": 1}
+        assert stats["faults"] == {}
+        assert stats["adds_applied"] == 3
+        assert 0 <= stats["active_seconds_by_endpoint"]["stop-sms/add"] < 1
+
+    def test_is_outside_the_api_and_outside_its_own_counts(self, sandbox, http):
+        sandbox.latency = 0.5  # not applied to the stats endpoint
+        started = time.monotonic()
+        for _ in range(3):
+            assert http.get(sandbox.stats_url, timeout=5).json()["requests_total"] == 0
+        assert time.monotonic() - started < 0.5
+        assert sandbox.stats_url == f"{sandbox.url}/_sandbox/stats"
+        assert http.get(f"{sandbox.url}/_sandbox/nope", timeout=5).status_code == 404
+        assert http.post(sandbox.stats_url, timeout=5).status_code == 404
+
+    def test_faults_and_reset(self, sandbox, http):
+        sandbox.latency = 0
+        sandbox.inject("server_error", endpoint="me")
+        sandbox.inject("drop", endpoint="me")
+        get(http, sandbox, "me", apiKey=API_KEY)
+        with contextlib.suppress(requests.ConnectionError):
+            get(http, sandbox, "me", apiKey=API_KEY)
+        stats = http.get(sandbox.stats_url, timeout=5).json()
+        assert stats["faults"] == {"server_error": 1, "drop": 1}
+        assert stats["status_counts"] == {"500": 1}  # a dropped connection gets no status
+        assert http.post(f"{sandbox.stats_url}/reset", timeout=5).json() == {"reset": True}
+        assert http.get(sandbox.stats_url, timeout=5).json()["requests_total"] == 0
+
+    def test_busiest_second_is_the_most_requests_in_any_sliding_second(self):
+        from airflow_provider_smspartner.sandbox.server import _BusiestSecond
+
+        rng = random.Random(5)
+        times = [*sorted(rng.uniform(0, 10) for _ in range(400)), 10.5, 10.5, 11.4999]
+        window = _BusiestSecond()
+        for stamp in times:
+            window.add(stamp)
+        brute = max(sum(1 for t in times if end - 1.0 < t <= end) for end in times)
+        assert window.busiest == brute
+
+
 class TestSettingsAndLifecycle:
     def test_settings_change_while_running(self, sandbox, http):
         sandbox.error_style = "http_200"
@@ -941,6 +1015,35 @@ class TestCli:
         assert process.returncode == 0
         assert secret not in line + stdout + stderr
         assert stderr == ""
+
+    def test_stats_file_is_written_on_exit(self, cli_env, http, tmp_path):
+        stats_file = tmp_path / "stats.json"
+        process = subprocess.Popen(
+            [*CLI, "--port", "0", "--api-key", API_KEY, "--rate-limit", "2", "--stats-file", str(stats_file)],
+            cwd=REPO_ROOT,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            base_url = re.search(r"(http://\S+)/v1", _read_line(process.stdout, timeout=15)).group(1)  # type: ignore[union-attr]
+            for _ in range(3):
+                http.get(f"{base_url}/v1/me", params={"apiKey": API_KEY}, timeout=5)
+            served = http.get(f"{base_url}/_sandbox/stats", timeout=5).json()
+            assert not stats_file.exists()
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0
+        written = json.loads(stats_file.read_text())
+        assert written == served
+        assert written["requests_by_endpoint"] == {"me": 3}
+        assert written["status_counts"] == {"200": 2, "429": 1}
+        assert written["busiest_second"] == 3
 
     def test_sigint_also_stops(self, cli_env):
         process = subprocess.Popen(

@@ -8,6 +8,13 @@ A real ``airflow api-server`` is started on loopback with its own AIRFLOW_HOME, 
    screenshot. With ``SMSPARTNER_UPDATE_SCREENSHOT=1`` the screenshot also replaces
    ``docs/images/connection-form.png``.
 
+3. a connection is saved through that form (pointing at the sandbox API), and its **Test**
+   button in the connections list reports success. Airflow 3.3.2's UI posts ``port: 0`` for a
+   connection without a port and its API server then refuses the test with HTTP 400 ("The host or
+   port to test differs from the stored connection"); the provider's API-server plugin
+   (``plugins.connection_test.ConnectionTestPortFix``) drops that ``0`` for ``smspartner`` connections,
+   so the port field can stay hidden.
+
 Login: ``[core] simple_auth_manager_all_admins = True`` makes the SimpleAuthManager add an admin
 token to every request, so neither the API calls nor the UI need credentials.
 
@@ -34,6 +41,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smspartner.utils.connection import EXTRA_FIELDS
+
 pytestmark = [pytest.mark.timeout(600), pytest.mark.deployment]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -54,13 +63,10 @@ READY_TIMEOUT_S = 120
 WAIT_MS = 30_000  # bound on every single UI wait
 
 HOST_PLACEHOLDER = "https://api.smspartner.fr/v1"
-EXTRA_FIELD_LABELS = {
-    "timeout": "Timeout (seconds)",
-    "max_retries": "Max retries",
-    "retry_backoff": "Retry backoff base (seconds)",
-    "requests_per_second": "Requests per second (client throttle)",
-    "api_timezone": "API timezone (of createdAt)",
-}
+# The form's extra fields are built from the one spec of the extras.
+EXTRA_FIELD_LABELS = {extra.name: extra.label for extra in EXTRA_FIELDS}
+UI_CONN_ID = "smspartner_ui_test"
+UI_API_KEY = "sk-ui-test-0123456789abcdef"
 
 
 def _skip_or_fail(reason: str) -> None:
@@ -116,6 +122,8 @@ def _server_env(home: Path) -> dict[str, str]:
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            # The Test button of Admin > Connections is off by default.
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
@@ -304,6 +312,77 @@ def test_connection_form_in_browser(
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
         request.node.add_report_section(
             "call", "ui-debug", f"screenshots in {tmp_path}; server log {api_server.log_path}"
+        )
+        raise
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Any]:
+    """The SMS Partner sandbox the saved connection points at (the api-server calls it on Test)."""
+    from airflow_provider_smspartner.sandbox import SandboxServer
+
+    with SandboxServer(api_key=UI_API_KEY, seed_stops=3) as server:
+        yield server
+
+
+def test_test_button_succeeds_for_saved_connection(
+    api_server: ApiServer, chromium: Any, sandbox: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Save an SMS Partner connection through the form, click its Test button: success."""
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(viewport={"width": 1400, "height": 900}, reduced_motion="reduce")
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    tests: list[dict[str, Any]] = []
+
+    def record(response: Any) -> None:
+        if response.url.endswith("/api/v2/connections/test"):
+            tests.append(
+                {
+                    "sent": json.loads(response.request.post_data or "{}"),
+                    "status": response.status,
+                    "body": response.json(),
+                }
+            )
+
+    page.on("response", record)
+    try:
+        page.goto(api_server.base_url + "/connections", wait_until="domcontentloaded")
+        page.get_by_role("button", name="Add Connection", exact=True).click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_be_visible()
+        dialog.get_by_label("Connection ID").fill(UI_CONN_ID)
+        dialog.get_by_role("combobox", name="Connection Type").fill("SMS Partner")
+        page.get_by_role("option", name="SMS Partner", exact=True).click()
+        dialog.get_by_label("API base URL", exact=True).fill(sandbox.base_url)
+        dialog.get_by_label("API Key", exact=True).fill(UI_API_KEY)
+        dialog.get_by_role("button", name="Save", exact=True).click()
+        expect(dialog).to_be_hidden()
+
+        saved = api_server.get_json(f"/api/v2/connections/{UI_CONN_ID}")
+        assert (saved["conn_type"], saved["host"], saved["port"]) == ("smspartner", sandbox.base_url, None)
+
+        row = page.get_by_role("row").filter(has_text=UI_CONN_ID)
+        with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test")):
+            row.get_by_role("button", name="Test Connection").click()
+        (test,) = tests
+        # What Airflow 3.3.2's UI sends for a connection saved without a port: port 0.
+        assert test["sent"]["port"] == 0
+        assert test["status"] == 200, (
+            f"{test} -- is the provider's airflow.plugins entry point installed? "
+            "(`airflow plugins` should list smspartner_connection_test)"
+        )
+        assert test["body"]["status"] is True, test["body"]
+        expect(page.get_by_text("Test Connection Successful")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "connection-test.png"), full_page=True, animations="disabled")
+        assert sandbox.stats.by_endpoint["me"] == 1  # the hook really called GET /me
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        request.node.add_report_section(
+            "call", "ui-debug", f"screenshots in {tmp_path}; server log {api_server.log_path}; tests {tests}"
         )
         raise
     finally:

@@ -182,3 +182,54 @@ class TestConnectionSettings:
         assert (
             SmsPartnerHook().get_conn().headers["User-Agent"] == f"airflow-provider-smspartner/{__version__}"
         )
+
+
+class TestSharedRateLimitExtras:
+    def _settings(self, monkeypatch, **extra):
+        use_connection(monkeypatch, json.dumps({"conn_type": "smspartner", "password": "k", "extra": extra}))
+        return SmsPartnerHook().settings
+
+    def test_off_by_default(self, monkeypatch):
+        settings = self._settings(monkeypatch)
+        assert settings.rate_limit_redis_conn_id is None and settings.rate_limit_key is None
+
+    def test_budget_named_after_the_connection_unless_a_key_is_given(self, monkeypatch):
+        settings = self._settings(monkeypatch, rate_limit_redis_conn_id="redis_default")
+        assert settings.rate_limit_redis_conn_id == "redis_default"
+        assert settings.shared_rate_limit_key == "smspartner:smspartner_default"
+        settings = self._settings(
+            monkeypatch, rate_limit_redis_conn_id=" redis_default ", rate_limit_key="office-ip:81.2.3.4"
+        )
+        assert settings.rate_limit_redis_conn_id == "redis_default"
+        assert settings.shared_rate_limit_key == "office-ip:81.2.3.4"
+
+    def test_emptied_form_fields_mean_off(self, monkeypatch):
+        settings = self._settings(monkeypatch, rate_limit_redis_conn_id="", rate_limit_key=None)
+        assert settings.rate_limit_redis_conn_id is None
+
+    @pytest.mark.parametrize(
+        ("extra", "match"),
+        [
+            (
+                {"rate_limit_redis_conn_id": "redis default"},
+                "'rate_limit_redis_conn_id' must be an Airflow connection id",
+            ),
+            ({"rate_limit_redis_conn_id": 6379}, "'rate_limit_redis_conn_id' must be"),
+            (
+                {"rate_limit_redis_conn_id": "r", "rate_limit_key": "a{b}"},
+                "'rate_limit_key' must be a Redis key",
+            ),
+            (
+                {"rate_limit_redis_conn_id": "r", "rate_limit_key": "a b"},
+                "'rate_limit_key' must be a Redis key",
+            ),
+            (
+                {"rate_limit_key": "shared"},
+                "'rate_limit_key' names a shared budget, which needs 'rate_limit_redis_conn_id'",
+            ),
+        ],
+        ids=["conn-id-space", "conn-id-number", "key-braces", "key-space", "key-without-redis"],
+    )
+    def test_bad_values_are_named(self, monkeypatch, extra, match):
+        with pytest.raises(SmsPartnerConfigError, match=match):
+            self._settings(monkeypatch, **extra)

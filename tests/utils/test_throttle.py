@@ -7,7 +7,12 @@ import time
 
 import pytest
 
-from airflow_provider_smspartner.utils.throttle import RequestThrottle, shared_throttle
+from airflow_provider_smspartner.utils.throttle import (
+    HEADROOM,
+    RequestThrottle,
+    shared_throttle,
+    window_allowance,
+)
 
 
 def _max_in_window(times: list[float], window: float = 1.0) -> int:
@@ -53,6 +58,23 @@ class TestRequestThrottle:
         started = time.monotonic()
         throttle.acquire()
         assert time.monotonic() - started >= 0.25
+
+    @pytest.mark.parametrize(
+        ("rate", "allowance"), [(7, 7), (25, 25), (200, 196), (28, 28), (0.5, 1), (1000, 980)]
+    )
+    def test_the_window_allows_what_the_spacing_lets_through(self, rate, allowance):
+        # Flooring rate x headroom (6.86 -> 6) used to cap a configured 7/s at 6/s.
+        assert window_allowance(rate) == allowance
+
+    def test_a_rate_of_7_gives_7_per_second(self):
+        # Issue 12: 7/s gave 6.0/s. The spacing is 2% under the rate (HEADROOM), so within 3%.
+        throttle, released = RequestThrottle(rate=7), []
+        for _ in range(22):
+            throttle.acquire()
+            released.append(time.monotonic())
+        rate = (len(released) - 1) / (released[-1] - released[0])
+        assert rate == pytest.approx(7 * HEADROOM, rel=0.015)
+        assert rate == pytest.approx(7, rel=0.03)
 
     def test_rate_must_be_positive(self):
         with pytest.raises(ValueError, match="rate must be > 0"):

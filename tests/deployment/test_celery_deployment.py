@@ -1,0 +1,550 @@
+"""The example DAGs under a real Airflow 3 deployment with CeleryExecutor, on loopback.
+
+One deployment serves the whole module (about 2 minutes on the 2-CPU build machine):
+
+- PostgreSQL metadata database of its own (``airflow_deploy_<hex>``, dropped afterwards) and a
+  PostgreSQL warehouse database of its own (``airflow_deploy_<hex>_wh``);
+- CeleryExecutor: Redis broker on 127.0.0.1:6379 in database ``SMSPARTNER_DEPLOY_REDIS_DB``
+  (default 11) with every key under a prefix of its own, result backend on the metadata DB;
+- ``api-server``, ``scheduler``, ``dag-processor``, ``triggerer`` and two ``celery worker``
+  processes (``--concurrency 4``); log servers are off (``--skip-serve-logs``: they would bind
+  0.0.0.0), every other server binds 127.0.0.1;
+- the provider as installed in this project's virtualenv, the example DAGs copied to the DAGs
+  folder, the SMS Partner sandbox served from the test process (so its counters can be read).
+
+The tests trigger every example DAG through the REST API and check the warehouse rows, the
+Asset-triggered run, then the mapped bulk add of 1,200 new numbers: 8 mapped tasks on both
+workers sharing one Redis rate budget of 28 requests/s against a sandbox that answers 429 above 30
+requests in any sliding second. Every process started is stopped by pid, even on failure.
+
+Without PostgreSQL or Redis the module is skipped on a laptop and fails when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, require_server
+from tests.deployment.airflow_deployment import AirflowDeployment, free_port
+
+pytestmark = [pytest.mark.deployment, pytest.mark.timeout(600)]
+
+API_KEY = "sk-deploy-0123456789abcdef-SECRET"
+PG = "postgres@127.0.0.1:5432"
+REDIS_DB = int(os.environ.get("SMSPARTNER_DEPLOY_REDIS_DB", "11"))
+REDIS_CONN_ID = "smspartner_deploy_redis"
+POOL = "smspartner_api"
+POOL_SLOTS = 8
+WORKERS = ("worker-1", "worker-2")
+WORKER_CONCURRENCY = 4
+
+# The sandbox: already on the list before the DAGs run (two of them are marketing contacts).
+STOPPED = ["+33612345678", "+33698765432"]
+SEEDED_STOPS = 200
+CONTACTS = [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")]
+UNSUBSCRIBES = ["06 55 44 33 22", "+33655443322", "0612345678", "+41 79 123 45 67", "nope"]
+
+# The mapped bulk add: the API's limit, the fleet's shared budget, and what the sandbox may see.
+SANDBOX_LIMIT = 30
+SANDBOX_LATENCY = 0.05
+SHARED_RATE = 28
+MAX_WINDOW = 31
+MAX_429_FRACTION = 0.005
+NEW_NUMBERS = 1200
+CHUNK_SIZE = 150  # 1,200 numbers -> 8 mapped tasks
+
+STARTUP_TIMEOUT = 180
+RUN_TIMEOUT = 240
+
+
+def _psql(sql: str, dbname: str = "postgres") -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(f"postgresql://{PG}/{dbname}", autocommit=True) as conn:
+        cursor = conn.execute(sql)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _drop_database(name: str) -> None:
+    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _busiest_second(timestamps: list[float]) -> int:
+    """Most requests in any sliding one-second window ``(t - 1, t]``, as the sandbox's limiter counts."""
+    ordered = sorted(timestamps)
+    busiest = start = 0
+    for end, now in enumerate(ordered):
+        while ordered[start] <= now - 1.0:
+            start += 1
+        busiest = max(busiest, end - start + 1)
+    return busiest
+
+
+def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    """How many of the intervals were open at the same moment, at most."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def _new_numbers(count: int, taken: set[str], seed: int = 2026) -> list[str]:
+    """``count`` distinct French mobiles not on the list, typed in three formats."""
+    import phonenumbers
+
+    rng = random.Random(seed)
+    found: set[str] = set()
+    while len(found) < count:
+        # Not every 06 block is allocated (e.g. 0639, 0690): libphonenumber calls those invalid.
+        e164 = f"+336{rng.randrange(10**8):08d}"
+        if e164 not in taken and phonenumbers.is_valid_number(phonenumbers.parse(e164)):
+            found.add(e164)
+    typed = []
+    for i, e164 in enumerate(sorted(found)):
+        national = "0" + e164[3:]
+        typed.append((e164, " ".join(national[j : j + 2] for j in range(0, 10, 2)), "0033" + e164[3:])[i % 3])
+    return typed
+
+
+@dataclass
+class Deployment:
+    """What the tests need: the running Airflow, the sandbox it talks to, the warehouse DB."""
+
+    airflow: AirflowDeployment
+    sandbox: Any
+    warehouse_db: str
+    key_prefix: str
+    output_dir: Path
+
+    def warehouse(self, sql: str) -> list[tuple]:
+        return _psql(sql, self.warehouse_db)
+
+    def run_dags(self, confs: dict[str, dict[str, Any]], timeout: float = RUN_TIMEOUT) -> dict[str, dict]:
+        """Unpause and trigger each DAG through the REST API, wait for every run of them, pause them.
+
+        Returns the triggered run of each DAG. Unpausing a scheduled DAG also creates its latest
+        scheduled run: those must succeed too.
+        """
+        triggered = {}
+        for dag_id, conf in confs.items():
+            self.airflow.set_paused(dag_id, False)
+            triggered[dag_id] = self.airflow.trigger(dag_id, conf)
+        try:
+            runs = {dag_id: self.airflow.wait_for_runs(dag_id, timeout) for dag_id in confs}
+        finally:
+            for dag_id in confs:
+                self.airflow.set_paused(dag_id, True)
+        failures = [
+            self.airflow.failure_report(dag_id, [r for r in dag_runs if r["state"] != "success"])
+            for dag_id, dag_runs in runs.items()
+            if any(r["state"] != "success" for r in dag_runs)
+        ]
+        assert not failures, "\n".join(failures)
+        return {
+            dag_id: next(r for r in dag_runs if r["dag_run_id"] == triggered[dag_id])
+            for dag_id, dag_runs in runs.items()
+        }
+
+    def wait_for_asset_runs(self, dag_id: str, timeout: float = RUN_TIMEOUT) -> list[dict[str, Any]]:
+        """Wait until every queued Asset event of the DAG became a run and every run finished."""
+        airflow = self.airflow
+
+        def settled() -> list[dict[str, Any]] | None:
+            if airflow.api("GET", f"/dags/{dag_id}/assets/queuedEvents")["total_entries"]:
+                return None
+            runs = airflow.dag_runs(dag_id)
+            return runs if runs and all(r["state"] in ("success", "failed") for r in runs) else None
+
+        runs = airflow.wait_for(f"the asset-triggered runs of {dag_id} to finish", settled, timeout, 2)
+        assert {r["run_type"] for r in runs} == {"asset_triggered"}
+        failed = [r for r in runs if r["state"] != "success"]
+        assert not failed, airflow.failure_report(dag_id, failed)
+        return runs
+
+
+def _airflow_env(home: Path, base_url: str, meta_db: str, warehouse_db: str, key_prefix: str) -> dict:
+    """One environment for every process; nothing from the test process's Airflow settings."""
+    from cryptography.fernet import Fernet
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "32",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
+            # Unpausing a scheduled example also creates its latest scheduled run: one run at a
+            # time per DAG keeps that run and the triggered one from writing the same tables at once.
+            "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment.worker_hostname.hostname",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{PG}/{meta_db}",
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{PG}/{meta_db}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{key_prefix}:",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW_CONN_WAREHOUSE": json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": "127.0.0.1",
+                    "port": 5432,
+                    "login": "postgres",
+                    "schema": warehouse_db,
+                }
+            ),
+            "AIRFLOW_CONN_" + REDIS_CONN_ID.upper(): json.dumps(
+                {"conn_type": "redis", "host": "127.0.0.1", "port": 6379, "extra": {"db": REDIS_DB}}
+            ),
+            # tests.deployment.worker_hostname must be importable by every process.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    return env
+
+
+def _create_warehouse(dbname: str) -> None:
+    _psql(
+        "CREATE TABLE marketing_contacts (contact_id INTEGER, phone TEXT, sms_opt_out INTEGER DEFAULT 0);"
+        "CREATE TABLE crm_unsubscribes (phone TEXT);",
+        dbname,
+    )
+    import psycopg
+
+    with psycopg.connect(f"postgresql://{PG}/{dbname}", autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO marketing_contacts (contact_id, phone) VALUES (%s, %s)", CONTACTS)
+        cur.executemany("INSERT INTO crm_unsubscribes (phone) VALUES (%s)", [(p,) for p in UNSUBSCRIBES])
+
+
+def _delete_redis_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    try:
+        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def _start(airflow: AirflowDeployment, port: int, key_prefix: str) -> None:
+    started = time.monotonic()
+    airflow.run("db", "migrate", timeout=300)
+    print(f"\nmetadata DB migrated in {time.monotonic() - started:.0f} s", flush=True)
+    airflow.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
+    airflow.start("scheduler", "scheduler", "--skip-serve-logs")
+    airflow.start("dag-processor", "dag-processor")
+    airflow.start("triggerer", "triggerer", "--skip-serve-logs")
+    for name in WORKERS:
+        airflow.start(
+            name,
+            *("celery", "worker", "--skip-serve-logs", "--concurrency", str(WORKER_CONCURRENCY)),
+            *("--celery-hostname", f"{key_prefix}-{name}@%h"),
+            env={"SMSPARTNER_DEPLOY_HOSTNAME": name},
+        )
+
+    def healthy() -> bool:
+        health = airflow.health()
+        return all(
+            health.get(part, {}).get("status") == "healthy"
+            for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
+
+    airflow.wait_for("every component to report healthy", healthy, STARTUP_TIMEOUT)
+    print(f"components healthy after {time.monotonic() - started:.0f} s", flush=True)
+    for name in WORKERS:
+        log = airflow.home / "logs" / f"{name}.log"
+        airflow.wait_for(f"celery {name} to be ready", lambda log=log: " ready." in log.read_text(), 120)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    require_server("Redis", "127.0.0.1", 6379)
+    from airflow_provider_smspartner.sandbox import SandboxServer
+
+    started = time.monotonic()
+    unique = uuid.uuid4().hex[:10]
+    meta_db, warehouse_db = f"airflow_deploy_{unique}", f"airflow_deploy_{unique}_wh"
+    key_prefix = f"smspartner-deploy-{unique}"
+    home = tmp_path_factory.mktemp("airflow-deploy")
+    (home / "dags").mkdir()
+    for dag_file in sorted((PROJECT_ROOT / "example_dags").glob("*.py")):
+        shutil.copy(dag_file, home / "dags" / dag_file.name)
+    output_dir = home / "output"
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    airflow = AirflowDeployment(
+        home=home, env=_airflow_env(home, base_url, meta_db, warehouse_db, key_prefix), base_url=base_url
+    )
+    sandbox = SandboxServer(
+        api_key=API_KEY,
+        seed_stops=SEEDED_STOPS,
+        stops=STOPPED,
+        latency=SANDBOX_LATENCY,
+        rate_limit=SANDBOX_LIMIT,
+        seed=12,
+    )
+    created: list[str] = []
+    try:
+        for name in (meta_db, warehouse_db):
+            _psql(f'CREATE DATABASE "{name}"')
+            created.append(name)
+        _create_warehouse(warehouse_db)
+        sandbox.start()
+        _start(airflow, port, key_prefix)
+        airflow.api("POST", "/pools", {"name": POOL, "slots": POOL_SLOTS, "description": "SMS Partner API"})
+        airflow.api(
+            "POST",
+            "/connections",
+            {
+                "connection_id": "smspartner_default",
+                "conn_type": "smspartner",
+                "host": sandbox.base_url,
+                "password": API_KEY,
+                "extra": json.dumps({"timeout": 10, "max_retries": 5, "retry_backoff": 0.5}),
+            },
+        )
+        print(f"\ndeployment ready in {time.monotonic() - started:.0f} s: {base_url}, home {home}")
+        yield Deployment(airflow, sandbox, warehouse_db, key_prefix, output_dir)
+    finally:
+        killed = airflow.stop()
+        sandbox.stop()
+        for name in created:
+            _drop_database(name)
+        _delete_redis_keys(key_prefix)
+        print(f"\ndeployment stopped after {time.monotonic() - started:.0f} s; killed: {killed or 'nothing'}")
+
+
+def _deployed_dag_ids(airflow: AirflowDeployment) -> set[str]:
+    return {d["dag_id"] for d in airflow.api("GET", "/dags", limit=100)["dags"]}
+
+
+def test_provider_and_example_dags_are_deployed(deployment: Deployment):
+    """The provider comes from the project's virtualenv; every example DAG parsed without error."""
+    airflow = deployment.airflow
+    providers = airflow.api("GET", "/providers", limit=100)["providers"]
+    assert "airflow-provider-smspartner" in {p["package_name"] for p in providers}
+
+    expected = {
+        "smspartner_stop_list_to_warehouse",
+        "smspartner_sync_unsubscribes",
+        "crm_unsubscribes_export",
+        "smspartner_taskflow_join",
+        "smspartner_bulk_add_mapped",
+    }
+
+    def parsed() -> set[str] | None:
+        dag_ids = _deployed_dag_ids(airflow)
+        return dag_ids if expected <= dag_ids else None
+
+    airflow.wait_for("the example DAGs to be parsed", parsed, 120)
+    assert airflow.api("GET", "/importErrors")["import_errors"] == []
+
+
+def test_stop_list_to_warehouse_and_taskflow_join(deployment: Deployment):
+    """Both run green on Celery; the warehouse holds the list and flags the opted-out contacts.
+
+    ``smspartner_stop_list_changes`` (when present) runs on the Asset the extract publishes.
+    """
+    airflow = deployment.airflow
+    consumer = "smspartner_stop_list_changes"
+    has_consumer = consumer in _deployed_dag_ids(airflow)
+    if has_consumer:
+        airflow.set_paused(consumer, False)
+    try:
+        deployment.run_dags(
+            {
+                "smspartner_taskflow_join": {"output_dir": str(deployment.output_dir)},
+                "smspartner_stop_list_to_warehouse": {},
+            }
+        )
+        if has_consumer:
+            deployment.wait_for_asset_runs(consumer)
+    finally:
+        if has_consumer:
+            airflow.set_paused(consumer, True)
+
+    listed = SEEDED_STOPS + len(STOPPED)
+    landed = deployment.warehouse("SELECT COUNT(*) FROM smspartner_stop_list WHERE removed_at IS NULL")
+    assert landed[0][0] == len(deployment.sandbox.state) == listed
+    flagged = deployment.warehouse(
+        "SELECT contact_id FROM marketing_contacts WHERE sms_opt_out = 1 ORDER BY 1"
+    )
+    assert flagged == [(1,), (2,)]
+    # The TaskFlow DAG joins its built-in sample contacts (Alice and Bruno are STOPPED) to the list.
+    safe = (deployment.output_dir / "contacts_safe_to_text.csv").read_text()
+    assert "+33781223344" in safe
+    assert not [number for number in STOPPED if number in safe]
+    if has_consumer:
+        # Two extracts ran (the scheduled one and the triggered one): only the first inserted stops.
+        inserted = deployment.warehouse("SELECT SUM(inserted) FROM smspartner_stop_list_changes")
+        assert inserted[0][0] == listed
+
+
+def test_asset_triggered_sync(deployment: Deployment):
+    """The export's Asset event starts the sync DAG, which adds each new unsubscribe exactly once."""
+    airflow = deployment.airflow
+    sync = "smspartner_sync_unsubscribes"
+    airflow.set_paused(sync, False)
+    try:
+        deployment.run_dags({"crm_unsubscribes_export": {}})
+        runs = deployment.wait_for_asset_runs(sync)
+    finally:
+        airflow.set_paused(sync, True)
+
+    rows = deployment.warehouse(
+        "SELECT run_id, status, COUNT(*) FROM smspartner_add_results "
+        "WHERE dag_id = 'smspartner_sync_unsubscribes' GROUP BY run_id, status"
+    )
+    by_run: dict[str, dict[str, int]] = {}
+    for run_id, status, count in rows:
+        by_run.setdefault(run_id, {})[status] = count
+    first = runs[0]["dag_run_id"]
+    assert by_run[first] == {"added": 2, "duplicate": 1, "skipped_existing": 1, "invalid": 1}
+    # A second export event (the run created on unpause) may start the sync again: it adds nothing.
+    assert sum(statuses.get("added", 0) for statuses in by_run.values()) == 2
+    assert all(sum(statuses.values()) == len(UNSUBSCRIBES) for statuses in by_run.values())
+    assert {"+33655443322", "+41791234567"} <= deployment.sandbox.state.phone_numbers()
+
+
+def _sandbox_stats(sandbox: Any) -> dict[str, Any]:
+    """What the sandbox saw since its last reset, from its own ``GET /_sandbox/stats``."""
+    with urllib.request.urlopen(f"{sandbox.url}/_sandbox/stats", timeout=10) as response:
+        return json.load(response)
+
+
+def test_mapped_bulk_add_shares_one_rate_limit(deployment: Deployment):
+    """1,200 new numbers in 8 mapped tasks on both workers stay under the API's limit together."""
+    airflow, sandbox = deployment.airflow, deployment.sandbox
+    inputs = _new_numbers(NEW_NUMBERS, sandbox.state.phone_numbers())
+    deployment.warehouse("DELETE FROM crm_unsubscribes")
+    import psycopg
+
+    with psycopg.connect(f"postgresql://{PG}/{deployment.warehouse_db}", autocommit=True) as conn:
+        conn.cursor().executemany("INSERT INTO crm_unsubscribes (phone) VALUES (%s)", [(p,) for p in inputs])
+    airflow.api(
+        "PATCH",
+        "/connections/smspartner_default",
+        {
+            "connection_id": "smspartner_default",
+            "conn_type": "smspartner",
+            "extra": json.dumps(
+                {
+                    "timeout": 10,
+                    "max_retries": 5,
+                    "retry_backoff": 0.5,
+                    "requests_per_second": SHARED_RATE,
+                    "rate_limit_redis_conn_id": REDIS_CONN_ID,
+                    "rate_limit_key": f"{deployment.key_prefix}:smspartner",
+                }
+            ),
+        },
+        update_mask="extra",
+    )
+    listed_before = len(sandbox.state)
+    sandbox.reset_stats()
+    started = time.monotonic()
+    run = deployment.run_dags({"smspartner_bulk_add_mapped": {"chunk_size": CHUNK_SIZE}})[
+        "smspartner_bulk_add_mapped"
+    ]
+    elapsed = time.monotonic() - started
+    run_id = run["dag_run_id"]
+
+    # At least 8 mapped tasks, all running at once, on both workers.
+    chunks = [
+        ti
+        for ti in airflow.task_instances("smspartner_bulk_add_mapped", run_id)
+        if ti["task_id"] == "add_chunk"
+    ]
+    assert len(chunks) >= 8
+    assert {ti["hostname"] for ti in chunks} == set(WORKERS)
+    spans = [
+        (datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])) for ti in chunks
+    ]
+    assert _max_overlap(spans) >= 8
+
+    # The fleet stayed under the API's limit, as the sandbox saw it (GET /_sandbox/stats), and as
+    # recomputed here from the arrival time of every request.
+    served = _sandbox_stats(sandbox)
+    requests = served["requests_total"]
+    summary = (
+        f"{requests} requests in {elapsed:.0f} s, busiest second {served['busiest_second']}, "
+        f"statuses {served['status_counts']}"
+    )
+    print(f"\nmapped bulk add: {summary}", flush=True)
+    assert requests >= NEW_NUMBERS, summary
+    assert served["rate_limited"] <= MAX_429_FRACTION * requests, summary
+    assert served["busiest_second"] <= MAX_WINDOW, summary
+    assert _busiest_second([t for t, _ in sandbox.stats.timestamps]) <= MAX_WINDOW, summary
+    assert served["adds_applied"] == NEW_NUMBERS, summary
+
+    # Every number on the list exactly once; every input accounted for exactly once.
+    listed = sandbox.state.phone_numbers()
+    expected = {"+33" + number.replace(" ", "")[-9:] for number in inputs}
+    assert len(expected) == NEW_NUMBERS
+    assert expected <= listed
+    assert len(sandbox.state) == listed_before + NEW_NUMBERS
+    summaries = [
+        airflow.xcom("smspartner_bulk_add_mapped", run_id, "add_chunk", ti["map_index"]) for ti in chunks
+    ]
+    assert sum(s["total"] for s in summaries) == NEW_NUMBERS
+    for s in summaries:
+        assert (
+            sum(v for k, v in s.items() if k not in ("total", "results_table") and isinstance(v, int))
+            == s["total"]
+        )
+    statuses = Counter()
+    for s in summaries:
+        statuses.update({k: v for k, v in s.items() if k not in ("total", "results_table") and v})
+    assert statuses == {"added": NEW_NUMBERS}
+    rows = deployment.warehouse(
+        "SELECT COUNT(DISTINCT (map_index, input_row)) FROM smspartner_add_results "
+        f"WHERE dag_id = 'smspartner_bulk_add_mapped' AND run_id = '{run_id}'"
+    )
+    assert rows[0][0] == NEW_NUMBERS
+
+
+def test_every_example_dag_ran(deployment: Deployment):
+    """Each DAG of the example folder has at least one successful run in this deployment."""
+    airflow = deployment.airflow
+    examples = {d["dag_id"] for d in airflow.api("GET", "/dags", limit=100, tags="example")["dags"]}
+    assert len(examples) >= 5
+    never_ran = sorted(
+        dag_id for dag_id in examples if not any(r["state"] == "success" for r in airflow.dag_runs(dag_id))
+    )
+    assert never_ran == []

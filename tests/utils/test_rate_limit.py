@@ -1,0 +1,248 @@
+"""SharedRateLimit over the real Redis of the build machines: one budget for several processes.
+
+Each test uses its own budget name in its own database (``REDIS_DB``) and deletes its keys.
+Timings are observed, not asserted, except the budget itself (never more than the rate in any
+second) and the pause (nobody released before it ends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_smspartner.exceptions import SmsPartnerConnectionError
+from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit, redis_keys
+from airflow_provider_smspartner.utils.throttle import HEADROOM
+from tests.conftest import PROJECT_ROOT, require_server
+
+#: The Redis database of these tests (Celery's broker uses 0).
+REDIS_DB = 11
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most timestamps in any half-open window ``(t - window, t]``."""
+    times, best, start = sorted(times), 0, 0
+    for end, stamp in enumerate(times):
+        while times[start] <= stamp - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.fixture
+def redis_client():
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def budget(redis_client) -> Iterator[str]:
+    """A budget name no other test uses; its keys are deleted afterwards."""
+    key = f"test-smspartner-{uuid.uuid4().hex[:12]}"
+    yield key
+    redis_client.delete(*redis_keys(key))
+
+
+# A process of the fleet: says "ready" once it has a limiter, waits for a line on stdin, then
+# takes `count` slots from `threads` threads and prints when each was released (wall clock,
+# comparable across processes on one machine).
+_CHILD = r"""
+import json, sys, threading, time
+import redis
+from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit
+args = json.loads(sys.argv[1])
+limiter = SharedRateLimit(redis.Redis(port=6379, db=args["db"]), args["key"], args["rate"])
+limiter.check()
+print("ready", flush=True)
+sys.stdin.readline()
+released, waited, lock = [], [], threading.Lock()
+def work(count):
+    for _ in range(count):
+        wait = limiter.acquire()
+        with lock:
+            released.append(time.time())
+            waited.append(wait)
+threads = [threading.Thread(target=work, args=(args["count"] // args["threads"],)) for _ in range(args["threads"])]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"released": released, "waited": waited}), flush=True)
+"""
+
+
+class Fleet:
+    """Processes sharing one budget, started together once all of them are ready."""
+
+    def __init__(self, processes: int, **args: object) -> None:
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        self.children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CHILD, json.dumps({"db": REDIS_DB, **args})],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=PROJECT_ROOT,
+            )
+            for _ in range(processes)
+        ]
+
+    def ready(self) -> None:
+        for child in self.children:
+            assert child.stdout is not None
+            # Airflow may log to stdout first (its configuration being loaded).
+            for line in child.stdout:
+                if line.strip() == "ready":
+                    break
+            else:
+                pytest.fail(f"a fleet process exited before it was ready: {child.wait()}")
+
+    def go(self) -> None:
+        for child in self.children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+
+    def results(self) -> list[dict]:
+        out = []
+        for child in self.children:
+            stdout, _ = child.communicate(timeout=120)
+            assert child.returncode == 0
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+
+    def kill(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+class TestOneBudgetForSeveralProcesses:
+    def test_processes_never_exceed_the_rate_together(self, redis_client, budget):
+        fleet = Fleet(4, key=budget, rate=50, count=45, threads=3)
+        # The releases of the last second, counted by Redis's clock (what the limiter promises,
+        # free of the scheduling jitter a process adds before it reads its own clock).
+        count_window = redis_client.register_script(
+            "local t = redis.call('TIME') "
+            "return redis.call('ZCOUNT', KEYS[1], '(' .. (t[1] * 1000000 + t[2] - 1000000), '+inf')"
+        )
+        window_key = redis_keys(budget)[2]
+        in_window: list[int] = []
+        try:
+            fleet.ready()
+            fleet.go()
+            while any(child.poll() is None for child in fleet.children) and len(in_window) < 100_000:
+                in_window.append(int(count_window(keys=[window_key])))
+                time.sleep(0.002)
+            released = [t for result in fleet.results() for t in result["released"]]
+        finally:
+            fleet.kill()
+        assert len(released) == 180
+        assert 45 <= max(in_window) <= 49  # ceil(50 x 0.98): never passed
+        # Four processes at 50/s each would take under a second; sharing, about 180 / 49 s.
+        assert (len(released) - 1) / (max(released) - min(released)) == pytest.approx(50 * HEADROOM, rel=0.03)
+
+    def test_a_pause_holds_another_process(self, redis_client, budget):
+        fleet = Fleet(1, key=budget, rate=100, count=1, threads=1)
+        try:
+            fleet.ready()
+            SharedRateLimit(redis_client, budget, 100).pause(1.0)
+            paused_at = time.time()
+            fleet.go()
+            (result,) = fleet.results()
+        finally:
+            fleet.kill()
+        assert result["released"][0] >= paused_at + 0.9
+        assert result["waited"][0] >= 0.9
+
+
+class TestSharedRateLimit:
+    def test_callers_already_waiting_see_a_pause_that_begins_later(self, redis_client, budget):
+        import redis
+
+        # 2/s: the second caller reserves a slot ~0.5 s out; the pause begins while it sleeps,
+        # set through another client, as another process would.
+        limiter = SharedRateLimit(redis_client, budget, 2)
+        other = SharedRateLimit(redis.Redis(port=6379, db=REDIS_DB), budget, 2)
+        limiter.acquire()
+        released: list[float] = []
+
+        def wait_for_a_slot() -> None:
+            limiter.acquire()
+            released.append(time.monotonic())
+
+        waiter = threading.Thread(target=wait_for_a_slot)
+        waiter.start()
+        time.sleep(0.1)
+        paused_at = time.monotonic()
+        other.pause(1.0)
+        waiter.join(10)
+        assert released and released[0] >= paused_at + 0.95
+        other.client.close()
+
+    def test_a_shorter_pause_never_shortens_a_longer_one(self, redis_client, budget):
+        limiter = SharedRateLimit(redis_client, budget, 10)
+        limiter.pause(2.0)
+        limiter.pause(0.1)
+        assert 1.5 < limiter.paused_for() <= 2.0
+
+    def test_the_pause_does_not_end_in_a_burst(self, redis_client, budget):
+        limiter = SharedRateLimit(redis_client, budget, 10)
+        limiter.pause(0.3)
+        released: list[float] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            limiter.acquire()
+            with lock:
+                released.append(time.monotonic())
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gaps = [b - a for a, b in zip(sorted(released), sorted(released)[1:], strict=False)]
+        assert min(gaps) >= 0.09  # spaced 1 / (10 x 0.98) apart, not released together
+
+    def test_keys_expire_when_the_budget_is_idle(self, redis_client, budget):
+        limiter = SharedRateLimit(redis_client, budget, 10)
+        limiter.acquire()
+        limiter.pause(0.5)
+        ttls = [redis_client.pttl(key) for key in redis_keys(budget)]
+        assert all(0 < ttl <= 3000 for ttl in ttls), ttls
+
+    def test_keys_share_one_hash_tag(self, budget):
+        # So the scripts, which touch all three, also run on Redis Cluster.
+        assert {key.split("}")[0] for key in redis_keys(budget)} == {"{" + budget}
+
+    def test_unreachable_redis_fails_clearly(self):
+        import redis
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        client = redis.Redis(port=port, socket_connect_timeout=2)
+        limiter = SharedRateLimit(client, "k", 10, where=f"Redis at 127.0.0.1:{port}")
+        message = (
+            rf"Shared rate limit 'k': Redis at 127.0.0.1:{port} failed \(ConnectionError.*no request is sent"
+        )
+        with pytest.raises(SmsPartnerConnectionError, match=message):
+            limiter.acquire()
+        with pytest.raises(SmsPartnerConnectionError, match=message):
+            limiter.pause(1)
