@@ -42,6 +42,7 @@ def test_dagbag_has_every_example(example_dagbag):
         "crm_unsubscribes_export",
         "smspartner_taskflow_join",
         "smspartner_bulk_add_mapped",
+        "smspartner_stop_list_changes",
     } <= set(example_dagbag.dag_ids)
 
 
@@ -68,12 +69,25 @@ def warehouse(monkeypatch, tmp_path, sandbox) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def smspartner_pool(airflow_db) -> str:
+    """The ``smspartner_api`` Pool every SMS Partner task of the examples runs in.
+
+    ``dag.test()`` runs tasks in-process and does not enforce pools, but a deployment needs the
+    pool, so the tests create it as the README tells users to.
+    """
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool("smspartner_api", slots=1, description="test", include_deferred=False)
+    return "smspartner_api"
+
+
 def _query(path: Path, sql: str) -> list[tuple]:
     with sqlite3.connect(path) as db:
         return db.execute(sql).fetchall()
 
 
-@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.usefixtures("airflow_db", "smspartner_pool")
 class TestExampleDagRuns:
     def test_stop_list_to_warehouse(self, example_dagbag, warehouse, sandbox):
         run = example_dagbag.get_dag("smspartner_stop_list_to_warehouse").test()
@@ -83,6 +97,57 @@ class TestExampleDagRuns:
             warehouse, "SELECT contact_id FROM marketing_contacts WHERE sms_opt_out = 1 ORDER BY 1"
         )
         assert flagged == [(1,), (2,)]
+
+    def test_stop_list_changes_read_the_asset_extras(self, example_dagbag, warehouse, sandbox):
+        """The extract's Asset event carries the change; the downstream DAG acts only on a change."""
+        from airflow.models.asset import AssetEvent, AssetModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        from airflow_provider_smspartner.utils.api import list_sha256
+
+        def latest_extra() -> dict:
+            with create_session() as session:
+                query = (
+                    select(AssetEvent.extra)
+                    .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                    .where(AssetModel.name == "smspartner_stop_list")
+                    .order_by(AssetEvent.id.desc())
+                    .limit(1)
+                )
+                return session.scalars(query).one()
+
+        extract = example_dagbag.get_dag("smspartner_stop_list_to_warehouse")
+        changes = example_dagbag.get_dag("smspartner_stop_list_changes")
+        entries = sandbox.state.list_entries()
+        fingerprint = list_sha256([e[0] for e in entries], [e[1] for e in entries])
+
+        assert extract.test().state == "success"
+        assert latest_extra() == {
+            "rows_in_list": len(entries),
+            "inserted": len(entries),
+            "updated": 0,
+            "removed": 0,
+            "list_sha256": fingerprint,
+        }
+        run = changes.test()
+        assert run.state == "success"
+        assert run.get_task_instance("record_changes").state == "success"
+        report = "SELECT inserted, updated, removed, list_sha256 FROM smspartner_stop_list_changes"
+        assert _query(warehouse, report) == [(len(entries), 0, 0, fingerprint)]
+
+        assert extract.test().state == "success"  # the same list again: nothing changes
+        assert latest_extra() == {
+            "rows_in_list": len(entries),
+            "inserted": 0,
+            "updated": 0,
+            "removed": 0,
+            "list_sha256": fingerprint,
+        }
+        run = changes.test()
+        assert run.state == "success"
+        assert run.get_task_instance("record_changes").state == "skipped"
+        assert len(_query(warehouse, report)) == 1
 
     def test_sync_unsubscribes(self, example_dagbag, warehouse, sandbox):
         before = len(sandbox.state)
@@ -102,9 +167,6 @@ class TestExampleDagRuns:
         assert not set(safe["phone_e164"]) & set(STOPPED)
 
     def test_bulk_add_mapped(self, example_dagbag, warehouse, sandbox):
-        from airflow.models.pool import Pool
-
-        Pool.create_or_update_pool("smspartner_api", slots=1, description="test", include_deferred=False)
         run = example_dagbag.get_dag("smspartner_bulk_add_mapped").test(run_conf={"chunk_size": 2})
         assert run.state == "success"
         mapped = [ti for ti in run.get_task_instances() if ti.task_id == "add_chunk"]
@@ -115,7 +177,7 @@ class TestExampleDagRuns:
         assert len(rows) == 5
 
 
-@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.usefixtures("airflow_db", "smspartner_pool")
 def test_api_key_absent_from_xcom_rendered_fields_and_logs(example_dagbag, warehouse, capfd):
     """Run a DAG that calls the API from several tasks; the key is nowhere Airflow stores or prints."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields

@@ -5,17 +5,29 @@ Import-light (parsed with every DAG): pandas and the warehouse writer load insid
 The table fails closed: it is what stands between an opted-out person and the next campaign, so
 ``replace`` and ``upsert`` refuse a list that would empty it or remove too much of it (the
 guard, :func:`check_removals`), and an odd row never blocks the list (:func:`prepare_stop_list`).
+
+It is also evidence: ``first_seen_at`` says when the warehouse first saw each stop (upsert keeps
+the rows that left the list, so :func:`stop_list_as_of_sql` answers "was this number stopped at
+time T"), the run log (:func:`run_log_table_spec`) keeps one row per run, written with the change
+or, for a refused list, on its own, and the task's Asset events carry what changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import AssetAlias, BaseOperator
 
-from airflow_provider_smspartner.exceptions import DuplicateStopIdError, StopListGuardError
+from airflow_provider_smspartner.exceptions import (
+    DuplicateStopIdError,
+    SmsPartnerResponseError,
+    StopListGuardError,
+)
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
@@ -31,18 +43,32 @@ if TYPE_CHECKING:
 
     import pandas as pd
     from airflow.sdk import Context
+    from sqlalchemy.engine import Connection
 
-    from airflow_provider_smspartner.utils.sql_writer import RemovalCounts, TableSpec
+    from airflow_provider_smspartner.utils.sql_writer import (
+        RemovalCounts,
+        SqlTableWriter,
+        TableSpec,
+        WriteSummary,
+    )
 
 #: Characters removed from ``phoneNumber``: C0 controls (NUL included), DEL and C1 controls.
 #: PostgreSQL cannot store NUL in text, and none of them belongs in a phone number.
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
 #: How many stop ids a log line or an error names.
 _SHOWN_IDS = 10
+#: ``run_log_table``'s default: ``{table}`` stands for the stop-list table (schema included).
+DEFAULT_RUN_LOG_TABLE = "{table}_runs"
+#: Keys of the extra of the task's Asset events (and of its return value).
+CHANGE_KEYS = ("rows_in_list", "inserted", "updated", "removed", "list_sha256")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MAX_IDENTIFIER = 63
 
 
 def stop_list_table_spec() -> TableSpec:
-    """The warehouse stop-list table. ``removed_at`` keeps the opt-out history in upsert mode.
+    """The warehouse stop-list table. ``removed_at`` keeps the opt-out history in upsert mode;
+    ``first_seen_at`` is when the warehouse first saw the stop (set on insert, never updated,
+    carried over by ``replace``).
 
     ``phone_number`` is unbounded text (``LONGTEXT`` on MySQL/MariaDB): the API may send any
     string, and a row the warehouse cannot take must not block the list.
@@ -55,6 +81,7 @@ def stop_list_table_spec() -> TableSpec:
             Column("phone_number", "long_text"),
             Column("phone_e164", "short_text"),
             Column("created_at", "timestamp"),
+            Column("first_seen_at", "timestamp"),
             Column("extracted_at", "timestamp"),
             Column("removed_at", "timestamp"),
         ),
@@ -62,7 +89,99 @@ def stop_list_table_spec() -> TableSpec:
         indexes=("phone_e164",),
         compared=("phone_number", "phone_e164", "created_at"),
         soft_delete="removed_at",
+        first_seen="first_seen_at",
     )
+
+
+def run_log_table_spec() -> TableSpec:
+    """The run log: one row per extract run, applied or refused.
+
+    ``status`` is ``applied`` (written in the change's transaction) or ``refused`` (the list was
+    refused: ``reason`` holds the error; written on its own, the change rolled back). The counts
+    are empty for a refused run, ``rows_in_list`` and ``list_sha256`` too when the answer itself
+    was refused.
+    """
+    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+
+    return TableSpec(
+        columns=(
+            Column("dag_id", "text"),
+            Column("run_id", "text"),
+            Column("task_id", "text"),
+            Column("try_number", "int"),
+            Column("started_at", "timestamp"),
+            Column("finished_at", "timestamp"),
+            Column("mode", "short_text"),
+            Column("status", "short_text"),
+            Column("rows_in_list", "bigint"),
+            Column("inserted", "bigint"),
+            Column("updated", "bigint"),
+            Column("removed", "bigint"),
+            Column("list_sha256", "short_text"),
+            Column("reason", "long_text"),
+        )
+    )
+
+
+def run_log_table_name(table: str, run_log_table: str = DEFAULT_RUN_LOG_TABLE) -> str:
+    """``run_log_table`` with ``{table}`` replaced by ``table``; a name part over 63 characters is
+    cut and given a hash of the whole, as the staging tables are."""
+    name = run_log_table.replace("{table}", table.strip())
+    schema, _, last = name.rpartition(".")
+    if len(last) > _MAX_IDENTIFIER:
+        digest = hashlib.sha256(last.encode()).hexdigest()[:8]
+        last = f"{last[: _MAX_IDENTIFIER - 9]}_{digest}"
+    return f"{schema}.{last}" if schema else last
+
+
+def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
+    """SQL selecting the stops that were on the list at ``at``, as far as the warehouse knew.
+
+    A row counts from its ``first_seen_at`` (the run that first saw it) until its ``removed_at``
+    (the run that saw it gone), excluded: ``first_seen_at <= at AND (removed_at IS NULL OR
+    removed_at > at)``. Only ``upsert`` keeps the rows that left the list, so only an upserted
+    table answers for the past. A number added again gets a new stop id, hence a row of its own.
+
+    :param table: The stop-list table, ``name`` or ``schema.name``.
+    :param at: The instant (a naive value is taken as UTC).
+    :param dialect: ``hook.dialect_name``: ``postgresql``, ``mysql``/``mariadb``, ``sqlite``
+        (others get ANSI SQL).
+    :return: ``SELECT stop_id, phone_number, phone_e164, created_at, first_seen_at, removed_at``
+        with ``at`` written in as a literal of the column type (no parameters to bind).
+    :raises ValueError: an invalid table name.
+    """
+    parts = table.strip().split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
+        raise ValueError(f"Invalid table name {table!r}: use 'table' or 'schema.table' (identifiers).")
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    if dialect in ("mysql", "mariadb"):
+        quoted = ".".join(f"`{p}`" for p in parts)
+        instant = f"CAST('{at:%Y-%m-%d %H:%M:%S.%f}' AS DATETIME(6))"  # naive UTC, as stored
+    elif dialect == "sqlite":
+        quoted = ".".join(f'"{p}"' for p in parts)
+        instant = f"'{at:%Y-%m-%dT%H:%M:%SZ}'"  # ISO text, whole seconds, as stored: sorts as time
+    else:
+        quoted = ".".join(f'"{p}"' for p in parts)
+        instant = f"CAST('{at:%Y-%m-%d %H:%M:%S.%f}+00:00' AS TIMESTAMP WITH TIME ZONE)"
+    return (
+        "SELECT stop_id, phone_number, phone_e164, created_at, first_seen_at, removed_at\n"
+        f"FROM {quoted}\n"
+        f"WHERE first_seen_at <= {instant} AND (removed_at IS NULL OR removed_at > {instant})"
+    )
+
+
+def task_identity(context: Mapping[str, Any], operator: BaseOperator) -> dict[str, Any]:
+    """``dag_id``, ``run_id``, ``task_id``, ``try_number`` of the running task, from ``context['ti']``;
+    with a minimal context (a test's ``{}``), what the operator knows and None for the rest."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag") or (operator.get_dag() if operator.has_dag() else None)
+    try_number = getattr(ti, "try_number", None)
+    return {
+        "dag_id": getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None),
+        "run_id": getattr(ti, "run_id", None) or context.get("run_id"),
+        "task_id": getattr(ti, "task_id", None) or operator.task_id,
+        "try_number": try_number if isinstance(try_number, int) else None,
+    }
 
 
 def _ids(stop_ids: Any) -> str:
@@ -193,9 +312,10 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
     """Extract the SMS Partner stop list into a table of any ``DbApiHook`` database.
 
     The table is created when missing (``stop_id`` key, index on ``phone_e164``, UTC timestamps;
-    ISO-8601 text on SQLite). The whole list is fetched and checked complete before the database
-    is touched, and the table changes in one transaction, under a per-table lock, so a failure
-    leaves it as it was and two runs into one table apply one after the other.
+    ISO-8601 text on SQLite). The whole list is fetched and checked complete before the table
+    changes, and it changes in one transaction, under a per-table lock, so a failure leaves it as
+    it was and two runs into one table apply one after the other. ``first_seen_at`` is set when a
+    stop id is first written and kept by every mode.
 
     ``replace`` and ``upsert`` fail closed: they refuse (:class:`StopListGuardError`, nothing
     written) an empty list while the table holds stops on the list (``removed_at IS NULL``), and a
@@ -203,21 +323,32 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
     removed from numbers; a stop id listed twice is kept once, or refused
     (:class:`DuplicateStopIdError`) when its numbers differ.
 
+    Each run adds a row to the run log (``run_log_table``): task identity, times, mode, the
+    counts and the list's :func:`~airflow_provider_smspartner.utils.api.list_sha256`, in the same
+    transaction as the change; a refused list (guard, repeated stop id, an answer that breaks the
+    API contract) leaves a ``refused`` row with the reason, on its own. With Asset ``outlets``, the
+    task's events carry ``rows_in_list``, ``inserted``, ``updated``, ``removed`` and
+    ``list_sha256`` as their extra.
+
     :param sql_conn_id: Connection of the destination database (postgres, mysql, sqlite, any DbApiHook).
     :param table: Destination table, ``name`` or ``schema.name``. (templated)
     :param mode: ``replace`` (default): the table holds exactly the current list. ``upsert``: new stop
         ids inserted, changed rows updated, ids no longer on the list kept with ``removed_at`` set
         (cleared if they come back). ``append``: only stop ids not yet in the table (no guard:
-        it removes nothing).
+        it removes nothing). On PostgreSQL ``replace`` truncates and reloads the table under an
+        ``ACCESS EXCLUSIVE`` lock: readers wait for the load and index build (2-3 s for a
+        million stops on a small server) instead of reading the old rows.
     :param max_removed_fraction: Largest share (0 to 1) of the stops on the list that one run may
         remove; ``None`` disables the check. Default 0.2.
     :param allow_empty_list: Apply an empty list even when the table holds stops on the list.
+    :param run_log_table: The run log table, created when missing; ``{table}`` stands for
+        ``table`` (default ``<table>_runs``, same schema); ``None`` keeps no run log. (templated)
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
     :param chunk_size: Rows per load chunk.
-    :return: ``{"rows_in_list", "inserted", "updated", "removed", "table", "mode"}``.
+    :return: ``{"rows_in_list", "inserted", "updated", "removed", "list_sha256", "table", "mode"}``.
     """
 
-    template_fields: Sequence[str] = ("sql_conn_id", "table", "mode", "smspartner_conn_id")
+    template_fields: Sequence[str] = ("sql_conn_id", "table", "mode", "run_log_table", "smspartner_conn_id")
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -228,6 +359,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         mode: str = "replace",
         max_removed_fraction: float | None = 0.2,
         allow_empty_list: bool = False,
+        run_log_table: str | None = DEFAULT_RUN_LOG_TABLE,
         smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         **kwargs: Any,
@@ -238,6 +370,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         self.mode = mode
         self.max_removed_fraction = max_removed_fraction
         self.allow_empty_list = allow_empty_list
+        self.run_log_table = run_log_table
         self.smspartner_conn_id = smspartner_conn_id
         self.chunk_size = chunk_size
         check_count("chunk_size", chunk_size, minimum=1)
@@ -247,20 +380,45 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import pandas as pd
 
+        from airflow_provider_smspartner.utils.api import list_sha256
         from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 
+        started_at = datetime.now(timezone.utc)
         check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered
-        # A bad table name fails here, before the API is called.
-        writer = SqlTableWriter(
-            resolve_dbapi_hook(self.sql_conn_id), self.table, stop_list_table_spec(), self.chunk_size
-        )
+        # Bad table names fail here, before the API is called.
+        hook = resolve_dbapi_hook(self.sql_conn_id)
+        writer = SqlTableWriter(hook, self.table, stop_list_table_spec(), self.chunk_size)
+        run_log = None
+        if self.run_log_table is not None:
+            name = run_log_table_name(self.table, self.run_log_table)
+            run_log = SqlTableWriter(hook, name, run_log_table_spec())
+            run_log.ensure_table()
+        entry: dict[str, Any] = {
+            **task_identity(context, self),
+            "started_at": started_at,
+            "mode": self.mode,
+            "rows_in_list": None,
+            "list_sha256": None,
+        }
 
-        frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
-        self.log.info("Fetched %d stops from SMS Partner", len(frame))
-        frame = prepare_stop_list(frame, self.log)
+        # When the list was asked for: the run's extracted_at, and first_seen_at of new stops.
         extracted_at = pd.Timestamp.now(tz="UTC").floor("s")
-        frame["extracted_at"] = extracted_at
-        frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+
+        def fetch() -> pd.DataFrame:
+            """The list, checked and ready to write; run by the writer in a thread while it
+            connects, takes the table's lock and reads the table."""
+            frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
+            # nbData: the response contract guarantees nbData == len(data), one row per item.
+            entry["rows_in_list"] = len(frame)
+            # Of the numbers as the API sent them, before any cleaning below.
+            entry["list_sha256"] = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
+            self.log.info(
+                "Fetched %d stops from SMS Partner (list_sha256 %s)", len(frame), entry["list_sha256"]
+            )
+            frame = prepare_stop_list(frame, self.log)
+            frame["extracted_at"] = extracted_at
+            frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+            return frame
 
         guard = None
         if self.mode != "append":
@@ -270,17 +428,24 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
                 max_removed_fraction=self.max_removed_fraction,
                 allow_empty_list=self.allow_empty_list,
             )
-        written = writer.write(
-            frame,
-            self.mode,  # type: ignore[arg-type]
-            now=extracted_at.to_pydatetime(),
-            guard=guard,
-        )
+        try:
+            written = writer.write(
+                fetch,
+                self.mode,  # type: ignore[arg-type]
+                now=extracted_at.to_pydatetime(),  # also the new stops' first_seen_at
+                guard=guard,
+                before_commit=None if run_log is None else partial(self._log_applied, run_log, entry),
+            )
+        except (StopListGuardError, SmsPartnerResponseError) as refused:
+            if run_log is not None:
+                self._log_refused(run_log, entry, refused)
+            raise
         summary = {
-            "rows_in_list": len(frame),
+            "rows_in_list": entry["rows_in_list"],
             "inserted": written.inserted,
             "updated": written.updated,
             "removed": written.removed,
+            "list_sha256": entry["list_sha256"],
             "table": str(writer.table),
             "mode": self.mode,
         }
@@ -295,4 +460,42 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             summary["removed"],
             " (table created)" if written.created_table else "",
         )
+        self._publish_changes(context, {key: summary[key] for key in CHANGE_KEYS})
         return summary
+
+    @staticmethod
+    def _log_applied(
+        run_log: SqlTableWriter, entry: dict[str, Any], conn: Connection, written: WriteSummary
+    ) -> None:
+        """The run's row, on the write's connection: it commits with the change, or not at all."""
+        run_log.insert_row(
+            conn,
+            entry
+            | {
+                "finished_at": datetime.now(timezone.utc),
+                "status": "applied",
+                "inserted": written.inserted,
+                "updated": written.updated,
+                "removed": written.removed,
+            },
+        )
+
+    def _log_refused(self, run_log: SqlTableWriter, entry: dict[str, Any], refused: Exception) -> None:
+        """A refused run's row, in a transaction of its own (the change was rolled back). A failure
+        here is logged: the refusal is what the task must report."""
+        row = entry | {"finished_at": datetime.now(timezone.utc), "status": "refused", "reason": str(refused)}
+        try:
+            with run_log.engine.begin() as conn:
+                run_log.insert_row(conn, row)
+        except Exception:
+            self.log.warning("Could not write the refused run to %s", run_log.table, exc_info=True)
+
+    def _publish_changes(self, context: Mapping[str, Any], changes: dict[str, Any]) -> None:
+        """Put ``changes`` in the extra of this task's event for each Asset outlet (not aliases:
+        their events name their own asset), so downstream DAGs can tell what changed."""
+        outlet_events = context.get("outlet_events")
+        if outlet_events is None:
+            return
+        for outlet in self.outlets:
+            if not isinstance(outlet, AssetAlias):
+                outlet_events[outlet].extra.update(changes)

@@ -1,18 +1,30 @@
 """Writes DataFrames into a table of any DbApiHook database: the provider's one warehouse writer.
 
-Used by the stop-list transfer (replace / upsert / append) and by the bulk operators' results
-tables. Statements are SQLAlchemy Core built on the hook's engine (``get_sqlalchemy_engine``):
-tables, indexes, quoting, null-safe comparison and per-database types come from SQLAlchemy.
-The load path follows ``hook.dialect_name``:
+Used by the stop-list transfer (replace / upsert / append, plus its run log) and by the bulk
+operators' results tables. Statements are SQLAlchemy Core built on the hook's engine
+(``get_sqlalchemy_engine``): tables, indexes, quoting, null-safe comparison and per-database types
+come from SQLAlchemy. The load path follows ``hook.dialect_name``:
 
-* ``postgresql``: ``COPY`` of Arrow-written CSV on the SQLAlchemy connection's driver connection;
+* ``postgresql``: binary ``COPY`` (CSV for a table whose column types differ from the writer's)
+  on the SQLAlchemy connection's driver connection, the next chunk encoded in a thread while the
+  database takes the current one;
 * ``mysql`` / ``mariadb`` and ``sqlite``: chunked ``executemany`` of a Core ``INSERT``;
 * anything else: ``DbApiHook.insert_rows(..., executemany=True)`` into a staging table.
 
 ``replace`` and ``insert`` load straight into the target inside one transaction; ``upsert`` and
-``append`` (and every mode on the generic path) load a staging table and apply set-based
-statements to the target in one transaction. Either way a failure leaves the target as it was,
-and readers see the old rows until the commit.
+``append`` (and every mode on the generic path) load a staging table (a temporary table on
+PostgreSQL: no write-ahead log) and apply set-based statements to the target in one transaction.
+Either way a failure leaves the target as it was.
+
+``replace`` reads the target's keys (and the spec's ``first_seen`` column, which keeps its value
+for keys still present) in its transaction, then empties and reloads the target. On PostgreSQL it
+takes the fastest way to the same end state: ``TRUNCATE``, drop the table's indexes, ``COPY``,
+rebuild the indexes from their own definitions (same table, so views and grants survive; still
+WAL-logged). ``TRUNCATE`` holds an ``ACCESS EXCLUSIVE`` lock until the commit: readers wait
+during the load and the index build instead of seeing the old rows (:meth:`SqlTableWriter.write`).
+A table that a foreign key references, that is partitioned, or that the writer's role does not
+own (only an owner rebuilds indexes) is reloaded with ``DELETE`` + ``COPY`` instead, and readers
+keep the old rows until the commit there and on the other databases.
 
 The keyed modes (``replace``/``upsert``/``append``) hold a per-table lock for the whole write, so
 two writers of one table run one after the other instead of interleaving: a transaction-level
@@ -34,6 +46,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +56,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -64,9 +78,15 @@ STAGING_SUFFIX = "__stg_smspartner"
 #: Seconds a keyed write waits for another writer of the same table before it gives up.
 DEFAULT_LOCK_TIMEOUT = 600.0
 _LOCK_POLL_SECONDS = 0.2
+#: Memory a PostgreSQL keyed write allows itself, for its transaction only (never lowered): a
+#: million keys hash (upsert's joins) and sort (replace's index builds) without temporary files.
+_POSTGRES_MEMORY = {"work_mem": "256MB", "maintenance_work_mem": "256MB"}
+_MICROS_PER_DAY = 86_400_000_000
+_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days since 1970
 #: How SQLite stores UTC instants (it has no timestamp type); this text sorts chronologically.
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MySQL and MariaDB
+_TEXT_TYPES = ("short_text", "text", "long_text")
 #: ``hook.dialect_name`` -> load path; any other database takes ``insert_rows``.
 _LOAD_PATHS: dict[str, LoadPath] = {
     "postgresql": "copy",
@@ -94,6 +114,15 @@ class TableSpec:
     :param compared: Columns whose change makes ``upsert`` update a row.
     :param soft_delete: Column set to the write time when a key leaves the source in ``upsert``,
         and cleared when it comes back.
+    :param first_seen: Column set to the write time when a key is first inserted and never
+        updated after: ``upsert`` leaves it alone, ``replace`` carries it over for keys still
+        present. The frame may omit it (the writer fills it).
+
+    On PostgreSQL, an index on a text column uses ``text_pattern_ops``: it compares bytes, which
+    builds about twice as fast as the database's collation on a million values, and serves
+    equality (joins, ``=``, ``IN``) and prefix ``LIKE``; the column keeps the database's collation,
+    so joins and comparisons with other columns behave as everywhere else. (Not for ``<``/``>`` or
+    ``ORDER BY`` under a linguistic collation, which nobody runs on phone numbers.)
     """
 
     columns: tuple[Column, ...]
@@ -101,6 +130,7 @@ class TableSpec:
     indexes: tuple[str, ...] = ()
     compared: tuple[str, ...] = ()
     soft_delete: str | None = None
+    first_seen: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -156,6 +186,8 @@ class RemovalCounts:
 
 #: Called with the counts before the target changes; raises to refuse the write.
 Guard = Callable[[RemovalCounts], None]
+#: Called on the write's connection after the target changed, before the commit (e.g. a log row).
+BeforeCommit = Callable[[Connection, "WriteSummary"], None]
 
 
 @dataclass
@@ -299,51 +331,99 @@ class SqlTableWriter:
 
     @cached_property
     def staging_table(self) -> sa.Table:
-        """The keyed modes' staging table (:func:`staging_name`), shaped like the target, no index."""
-        return self._define(staging_name(self.table), indexes=False)
+        """The keyed modes' staging table (:func:`staging_name`), shaped like the target, no index.
+
+        On PostgreSQL a temporary table: its load writes no WAL, and it lives in the write's session.
+        """
+        return self._define(
+            staging_name(self.table), indexes=False, temporary=self.dialect_name == "postgresql"
+        )
 
     # ------------------------------------------------------------------ public
     def write(
         self,
-        frame: pd.DataFrame,
+        frame: pd.DataFrame | Callable[[], pd.DataFrame],
         mode: WriteMode,
         now: datetime | None = None,
         guard: Guard | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> WriteSummary:
         """Write ``frame`` in ``mode`` and return what changed.
+
+        ``frame`` may be a callable that returns it (e.g. an API fetch): a keyed write on a fast
+        path then runs it in a thread while it connects, takes the table's lock, creates the
+        table if needed and reads what ``replace`` compares, so the client's work overlaps the
+        database's; the table changes only once the frame is there. Whatever the callable raises
+        aborts the write, which then changes nothing.
 
         ``replace``: the table ends up holding exactly ``frame``; ``upsert``: new keys inserted,
         changed rows updated, keys absent from ``frame`` soft-deleted (``now``, default the current
         time, in the spec's ``soft_delete`` column); ``append``: only keys not yet in the table;
-        ``insert``: every row, no key check (results tables).
+        ``insert``: every row, no key check (results tables). The spec's ``first_seen`` column
+        gets ``now`` on insert (unless ``frame`` holds it) and keeps its stored value otherwise.
+
+        On PostgreSQL, ``replace`` empties the table with ``TRUNCATE`` (``ACCESS EXCLUSIVE`` lock):
+        readers wait from then until the commit (the load and the index build: 2-3 s for a
+        million rows on a small server) instead of reading the old rows.
 
         :param guard: ``replace``/``upsert`` only: called with the :class:`RemovalCounts` inside
             the write's transaction, under the table's lock, before the target changes; whatever
             it raises aborts the write and leaves the table as it was.
+        :param before_commit: Keyed modes: called with the write's connection and summary after the
+            target changed, before the commit, so what it writes commits (or rolls back) with
+            the change. Must not run DDL (MySQL would commit the open transaction).
         :raises ValueError: a column missing from ``frame``, or a key value repeated in it.
         :raises TimeoutError: another writer held the table's lock for ``lock_timeout`` seconds.
         """
+        now = now or datetime.now(timezone.utc)
+        if mode != "insert" and not self.spec.key:
+            raise ValueError(f"Mode {mode!r} needs a key column in the table spec.")
+        if callable(frame) and mode != "insert" and self.load_path != "insert_rows":
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smspartner-source") as source:
+                return self._write_locked(source.submit(frame), mode, now, guard, before_commit)
+        if callable(frame):
+            frame = frame()
+        frame = self._checked(frame, mode, now)
+        if mode == "insert":
+            return self._insert(frame)
+        if self.load_path == "insert_rows":
+            return self._write_generic(frame, mode, now, guard, before_commit)
+        return self._write_locked(frame, mode, now, guard, before_commit)
+
+    def _checked(self, frame: pd.DataFrame, mode: WriteMode, now: datetime) -> pd.DataFrame:
+        """``frame`` with the spec's ``first_seen`` column (``now`` when missing), checked: every
+        column present, keys unique in the keyed modes."""
+        first_seen = self.spec.first_seen
+        if first_seen and first_seen not in frame.columns:
+            frame = frame.assign(**{first_seen: pd.Series(_utc(now), index=frame.index)})
         missing = [c for c in self.spec.names if c not in frame.columns]
         if missing:
             raise ValueError(f"DataFrame lacks column(s) {missing} needed by table {self.table}.")
-        if mode == "insert":
-            return self._insert(frame)
-        if not self.spec.key:
-            raise ValueError(f"Mode {mode!r} needs a key column in the table spec.")
-        self._check_unique_keys(frame)
-        now = now or datetime.now(timezone.utc)
-        if self.load_path == "insert_rows":
-            return self._write_generic(frame, mode, now, guard)
-        return self._write_locked(frame, mode, now, guard)
+        if mode != "insert":
+            self._check_unique_keys(frame)
+        return frame
 
     def ensure_table(self) -> bool:
         """Create the table (with its key and indexes) unless it exists; check its columns. True if created.
 
         An existence check that fails (no privilege, lost connection) raises its own error: it is
-        never taken for a missing table.
+        never taken for a missing table. Two writers creating the table at once are fine: the one
+        whose ``CREATE`` fails finds the other's table and goes on.
         """
+        try:
+            with self.engine.begin() as conn:
+                return self._ensure(conn)
+        except sa.exc.DBAPIError:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(self.table.name, schema=self.table.schema):
+                    raise
         with self.engine.begin() as conn:
             return self._ensure(conn)
+
+    def insert_row(self, conn: Connection, values: dict[str, Any]) -> None:
+        """Insert one row (``{column: value}``, timestamps as aware datetimes) on ``conn``, inside
+        whatever transaction it has open: e.g. a log row written with another table's change."""
+        conn.execute(sa.insert(self.sql_table).values(values))
 
     def read_frame(self) -> pd.DataFrame:
         """Read the spec's columns of the whole table back, timestamps as UTC (for tests and small tables)."""
@@ -377,30 +457,45 @@ class SqlTableWriter:
         return summary
 
     def _write_locked(
-        self, frame: pd.DataFrame, mode: WriteMode, now: datetime, guard: Guard | None
+        self,
+        source: pd.DataFrame | Future[pd.DataFrame],
+        mode: WriteMode,
+        now: datetime,
+        guard: Guard | None,
+        before_commit: BeforeCommit | None,
     ) -> WriteSummary:
         """A keyed write on a fast path, under the table's lock.
 
         PostgreSQL and SQLite: one transaction, table creation and staging table included, so a
         crash leaves nothing behind. MySQL/MariaDB commit DDL on their own: the staging table is
         created before the transaction that loads and applies it, and dropped after it, the
-        session's lock held throughout.
+        session's lock held throughout. A ``Future`` source is waited for once the lock is held,
+        the table ensured and (``replace``) its rows read.
         """
         summary = WriteSummary()
         staging = None if mode == "replace" else self.staging_table
         transactional_ddl = self.dialect_name not in _MYSQL
         with self._locked() as conn:
             try:
+                if self.dialect_name == "postgresql":
+                    self._raise_memory(conn)
                 summary.created_table = self._ensure(conn)
-                if staging is None:
-                    self._replace(conn, frame, summary, guard)
+                old = self._existing_locked(conn) if staging is None else None
+                frame = source.result() if isinstance(source, Future) else source
+                if isinstance(source, Future):
+                    frame = self._checked(frame, mode, now)
+                if old is not None:
+                    self._replace(conn, frame, old, summary, guard)
                 else:
+                    assert staging is not None
                     staging.drop(conn, checkfirst=True)  # what a crashed run left
                     self._create(conn, staging)
                     self._load(conn, frame, staging)
                     self._apply(conn, staging, mode, now, summary, guard, len(frame))
                     if transactional_ddl:
                         staging.drop(conn)
+                if before_commit is not None:
+                    before_commit(conn, summary)
                 conn.commit()
             except BaseException:
                 # Before any DROP: MySQL would commit the open transaction ahead of it.
@@ -415,7 +510,12 @@ class SqlTableWriter:
         return summary
 
     def _write_generic(
-        self, frame: pd.DataFrame, mode: WriteMode, now: datetime, guard: Guard | None
+        self,
+        frame: pd.DataFrame,
+        mode: WriteMode,
+        now: datetime,
+        guard: Guard | None,
+        before_commit: BeforeCommit | None,
     ) -> WriteSummary:
         """A keyed write through ``insert_rows`` (which commits as it goes) into the staging table,
         then one transaction on the target. No portable lock: one writer per table at a time."""
@@ -428,6 +528,8 @@ class SqlTableWriter:
             self._insert_rows(frame, staging)
             with self.engine.begin() as conn:
                 self._apply(conn, staging, mode, now, summary, guard, len(frame))
+                if before_commit is not None:
+                    before_commit(conn, summary)
         finally:
             self._drop(staging)
         return summary
@@ -537,9 +639,15 @@ class SqlTableWriter:
             )
         return False
 
-    def _define(self, name: TableName, indexes: bool) -> sa.Table:
-        """``spec`` as a Table named ``name`` in the writer's MetaData; the key is the primary key."""
+    def _define(self, name: TableName, indexes: bool, temporary: bool = False) -> sa.Table:
+        """``spec`` as a Table named ``name`` in the writer's MetaData; the key is the primary key.
+
+        ``temporary``: a PostgreSQL temporary table (no schema), dropped at the latest on commit.
+        """
         key = self.spec.key
+        options: dict[str, Any] = (
+            {"prefixes": ["TEMPORARY"], "postgresql_on_commit": "DROP"} if temporary else {}
+        )
         table = sa.Table(
             name.name,
             self.metadata,
@@ -553,13 +661,17 @@ class SqlTableWriter:
                 )
                 for c in self.spec.columns
             ),
-            schema=name.schema,
+            schema=None if temporary else name.schema,
             # Any text a source sends, whatever the database's default (often latin1 or utf8mb3).
             mysql_charset="utf8mb4",
+            **options,
         )
         if indexes:
+            types = {c.name: c.type for c in self.spec.columns}
             for column in self.spec.indexes:
-                sa.Index(f"{name.name[:40]}_{column}_idx", table.c[column])
+                # Bytewise on PostgreSQL (see TableSpec): equality lookups, a faster build.
+                ops = {column: "text_pattern_ops"} if types[column] in _TEXT_TYPES else {}
+                sa.Index(f"{name.name[:40]}_{column}_idx", table.c[column], postgresql_ops=ops)
         return table
 
     def _create(self, conn: Connection, table: sa.Table) -> None:
@@ -605,22 +717,62 @@ class SqlTableWriter:
             conn.exec_driver_sql(str(insert), rows)
 
     def _copy(self, conn: Connection, frame: pd.DataFrame, table: sa.Table) -> None:
-        """PostgreSQL ``COPY`` on the driver connection under ``conn``, so it joins its transaction."""
+        """PostgreSQL ``COPY`` on the driver connection under ``conn``, so it joins its transaction.
+
+        A thread encodes the next chunk while the database takes the current one: Arrow and numpy
+        release the GIL, and the driver waits for the socket without holding it.
+        """
         quote = conn.dialect.identifier_preparer
         columns = ", ".join(quote.quote(n) for n in self.spec.names)
-        sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN WITH (FORMAT csv)"
+        binary = self._takes_binary(conn, table)
+        options = "FORMAT binary" if binary else "FORMAT csv"
+        sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN WITH ({options})"
+        head, tail = (BINARY_SIGNATURE, BINARY_TRAILER) if binary else (b"", b"")
+        encode = copy_binary if binary else copy_csv
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the CSV's timestamps carry no offset
-            if hasattr(cursor, "copy"):  # psycopg 3
-                with cursor.copy(sql) as copy:
-                    for chunk in self._chunks(frame):
-                        copy.write(copy_csv(chunk, self.spec))
-            else:  # psycopg2
-                for chunk in self._chunks(frame):
-                    cursor.copy_expert(sql, io.BytesIO(copy_csv(chunk, self.spec)))
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smspartner-copy") as encoder:
+                if hasattr(cursor, "copy"):  # psycopg 3: one COPY
+                    with cursor.copy(sql) as copy:
+                        copy.write(head)
+                        for data in self._encoded(frame, encode, encoder):
+                            copy.write(data)
+                        copy.write(tail)
+                else:  # psycopg2: a COPY per chunk
+                    for data in self._encoded(frame, encode, encoder):
+                        cursor.copy_expert(sql, io.BytesIO(head + data + tail))
         finally:
             cursor.close()
+
+    def _takes_binary(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether ``table``'s columns have exactly the types binary COPY encodes (the writer's own
+        tables do; a table created by hand with other types gets CSV, which PostgreSQL casts)."""
+        rows = conn.execute(
+            sa.text(
+                "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                "WHERE attrelid = CAST(:name AS regclass) AND attnum > 0 AND NOT attisdropped"
+            ),
+            {"name": self._quoted(conn, table)},
+        ).all()
+        found = {str(name).lower(): kind for name, kind in rows}
+        return all(found.get(c.name.lower()) in _BINARY_PG_TYPES[c.type] for c in self.spec.columns)
+
+    def _encoded(
+        self,
+        frame: pd.DataFrame,
+        encode: Callable[[pd.DataFrame, TableSpec], bytes],
+        encoder: ThreadPoolExecutor,
+    ) -> Iterator[bytes]:
+        """The frame's chunks encoded for COPY, each on ``encoder`` while the previous one is sent."""
+        pending: Future[bytes] | None = None
+        for chunk in self._chunks(frame):
+            future = encoder.submit(encode, chunk, self.spec)
+            if pending is not None:
+                yield pending.result()
+            pending = future
+        if pending is not None:
+            yield pending.result()
 
     def _insert_rows(self, frame: pd.DataFrame, table: sa.Table) -> None:
         """Generic path: ``hook.insert_rows`` into ``table`` (it commits every chunk: staging only)."""
@@ -663,27 +815,209 @@ class SqlTableWriter:
         return columns
 
     # ------------------------------------------------------------------ apply
-    def _replace(
-        self, conn: Connection, frame: pd.DataFrame, summary: WriteSummary, guard: Guard | None
-    ) -> None:
-        """Empty the target and load ``frame`` on ``conn``: readers see the old rows until commit.
+    def _existing_locked(self, conn: Connection) -> _Existing:
+        """What ``replace`` compares, read after other writers of the table are locked out
+        (PostgreSQL: ``SHARE ROW EXCLUSIVE``, which readers pass), so it holds until the commit."""
+        if self.dialect_name == "postgresql":
+            conn.exec_driver_sql(
+                f"LOCK TABLE {self._quoted(conn, self.sql_table)} IN SHARE ROW EXCLUSIVE MODE"
+            )
+        return self._existing(conn)
 
-        The counts come from comparing key sets, the old ones read in the same transaction.
+    def _replace(
+        self,
+        conn: Connection,
+        frame: pd.DataFrame,
+        old: _Existing,
+        summary: WriteSummary,
+        guard: Guard | None,
+    ) -> None:
+        """Empty the target and load ``frame`` on ``conn``, inside its transaction.
+
+        ``old`` holds the target's keys, their ``first_seen`` values and whether they are live,
+        read in the same transaction (:meth:`_existing_locked`); the counts, the guard and the
+        carried-over ``first_seen`` come from comparing them with ``frame``'s keys in memory.
         """
-        key, soft, target = self._key, self.spec.soft_delete, self.sql_table
-        old_keys = _fetch_column(conn, sa.select(target.c[key]))
+        key, first_seen, target = self._key, self.spec.first_seen, self.sql_table
         new_keys = frame[key].to_numpy()
-        kept = len(np.intersect1d(old_keys, new_keys, assume_unique=True))  # keys are unique
-        summary.inserted = len(new_keys) - kept
-        summary.removed = len(old_keys) - kept
+        position = pd.Index(old.keys).get_indexer(new_keys) if len(old.keys) else np.full(len(new_keys), -1)
+        kept = position >= 0
+        kept_count = int(kept.sum())
+        summary.inserted = len(new_keys) - kept_count
+        summary.removed = len(old.keys) - kept_count
         if guard is not None:
-            live_keys, live_kept = old_keys, kept
-            if soft and self._count(conn, target, target.c[soft].is_not(None)):
-                live_keys = _fetch_column(conn, sa.select(target.c[key]).where(target.c[soft].is_(None)))
-                live_kept = len(np.intersect1d(live_keys, new_keys, assume_unique=True))
-            guard(RemovalCounts(len(live_keys), len(live_keys) - live_kept, len(new_keys)))
-        conn.execute(sa.delete(target))
-        self._load(conn, frame, target)
+            live = int(old.live.sum())
+            guard(RemovalCounts(live, live - int(old.live[position[kept]].sum()), len(new_keys)))
+        if first_seen and old.first_seen is not None and kept_count:
+            values = _naive_utc(pd.to_datetime(frame[first_seen], utc=True)).copy()
+            carried = old.first_seen[position[kept]]
+            values[kept] = np.where(np.isnat(carried), values[kept], carried)
+            frame = frame.assign(**{first_seen: pd.Series(values, index=frame.index).dt.tz_localize("UTC")})
+        if self.dialect_name == "postgresql" and self._can_rebuild(conn):
+            self._reload_postgres(conn, frame)
+        else:
+            conn.execute(sa.delete(target))
+            self._load(conn, frame, target)
+
+    def _existing(self, conn: Connection) -> _Existing:
+        """The target's keys, live flags (``soft_delete`` empty) and ``first_seen`` values (naive UTC
+        ``datetime64[us]``), read on ``conn``. PostgreSQL with an integer key sends each column as
+        one binary value (a million rows in 0.2 s, against 4 s row by row); elsewhere the DBAPI
+        cursor reads the rows (SQLAlchemy's per-row result processing would triple the time)."""
+        target, soft, first_seen = self.sql_table, self.spec.soft_delete, self.spec.first_seen
+        if self.dialect_name == "postgresql" and self._key_type in ("bigint", "int"):
+            return self._existing_postgres(conn)
+        live = sa.case((target.c[soft].is_(None), 1), else_=0) if soft else sa.literal(1)
+        columns = [target.c[self._key], live]
+        if first_seen:
+            columns.append(target.c[first_seen])
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(str(sa.select(*columns).compile(conn, compile_kwargs={"literal_binds": True})))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        keys = np.asarray([row[0] for row in rows])
+        flags = np.asarray([bool(row[1]) for row in rows], dtype=bool)
+        stamps = None
+        if first_seen:
+            # SQLite: ISO text ending in Z; MySQL: naive UTC datetimes; PostgreSQL: aware ones.
+            stamps = _naive_utc(pd.to_datetime(pd.Series([row[2] for row in rows], dtype=object), utc=True))
+        return _Existing(keys, flags, stamps)
+
+    def _existing_postgres(self, conn: Connection) -> _Existing:
+        """:meth:`_existing` as ``bytea`` aggregates of one scan (so in the same row order):
+        big-endian keys and ``first_seen`` in PostgreSQL's binary form; live flags, a byte a row,
+        only when some rows are soft-deleted (``replace`` leaves none)."""
+        quote = conn.dialect.identifier_preparer
+        key, soft, first_seen = (
+            quote.quote(n) if n else None for n in (self._key, self.spec.soft_delete, self.spec.first_seen)
+        )
+        table = self._quoted(conn, self.sql_table)
+        aggregates = [f"string_agg(int8send(CAST({key} AS bigint)), ''::bytea)"]
+        if first_seen:
+            # A missing first_seen becomes PostgreSQL's smallest timestamp (-infinity): NaT below.
+            seen = f"COALESCE(timestamptz_send({first_seen}), decode('8000000000000000', 'hex'))"
+            aggregates.append(f"string_agg({seen}, ''::bytea)")
+        aggregates.append(f"count(*) FILTER (WHERE {soft} IS NOT NULL)" if soft else "0")
+        row = conn.exec_driver_sql(f"SELECT {', '.join(aggregates)} FROM {table}").one()
+        keys = np.frombuffer(row[0] or b"", dtype=">i8").astype(np.int64)
+        flags = np.ones(len(keys), dtype=bool)
+        if row[-1]:
+            flag = f"CASE WHEN {soft} IS NULL THEN decode('01', 'hex') ELSE decode('00', 'hex') END"
+            live = conn.exec_driver_sql(f"SELECT string_agg({flag}, ''::bytea ORDER BY {key}) FROM {table}")
+            order = np.argsort(keys, kind="stable")
+            flags[order] = np.frombuffer(live.scalar_one(), dtype=np.uint8).astype(bool)
+        stamps = None
+        if first_seen:
+            raw = np.frombuffer(row[1] or b"", dtype=">i8").astype(np.int64)
+            unknown = (raw == np.iinfo(np.int64).min) | (raw == np.iinfo(np.int64).max)  # +-infinity
+            stamps = np.where(unknown, np.iinfo(np.int64).min, raw + _PG_EPOCH_MICROS).view("datetime64[us]")
+        return _Existing(keys, flags, stamps)
+
+    def _can_rebuild(self, conn: Connection) -> bool:
+        """Whether the PostgreSQL target can be truncated and its indexes rebuilt: a plain table
+        (a partitioned one keeps its indexes on the partitions), that no foreign key references
+        (TRUNCATE refuses those), owned by the writer's role (only an owner drops and builds
+        indexes) which may TRUNCATE it. Otherwise ``replace`` deletes and loads, indexes in place."""
+        kind, owner, may_truncate, referenced = conn.execute(
+            sa.text(
+                "SELECT relkind, pg_has_role(relowner, 'USAGE'), has_table_privilege(oid, 'TRUNCATE'), "
+                "EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = c.oid) "
+                "FROM pg_class c WHERE oid = :oid"
+            ),
+            {"oid": self._oid(conn)},
+        ).one()
+        reason = (
+            "not a plain table"
+            if kind != "r"
+            else "referenced by a foreign key"
+            if referenced
+            else "owned by another role"
+            if not owner
+            else "not to be truncated by this role"
+            if not may_truncate
+            else None
+        )
+        if reason:
+            log.info("%s is %s: replaced with DELETE + COPY, indexes in place", self.table, reason)
+        return reason is None
+
+    def _reload_postgres(self, conn: Connection, frame: pd.DataFrame) -> None:
+        """PostgreSQL's fastest way to the same end state, in the write's transaction: ``TRUNCATE``
+        (same table: views, grants, triggers, comments stay), drop the indexes, ``COPY`` into the
+        bare table, then rebuild each index and key from its own definition (``pg_get_indexdef``,
+        ``pg_get_constraintdef``), replica identity and clustering included. WAL-logged as any write.
+        Building an index once over sorted input costs a fraction of maintaining it row by row."""
+        target = self._quoted(conn, self.sql_table)
+        quote = conn.dialect.identifier_preparer
+        indexes = conn.execute(
+            sa.text(
+                "SELECT CAST(CAST(i.indexrelid AS regclass) AS text), pg_get_indexdef(i.indexrelid), "
+                "c.conname, pg_get_constraintdef(c.oid), i.indisreplident, i.indisclustered "
+                "FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid "
+                "AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x') "
+                "WHERE i.indrelid = :oid ORDER BY c.contype = 'p' DESC, i.indexrelid"
+            ),
+            {"oid": self._oid(conn)},
+        ).all()
+        conn.exec_driver_sql(f"TRUNCATE TABLE {target}")
+        truncated = time.monotonic()
+        for name, _, constraint, _, _, _ in indexes:
+            if constraint:
+                conn.exec_driver_sql(f"ALTER TABLE {target} DROP CONSTRAINT {quote.quote(constraint)}")
+            else:
+                conn.exec_driver_sql(f"DROP INDEX {name}")
+        self._load(conn, frame, self.sql_table)
+        for name, definition, constraint, constraint_definition, replica, clustered in indexes:
+            if constraint:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {target} ADD CONSTRAINT {quote.quote(constraint)} {constraint_definition}"
+                )
+            else:
+                conn.exec_driver_sql(definition)
+            index = quote.quote(constraint) if constraint else name
+            if replica:
+                conn.exec_driver_sql(f"ALTER TABLE {target} REPLICA IDENTITY USING INDEX {index}")
+            if clustered:
+                conn.exec_driver_sql(f"ALTER TABLE {target} CLUSTER ON {index}")
+        log.info(
+            "Reloaded %s (%d rows, %d indexes rebuilt) in %.1f s under its ACCESS EXCLUSIVE lock, "
+            "held until the commit",
+            self.table,
+            len(frame),
+            len(indexes),
+            time.monotonic() - truncated,
+        )
+
+    @staticmethod
+    def _raise_memory(conn: Connection) -> None:
+        """For this transaction only, never lowered: hash joins of a million keys and index builds
+        in memory rather than in temporary files (PostgreSQL's defaults are 4 MB and 64 MB)."""
+        for setting, size in _POSTGRES_MEMORY.items():
+            conn.execute(
+                sa.text(
+                    "SELECT set_config(:setting, :size, true) "
+                    "WHERE pg_size_bytes(current_setting(:setting)) < pg_size_bytes(:size)"
+                ),
+                {"setting": setting, "size": size},
+            )
+
+    def _oid(self, conn: Connection) -> int:
+        return int(
+            conn.execute(
+                sa.text("SELECT CAST(CAST(:name AS regclass) AS oid)"),
+                {"name": self._quoted(conn, self.sql_table)},
+            ).scalar_one()
+        )
+
+    @staticmethod
+    def _quoted(conn: Connection, table: sa.Table) -> str:
+        return str(conn.dialect.identifier_preparer.format_table(table))
+
+    @property
+    def _key_type(self) -> ColumnType:
+        return next(c.type for c in self.spec.columns if c.name == self._key)
 
     def _apply(
         self,
@@ -697,37 +1031,87 @@ class SqlTableWriter:
     ) -> None:
         """Set-based statements from ``staging`` to the target, counts and guard first (on ``conn``,
         no commit)."""
-        target, soft = self.sql_table, self.spec.soft_delete
+        target, soft, first_seen = self.sql_table, self.spec.soft_delete, self.spec.first_seen
+        key = self._key
         is_new, changed, gone = self._conditions(staging, mode)
-        summary.inserted = self._count(conn, staging, is_new)
+        if self.dialect_name == "postgresql" and mode != "replace":
+            self._count_postgres(conn, staging, mode, summary, guard, incoming)
+        else:
+            summary.inserted = self._count(conn, staging, is_new)
+            if mode != "append":
+                summary.updated = self._count(conn, target, changed)
+                summary.removed = self._count(conn, target, gone)
+                if guard is not None:
+                    live = target.c[soft].is_(None) if soft else sa.true()
+                    # upsert's ``gone`` already counts live rows only.
+                    removed = (
+                        summary.removed
+                        if mode == "upsert" and soft
+                        else self._count(conn, target, gone & live)
+                    )
+                    guard(RemovalCounts(self._count(conn, target, live), removed, incoming))
         if mode == "append":
-            conn.execute(self._copy_rows(staging, is_new))
+            if summary.inserted:
+                conn.execute(self._copy_rows(staging, is_new))
             return
-        summary.updated = self._count(conn, target, changed)
-        summary.removed = self._count(conn, target, gone)
-        if guard is not None:
-            live = target.c[soft].is_(None) if soft else sa.true()
-            # upsert's ``gone`` already counts live rows only.
-            removed = summary.removed if mode == "upsert" and soft else self._count(conn, target, gone & live)
-            guard(RemovalCounts(self._count(conn, target, live), removed, incoming))
-        if mode == "replace":
+        same_key = staging.c[key] == target.c[key]
+        if mode == "replace":  # the generic path (the fast paths replace in _replace)
+            if first_seen:  # carried over for keys still present
+                stored = sa.select(target.c[first_seen]).where(same_key).scalar_subquery()
+                carry = sa.exists().where(same_key, target.c[first_seen].is_not(None))
+                conn.execute(sa.update(staging).where(carry).values({first_seen: stored}))
             conn.execute(sa.delete(target))
             conn.execute(self._copy_rows(staging))
             return
         # upsert: update changed rows (clearing the soft delete), add new ones, then stamp the gone.
-        key = self._key
-        same_key = staging.c[key] == target.c[key]
-        updates: dict[str, Any] = {
-            n: sa.select(staging.c[n]).where(same_key).scalar_subquery()
-            for n in self.spec.names
-            if n not in (key, soft)
-        }
+        kept_as_is = (key, soft, first_seen)
+        names = [n for n in self.spec.names if n not in kept_as_is]
+        updates: dict[str, Any]
+        if self.dialect_name == "postgresql" or self.dialect_name in _MYSQL:
+            # UPDATE ... FROM staging (MySQL: a multiple-table UPDATE): one join.
+            updates = {n: staging.c[n] for n in names}
+            where = sa.and_(same_key, self._differs(staging)) if summary.updated else sa.false()
+        else:
+            updates = {n: sa.select(staging.c[n]).where(same_key).scalar_subquery() for n in names}
+            where = changed
         if soft:
             updates[soft] = sa.null()
-        conn.execute(sa.update(target).where(changed).values(updates))
-        conn.execute(self._copy_rows(staging, is_new))
-        if soft:
+        if summary.updated:
+            conn.execute(sa.update(target).where(where).values(updates))
+        if summary.inserted:
+            conn.execute(self._copy_rows(staging, is_new))
+        if soft and summary.removed:
             conn.execute(sa.update(target).where(gone).values({soft: now}))
+
+    def _count_postgres(
+        self,
+        conn: Connection,
+        staging: sa.Table,
+        mode: WriteMode,
+        summary: WriteSummary,
+        guard: Guard | None,
+        incoming: int,
+    ) -> None:
+        """``upsert``/``append`` counts on PostgreSQL in one pass: a full join of staging and target
+        counted with ``FILTER`` (instead of a join per count), then the guard."""
+        target, soft, key = self.sql_table, self.spec.soft_delete, self._key
+        if mode == "append":  # new keys only: an anti-join
+            summary.inserted = self._count(conn, staging, ~sa.exists().where(staging.c[key] == target.c[key]))
+            return
+        present, listed = target.c[key].is_not(None), staging.c[key].is_not(None)
+        live = present & target.c[soft].is_(None) if soft else present
+        differs = self._differs(staging)
+        counts = [
+            sa.func.count().filter(~present),
+            sa.func.count().filter(present & listed & differs) if differs is not None else sa.literal(0),
+            sa.func.count().filter(live & ~listed),
+            sa.func.count().filter(live),
+        ]
+        joined = staging.join(target, staging.c[key] == target.c[key], full=True)
+        row = conn.execute(sa.select(*counts).select_from(joined)).one()
+        summary.inserted, summary.updated, summary.removed, live_rows = (int(value) for value in row)
+        if guard is not None:
+            guard(RemovalCounts(live_rows, summary.removed, incoming))
 
     def _conditions(self, staging: sa.Table, mode: WriteMode) -> tuple[Any, Any, Any]:
         """``(is_new, changed, gone)``: staging rows whose key the target lacks; target rows whose
@@ -736,14 +1120,21 @@ class SqlTableWriter:
         target, key, soft = self.sql_table, self._key, self.spec.soft_delete
         same_key = staging.c[key] == target.c[key]
         is_new = ~sa.exists().where(same_key)
-        differs = [staging.c[c].is_distinct_from(target.c[c]) for c in self.spec.compared]
-        if soft:
-            differs.append(target.c[soft].is_not(None))
-        changed = sa.exists().where(same_key, sa.or_(*differs)) if differs else sa.false()
+        differs = self._differs(staging)
+        changed = sa.exists().where(same_key, differs) if differs is not None else sa.false()
         gone = ~sa.exists().where(same_key)
         if soft and mode == "upsert":
             gone = sa.and_(gone, target.c[soft].is_(None))
         return is_new, changed, gone
+
+    def _differs(self, staging: sa.Table) -> Any:
+        """A target row differs from its staging row: a compared column (NULL-safe), or it comes
+        back from a soft delete. None when nothing can differ."""
+        target, soft = self.sql_table, self.spec.soft_delete
+        differs = [staging.c[c].is_distinct_from(target.c[c]) for c in self.spec.compared]
+        if soft:
+            differs.append(target.c[soft].is_not(None))
+        return sa.or_(*differs) if differs else None
 
     def _copy_rows(self, staging: sa.Table, where: Any = None) -> sa.Insert:
         """``INSERT INTO target SELECT ... FROM staging [WHERE where]``."""
@@ -763,17 +1154,18 @@ class SqlTableWriter:
         return int(conn.execute(query if where is None else query.where(where)).scalar_one())
 
 
-def _fetch_column(conn: Connection, query: sa.Select[Any]) -> np.ndarray:
-    """The one column of ``query`` (no parameters) as an array, read on the DBAPI cursor of ``conn``.
+@dataclass(frozen=True)
+class _Existing:
+    """A target's rows as ``replace`` compares them: keys, live flags, ``first_seen`` (naive UTC)."""
 
-    SQLAlchemy's per-row result processing would triple the time on a million keys.
-    """
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(str(query.compile(conn)))
-        return np.asarray([row[0] for row in cursor.fetchall()])
-    finally:
-        cursor.close()
+    keys: np.ndarray
+    live: np.ndarray
+    first_seen: np.ndarray | None
+
+
+def _naive_utc(stamps: pd.Series) -> np.ndarray:
+    """UTC instants as naive ``datetime64[us]`` (NaT for missing)."""
+    return stamps.dt.tz_convert(None).to_numpy("datetime64[us]")
 
 
 def _timestamp_values(series: pd.Series, engine_dialect: str) -> list[Any]:
@@ -807,12 +1199,7 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
             stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
             arrays[column.name] = _timestamps_as_text(stamps)
         elif column.type in ("short_text", "text", "long_text"):
-            # Text columns may hold mixed Python types (raw inputs): send their text, as the
-            # executemany path does.
-            # The mask keeps missing values NULL: pandas 2's astype(str) would write "None".
-            arrays[column.name] = pa.array(
-                values.astype(str).to_numpy(dtype=object), type=pa.string(), mask=values.isna().to_numpy()
-            )
+            arrays[column.name] = _text_array(values)
         else:
             arrays[column.name] = pa.array(values, from_pandas=True)
     buffer = pa.BufferOutputStream()
@@ -820,16 +1207,149 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
     return buffer.getvalue().to_pybytes()
 
 
+#: Starts a binary COPY stream (signature, flags, header extension length); the trailer ends it.
+BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+BINARY_TRAILER = b"\xff\xff"
+_BINARY_NULL = b"\xff\xff\xff\xff"  # a field's length -1
+_PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01, PostgreSQL's epoch, in microseconds since 1970
+#: What each portable type is on PostgreSQL, as binary COPY must match it exactly (``format_type``).
+_BINARY_PG_TYPES: dict[ColumnType, tuple[str, ...]] = {
+    "bigint": ("bigint",),
+    "int": ("integer",),
+    "short_text": ("character varying", "text"),
+    "text": ("character varying", "text"),
+    "long_text": ("character varying", "text"),
+    "timestamp": ("timestamp with time zone",),
+}
+
+
+def copy_binary(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
+    """PostgreSQL binary COPY tuples for ``chunk`` (no signature or trailer), in ``spec``'s order.
+
+    PostgreSQL takes binary values without parsing text: a million stops load in about half the
+    time of CSV, mostly spared the timestamp parsing. Built column-wise: each field as an Arrow
+    binary array (its length prefix and bytes), then joined row by row by Arrow in C++.
+    Timestamps are microseconds since 2000-01-01 UTC; text is UTF-8; bigint/int big-endian.
+    """
+    rows = len(chunk)
+    empty = pa.scalar(b"", pa.large_binary())
+    pieces: list[Any] = [pa.scalar(len(spec.columns).to_bytes(2, "big", signed=True), pa.large_binary())]
+    for column in spec.columns:
+        values = chunk[column.name]
+        if column.type == "timestamp":
+            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+            missing = np.isnat(stamps)
+            pieces.append(_binary_fixed(stamps.view(np.int64) - _PG_EPOCH_MICROS, missing, 8))
+        elif column.type in ("bigint", "int"):
+            numbers = values.astype("Int64")
+            missing = numbers.isna().to_numpy()
+            width = 8 if column.type == "bigint" else 4
+            pieces.append(_binary_fixed(numbers.to_numpy(dtype=np.int64, na_value=0), missing, width))
+        else:
+            text = _text_array(values).cast(pa.large_binary())
+            lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)
+            prefix = np.where(np.isnan(lengths), -1, lengths).astype(">i4")
+            pieces.append(_binary_rows(prefix.view(np.uint8), 4, rows))
+            pieces.append(pc.fill_null(text, empty))
+    if rows == 0:
+        return b""
+    joined = pc.binary_join_element_wise(*pieces, empty)
+    _, offsets, data = joined.buffers()
+    start, end = (
+        int(v) for v in np.frombuffer(offsets, dtype=np.int64)[[joined.offset, joined.offset + rows]]
+    )
+    return data.slice(start, end - start).to_pybytes()
+
+
+def _text_array(values: pd.Series) -> pa.Array:
+    """A text column as Arrow strings, missing values NULL.
+
+    pandas' own text dtypes convert as they are (nulls kept; no copy when Arrow-backed). Other
+    columns may hold mixed Python types (raw inputs): their text, as the executemany path sends
+    it, with a mask that keeps missing values NULL (pandas 2's ``astype(str)`` would write "None").
+    """
+    if isinstance(values.dtype, pd.StringDtype):
+        array = pa.array(values, from_pandas=True)
+        return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    return pa.array(
+        values.astype(str).to_numpy(dtype=object), type=pa.string(), mask=values.isna().to_numpy()
+    )
+
+
+def _binary_fixed(values: np.ndarray, missing: np.ndarray, width: int) -> Any:
+    """A fixed-width field per row: its length and big-endian value, or length -1 when missing."""
+    null = pa.scalar(_BINARY_NULL, pa.large_binary())
+    if missing.all():
+        return null
+    rows = len(values)
+    matrix = np.empty((rows, 4 + width), dtype=np.uint8)
+    matrix[:, :4] = np.frombuffer(width.to_bytes(4, "big"), dtype=np.uint8)
+    matrix[:, 4:] = values.astype(f">i{width}").view(np.uint8).reshape(rows, width)
+    fields = _binary_rows(matrix, 4 + width, rows)
+    return pc.if_else(pa.array(missing), null, fields) if missing.any() else fields
+
+
+def _binary_rows(data: np.ndarray, width: int, rows: int) -> pa.Array:
+    """``rows`` binary values of ``width`` bytes each, from one contiguous buffer (no copy)."""
+    offsets = np.arange(0, width * (rows + 1), width, dtype=np.int64)
+    return pa.Array.from_buffers(
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    )
+
+
 def _timestamps_as_text(stamps: np.ndarray) -> pa.Array:
     """ISO-8601 text (no offset) for naive UTC ``datetime64[us]`` values; NaT becomes null.
 
     Columns stamped once per run (``extracted_at``) or empty (``removed_at``) are constant, so
-    they are formatted once instead of per row.
+    they are formatted once; the others digit by digit, column-wise, into one fixed-width
+    buffer (``np.datetime_as_string`` would take 0.6 s per million values, this 0.05 s).
     """
     missing = np.isnat(stamps)
     if missing.all():
         return pa.nulls(len(stamps), pa.string())
     present = stamps[~missing]
     if not missing.any() and (present == present[0]).all():
-        return pa.array(np.full(len(stamps), np.datetime_as_string(present[0], unit="us")))
-    return pa.array(np.datetime_as_string(stamps, unit="us"), mask=missing)
+        text = str(np.datetime_as_string(present[0], unit="us")).replace("T", " ")
+        return pa.repeat(pa.scalar(text, pa.string()), len(stamps))
+    micros = np.where(missing, 0, stamps.view(np.int64))
+    days = micros // _MICROS_PER_DAY
+    if days.min() < _FIRST_DAY or days.max() > _LAST_DAY:  # outside years 1-9999
+        return pa.array(np.datetime_as_string(stamps, unit="us"), mask=missing)
+    calendar_days = days.astype("datetime64[D]")
+    years = calendar_days.astype("datetime64[Y]")
+    months = calendar_days.astype("datetime64[M]")
+    seconds, fraction = np.divmod(micros - days * _MICROS_PER_DAY, 1_000_000)
+    seconds, fraction = seconds.astype(np.int32), fraction.astype(np.int32)  # narrower: faster
+    year = years.astype(np.int32) + 1970
+    # Two-digit groups, each written as a pair of bytes: YYYY-MM-DD HH:MM:SS[.ffffff]
+    groups = [
+        (year // 100, 0),
+        (year % 100, 2),
+        ((months - years).astype(np.int32) + 1, 5),
+        ((calendar_days - months).astype(np.int32) + 1, 8),
+        (seconds // 3600, 11),
+        (seconds // 60 % 60, 14),
+        (seconds % 60, 17),
+    ]
+    width = 19
+    if fraction.any():
+        groups += [(fraction // 10_000, 20), (fraction // 100 % 100, 22), (fraction % 100, 24)]
+        width = 26
+    # Filled one character position at a time (contiguous rows), then transposed into text.
+    by_position = np.empty((width, len(stamps)), dtype=np.uint8)
+    for column, separator in ((4, "-"), (7, "-"), (10, " "), (13, ":"), (16, ":"), (19, ".")):
+        if column < width:
+            by_position[column] = ord(separator)
+    for values, column in groups:
+        pair = values.astype(np.uint8)
+        np.add(pair // 10, 48, out=by_position[column])
+        np.add(pair % 10, 48, out=by_position[column + 1])
+    buffer = np.ascontiguousarray(by_position.T)
+    offsets = np.arange(0, (len(stamps) + 1) * width, width, dtype=np.int32)
+    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(stamps),
+        [validity, pa.py_buffer(offsets), pa.py_buffer(buffer)],
+        null_count=int(missing.sum()),
+    )

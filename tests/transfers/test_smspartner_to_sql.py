@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -27,8 +29,13 @@ from airflow_provider_smspartner.phone_numbers import stop_list_e164
 from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     SmsPartnerStopListToSqlOperator,
     check_removals,
+    run_log_table_name,
+    run_log_table_spec,
+    stop_list_as_of_sql,
     stop_list_table_spec,
+    task_identity,
 )
+from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.sql_writer import (
     RemovalCounts,
     SqlTableWriter,
@@ -51,7 +58,7 @@ def _operator(conn_id: str, table: str, mode: str = "replace", **kwargs) -> SmsP
 def _table(conn_id: str, table: str) -> pd.DataFrame:
     frame = SqlTableWriter(resolve_dbapi_hook(conn_id), table, stop_list_table_spec()).read_frame()
     frame.columns = [c.lower() for c in frame.columns]
-    for column in ("created_at", "extracted_at", "removed_at"):
+    for column in ("created_at", "first_seen_at", "extracted_at", "removed_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
     return frame.sort_values("stop_id").reset_index(drop=True)
 
@@ -103,7 +110,7 @@ def _stop_rows(conn_id: str, table: str) -> list[tuple]:
 
 
 def _staging_tables(conn_id: str, table: str) -> list[str]:
-    return [name for name in _tables_like(conn_id, table) if name != table]
+    return [name for name in _tables_like(conn_id, table) if name not in (table, f"{table}_runs")]
 
 
 def _spawn(
@@ -154,11 +161,13 @@ def _wait_for(child: subprocess.Popen, events: Path, event: str, timeout: float 
 class TestModes:
     def test_replace_holds_exactly_the_current_list(self, sandbox, warehouse_conn, unique_table):
         first = _operator(warehouse_conn, unique_table).execute({})
+        entries = sandbox.state.list_entries()
         assert first == {
             "rows_in_list": 5,
             "inserted": 5,
             "updated": 0,
             "removed": 0,
+            "list_sha256": list_sha256([e[0] for e in entries], [e[1] for e in entries]),
             "table": unique_table,
             "mode": "replace",
         }
@@ -274,7 +283,7 @@ class TestAtomicity:
         with pytest.raises(RuntimeError, match="mid-load"):
             _operator(warehouse_conn, unique_table, mode, chunk_size=2).execute({})
         pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), loaded)
-        assert _tables_like(warehouse_conn, unique_table) == [unique_table]  # staging dropped
+        assert _staging_tables(warehouse_conn, unique_table) == []  # staging dropped
 
 
 class TestValidation:
@@ -530,7 +539,7 @@ class TestPoisonRows:
         _serve(monkeypatch, sandbox, [normal, *rows])
         expected = [(1, "+33612345601", "+33612345601", CREATED_UTC), *expected]
         summary = _operator(warehouse_conn, unique_table).execute({})
-        assert summary["rows_in_list"] == len(expected)
+        assert summary["rows_in_list"] == 1 + len(rows)  # the API's nbData: rows as sent
         assert _stop_rows(warehouse_conn, unique_table) == expected
         # The database holds what was written: the next run finds nothing to change.
         again = _operator(warehouse_conn, unique_table, "upsert").execute({})
@@ -611,3 +620,328 @@ class TestConcurrency:
         assert set(zip(table["stop_id"], table["phone_number"], strict=True)) == _current_list(sandbox)
         assert len(table) == 2000 and table["removed_at"].isna().all()
         assert _staging_tables(warehouse_conn, unique_table) == []
+
+
+# ------------------------------------------------------------------------------ evidence
+TI = SimpleNamespace(dag_id="stops_dag", run_id="scheduled__2026-01-02", task_id="extract", try_number=2)
+OLD = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
+def _runs(conn_id: str, table: str) -> pd.DataFrame:
+    """The run log of ``table``, oldest first, timestamps as UTC."""
+    frame = SqlTableWriter(
+        resolve_dbapi_hook(conn_id), run_log_table_name(table), run_log_table_spec()
+    ).read_frame()
+    frame.columns = [c.lower() for c in frame.columns]
+    for column in ("started_at", "finished_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+    return frame.sort_values("started_at").reset_index(drop=True)
+
+
+def _fingerprint(sandbox) -> str:
+    entries = sandbox.state.list_entries()
+    return list_sha256([e[0] for e in entries], [e[1] for e in entries])
+
+
+def _value(value: object) -> object:
+    return None if pd.isna(value) else value
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestRunLog:
+    """One row per run, in the change's transaction; a refused list leaves one on its own."""
+
+    def test_applied_runs(self, sandbox, warehouse_conn, unique_table):
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        _operator(warehouse_conn, unique_table, "upsert").execute({"ti": TI})
+        sandbox.state.remove(sandbox.state.list_entries()[0][0])
+        sandbox.state.add("+33655500066")
+        _operator(warehouse_conn, unique_table, "upsert").execute({"ti": TI})
+        runs = _runs(warehouse_conn, unique_table)
+        assert len(runs) == 2
+        first, second = runs.to_dict("records")
+        assert {k: first[k] for k in ("dag_id", "run_id", "task_id", "try_number", "mode", "status")} == {
+            "dag_id": "stops_dag",
+            "run_id": "scheduled__2026-01-02",
+            "task_id": "extract",
+            "try_number": 2,
+            "mode": "upsert",
+            "status": "applied",
+        }
+        counts = ("rows_in_list", "inserted", "updated", "removed")
+        assert [first[k] for k in counts] == [5, 5, 0, 0]
+        assert [second[k] for k in counts] == [5, 1, 0, 1]
+        assert second["list_sha256"] == _fingerprint(sandbox) != first["list_sha256"]
+        assert _value(second["reason"]) is None
+        assert before <= first["started_at"] <= first["finished_at"] <= second["started_at"]
+
+    def test_minimal_context(self, warehouse_conn, unique_table):
+        _operator(warehouse_conn, unique_table).execute({})
+        row = _runs(warehouse_conn, unique_table).iloc[0]
+        assert (row["task_id"], _value(row["dag_id"]), _value(row["run_id"]), _value(row["try_number"])) == (
+            "extract",
+            None,
+            None,
+            None,
+        )
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_refused_list_leaves_a_row_and_no_change(self, sandbox, warehouse_conn, unique_table, mode):
+        _operator(warehouse_conn, unique_table, mode).execute({"ti": TI})
+        before = _table(warehouse_conn, unique_table)
+        for stop_id, _, _ in sandbox.state.list_entries()[:2]:
+            sandbox.state.remove(stop_id)
+        with pytest.raises(StopListGuardError):
+            _operator(warehouse_conn, unique_table, mode).execute({"ti": TI})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+        runs = _runs(warehouse_conn, unique_table)
+        assert runs["status"].tolist() == ["applied", "refused"]
+        refused = runs.iloc[1]
+        assert "would remove 2 of the 5 stops" in refused["reason"]
+        assert (refused["rows_in_list"], refused["list_sha256"]) == (3, _fingerprint(sandbox))
+        assert all(_value(refused[k]) is None for k in ("inserted", "updated", "removed"))
+
+    def test_refused_answer_leaves_a_row(self, sandbox, warehouse_conn, unique_table):
+        sandbox.inject("truncated_list", count=10, endpoint="stop-sms/list")
+        with pytest.raises(SmsPartnerResponseError, match="incomplete list"):
+            _operator(warehouse_conn, unique_table).execute({"ti": TI})
+        (refused,) = _runs(warehouse_conn, unique_table).to_dict("records")
+        assert refused["status"] == "refused" and "incomplete list" in refused["reason"]
+        assert _value(refused["rows_in_list"]) is None and _value(refused["list_sha256"]) is None
+
+    def test_row_and_change_commit_together(self, monkeypatch, sandbox, warehouse_conn, unique_table):
+        _operator(warehouse_conn, unique_table).execute({})
+        before = _table(warehouse_conn, unique_table)
+        sandbox.state.add("+33655500077")
+        real_insert_row = SqlTableWriter.insert_row
+
+        def insert_then_fail(self, conn, values):
+            real_insert_row(self, conn, values)
+            raise RuntimeError("simulated failure after the run-log row")
+
+        monkeypatch.setattr(SqlTableWriter, "insert_row", insert_then_fail)
+        with pytest.raises(RuntimeError, match="after the run-log row"):
+            _operator(warehouse_conn, unique_table).execute({})
+        pd.testing.assert_frame_equal(_table(warehouse_conn, unique_table), before)
+        assert len(_runs(warehouse_conn, unique_table)) == 1  # the failed run's row rolled back
+
+    def test_disabled(self, warehouse_conn, unique_table):
+        _operator(warehouse_conn, unique_table, run_log_table=None).execute({})
+        assert _tables_like(warehouse_conn, unique_table) == [unique_table]
+
+
+class TestRunLogName:
+    @pytest.mark.parametrize(
+        ("table", "setting", "expected"),
+        [
+            ("stops", "{table}_runs", "stops_runs"),
+            ("mart.stops", "{table}_runs", "mart.stops_runs"),
+            ("mart.stops", "audit.{table}_log", "audit.mart.stops_log"),
+            ("stops", "extract_runs", "extract_runs"),
+        ],
+        ids=["default", "schema", "own-schema", "fixed"],
+    )
+    def test_name(self, table, setting, expected):
+        assert run_log_table_name(table, setting) == expected
+
+    def test_long_names_are_cut_and_kept_apart(self):
+        first, second = run_log_table_name("a" * 61 + "x"), run_log_table_name("a" * 61 + "y")
+        assert len(first) == len(second) == 63 and first != second
+
+    def test_task_identity_from_a_task_instance(self):
+        operator = _operator("any", "stops")
+        assert task_identity({"ti": TI}, operator) == vars(TI)
+        assert task_identity({"run_id": "manual__1"}, operator) == {
+            "dag_id": None,
+            "run_id": "manual__1",
+            "task_id": "extract",
+            "try_number": None,
+        }
+
+
+@pytest.mark.usefixtures("smspartner_conn", "drop_after")
+class TestFirstSeen:
+    def test_kept_across_upserts_and_replace(self, sandbox, warehouse_conn, unique_table):
+        _operator(warehouse_conn, unique_table, "upsert").execute({})
+        entries = sandbox.state.list_entries()
+        kept, gone = entries[0][0], entries[1][0]
+        for stop_id in (kept, gone):
+            _update_row(warehouse_conn, unique_table, stop_id, first_seen_at=OLD)
+        sandbox.state.remove(gone)
+        sandbox.state.add("+33655500088")
+        _operator(warehouse_conn, unique_table, "upsert").execute({})
+        table = _table(warehouse_conn, unique_table).set_index("stop_id")
+        assert table.loc[kept, "first_seen_at"] == table.loc[gone, "first_seen_at"] == OLD
+        new = table.loc[table["first_seen_at"] > OLD]
+        assert (new["first_seen_at"] <= new["extracted_at"]).all()
+        added = table.index[~table.index.isin([e[0] for e in entries])]
+        assert table.loc[added[0], "first_seen_at"] == table.loc[added[0], "extracted_at"]
+
+        sandbox.state.add("+33655500099")
+        _operator(warehouse_conn, unique_table, "replace").execute({})
+        again = _table(warehouse_conn, unique_table).set_index("stop_id")
+        assert again.loc[kept, "first_seen_at"] == OLD
+        assert gone not in again.index
+        assert again.loc[added[0], "first_seen_at"] == table.loc[added[0], "first_seen_at"]
+
+
+def _history_frame(now: datetime, stops: dict[int, str]) -> pd.DataFrame:
+    frame = pd.DataFrame({"stop_id": list(stops), "phone_number": list(stops.values())})
+    frame["phone_e164"] = frame["phone_number"]
+    frame["created_at"] = pd.Timestamp(now) - pd.Timedelta(hours=1)
+    frame["extracted_at"] = pd.Timestamp(now)
+    frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+    return frame
+
+
+class TestPointInTime:
+    """``stop_list_as_of_sql`` against a scripted history: add, remove, add the same number again."""
+
+    A, B = "+33612345601", "+33612345602"
+    T1 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
+    T2, T3, T4 = T1 + timedelta(days=1), T1 + timedelta(days=2), T1 + timedelta(days=3)
+
+    @pytest.fixture
+    def history(self, warehouse_conn) -> Iterator[SqlTableWriter]:
+        table = f"history_{uuid.uuid4().hex[:10]}"
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, stop_list_table_spec())
+        try:
+            for now, stops in [
+                (self.T1, {1: self.A, 2: self.B}),
+                (self.T2, {2: self.B}),  # A leaves the list
+                (self.T3, {2: self.B, 3: self.A}),  # A is back, under a new stop id
+                (self.T4, {3: self.A}),  # B leaves
+            ]:
+                writer.write(_history_frame(now, stops), "upsert", now=now)
+            yield writer
+        finally:
+            writer.hook.run(f"DROP TABLE IF EXISTS {table}")
+
+    @pytest.mark.parametrize(
+        ("at", "on_list"),
+        [
+            (T1 - timedelta(seconds=1), set()),
+            (T1, {(1, A), (2, B)}),
+            (T1 + timedelta(hours=5, microseconds=5), {(1, A), (2, B)}),
+            (T2, {(2, B)}),
+            (T2 + timedelta(hours=12), {(2, B)}),
+            (T3, {(2, B), (3, A)}),
+            (T4, {(3, A)}),
+            (T4 + timedelta(days=300), {(3, A)}),
+        ],
+        ids=["before", "first-run", "same-day", "removed", "gap", "re-added", "b-removed", "today"],
+    )
+    def test_on_the_list_at(self, history, at, on_list):
+        sql = stop_list_as_of_sql(str(history.table), at, history.dialect_name)
+        rows = history.hook.get_records(sql)
+        assert {(int(r[0]), r[2]) for r in rows} == on_list
+
+    def test_naive_instant_is_utc(self, history):
+        naive, aware = self.T2.replace(tzinfo=None), self.T2
+        dialect = history.dialect_name
+        assert stop_list_as_of_sql("t", naive, dialect) == stop_list_as_of_sql("t", aware, dialect)
+
+    def test_table_name_is_checked(self):
+        with pytest.raises(ValueError, match="Invalid table name"):
+            stop_list_as_of_sql("t; DROP TABLE x", self.T1, "postgresql")
+
+
+class TestAssetEvents:
+    @pytest.mark.usefixtures("smspartner_conn")
+    def test_outlet_events_carry_the_change(self, sandbox, sqlite_conn):
+        from airflow.sdk import Asset, AssetAlias
+        from airflow.sdk.execution_time.context import OutletEventAccessors
+
+        asset, alias = Asset("smspartner_stop_list_test"), AssetAlias("stop_lists")
+        events = OutletEventAccessors()
+        operator = _operator(sqlite_conn, "stops", "upsert", outlets=[asset, alias])
+        summary = operator.execute({"outlet_events": events})
+        assert events[asset].extra == {
+            "rows_in_list": 5,
+            "inserted": 5,
+            "updated": 0,
+            "removed": 0,
+            "list_sha256": _fingerprint(sandbox),
+        }
+        assert {k: summary[k] for k in events[asset].extra} == events[asset].extra
+        assert events[alias].asset_alias_events == []
+        json.dumps(events[asset].extra)  # stored as JSON
+
+        again = OutletEventAccessors()
+        operator.execute({"outlet_events": again})
+        assert (again[asset].extra["inserted"], again[asset].extra["removed"]) == (0, 0)
+
+
+@pytest.mark.usefixtures("smspartner_conn")
+class TestPostgresReplace:
+    """PostgreSQL's replace truncates, loads and rebuilds the indexes: the table stays the same object."""
+
+    @pytest.fixture
+    def table(self, postgres_conn) -> Iterator[str]:
+        name = f"stops_{uuid.uuid4().hex[:10]}"
+        yield name
+        hook = resolve_dbapi_hook(postgres_conn)
+        hook.run(f"DROP VIEW IF EXISTS {name}_live")
+        hook.run(f"DROP TABLE IF EXISTS {name}_child, {name}, {name}_runs")
+
+    def _indexes(self, hook, table: str) -> dict[str, str]:
+        return dict(
+            hook.get_records(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", parameters=(table,)
+            )
+        )
+
+    def test_views_grants_and_indexes_survive(self, sandbox, postgres_conn, table):
+        hook = resolve_dbapi_hook(postgres_conn)
+        role = f"smsp_reader_{uuid.uuid4().hex[:8]}"
+        _operator(postgres_conn, table).execute({})
+        hook.run(
+            f"CREATE VIEW {table}_live AS SELECT stop_id, phone_e164 FROM {table} WHERE removed_at IS NULL"
+        )
+        hook.run(f"CREATE ROLE {role}")
+        try:
+            hook.run(f"GRANT SELECT ON {table}, {table}_live TO {role}")
+            oid = hook.get_first("SELECT CAST(%s AS regclass)::oid", parameters=(table,))[0]
+            indexes = self._indexes(hook, table)
+            assert any("text_pattern_ops" in d for d in indexes.values())  # the phone_e164 index
+            sandbox.state.remove(sandbox.state.list_entries()[0][0])
+            sandbox.state.add("+33655500111")
+            summary = _operator(postgres_conn, table).execute({})
+            assert (summary["inserted"], summary["removed"]) == (1, 1)
+            assert hook.get_first("SELECT CAST(%s AS regclass)::oid", parameters=(table,))[0] == oid
+            assert self._indexes(hook, table) == indexes
+            assert hook.get_first(
+                "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'SELECT')",
+                parameters=(role, table, role, f"{table}_live"),
+            ) == (True, True)
+            live = {(int(i), p) for i, p in hook.get_records(f"SELECT stop_id, phone_e164 FROM {table}_live")}
+            assert live == _current_list(sandbox)
+            key = hook.get_first(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = CAST(%s AS regclass) "
+                "AND contype = 'p'",
+                parameters=(table,),
+            )
+            assert key == ("PRIMARY KEY (stop_id)",)
+        finally:
+            hook.run(f"DROP VIEW IF EXISTS {table}_live")
+            hook.run(f"DROP OWNED BY {role}")
+            hook.run(f"DROP ROLE {role}")
+
+    def test_table_referenced_by_a_deferrable_foreign_key_is_reloaded_with_delete(
+        self, sandbox, postgres_conn, table
+    ):
+        hook = resolve_dbapi_hook(postgres_conn)
+        _operator(postgres_conn, table).execute({})
+        kept = sandbox.state.list_entries()[1][0]
+        hook.run(
+            f"CREATE TABLE {table}_child (stop_id BIGINT REFERENCES {table} (stop_id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        hook.run(f"INSERT INTO {table}_child VALUES ({kept})")
+        indexes = self._indexes(hook, table)
+        sandbox.state.remove(sandbox.state.list_entries()[0][0])
+        assert _operator(postgres_conn, table).execute({})["removed"] == 1
+        assert {r[0] for r in hook.get_records(f"SELECT stop_id FROM {table}")} == {
+            i for i, _ in _current_list(sandbox)
+        }
+        assert self._indexes(hook, table) == indexes

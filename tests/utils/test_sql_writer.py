@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -155,22 +156,36 @@ class TestModes:
         assert writer.write(frame.iloc[:0], "insert").inserted == 0
         assert sorted(writer.read_frame()["name"]) == ["a", "a", "a", "a", "b", "b"]
 
-    def test_replace_readers_see_old_rows_until_commit(self, warehouse_conn, table, monkeypatch):
+    def test_replace_readers_see_old_rows_or_wait_until_commit(self, warehouse_conn, table, monkeypatch):
+        """SQLite and MySQL readers see the old rows until the commit; PostgreSQL's TRUNCATE makes
+        them wait (ACCESS EXCLUSIVE) until the commit, then see the new rows, never a mix."""
         writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=1)
         writer.write(_frame((1, "a"), (2, "b")), "replace")
         reader = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC)
-        seen: list[list[int]] = []
+        seen: list[object] = []
         real_chunks = SqlTableWriter._chunks
+
+        def read_during_load() -> object:
+            if writer.dialect_name != "postgresql":
+                return sorted(reader.read_frame()["id"])
+            with reader.engine.connect() as conn:
+                conn.exec_driver_sql("SET lock_timeout = '200ms'")
+                try:
+                    conn.exec_driver_sql(f"SELECT id FROM {table}").all()
+                except sa.exc.OperationalError as exc:
+                    return "waits" if "lock timeout" in str(exc) else str(exc)
+                return "did not wait"
 
         def watching_chunks(self, frame):
             for chunk in real_chunks(self, frame):
                 if self is writer:
-                    seen.append(sorted(reader.read_frame()["id"]))
+                    seen.append(read_during_load())
                 yield chunk
 
         monkeypatch.setattr(SqlTableWriter, "_chunks", watching_chunks)
         writer.write(_frame((3, "c"), (4, "d")), "replace")
-        assert seen == [[1, 2], [1, 2]]
+        expected = "waits" if writer.dialect_name == "postgresql" else [1, 2]
+        assert seen == [expected, expected]
         assert sorted(_rows(writer)) == [3, 4]
 
     @pytest.mark.parametrize("mode", ["replace", "upsert", "append", "insert"])
@@ -622,3 +637,315 @@ class TestGenericPath:
             writer.write(frame, "insert")
         assert len(writer.read_frame()) == 3  # the first chunk reached staging only
         assert _table_names(hook, "results") == ["results"]
+
+
+FIRST_SEEN_SPEC = TableSpec(
+    columns=(*SPEC.columns, Column("first_seen", "timestamp")),
+    key="id",
+    indexes=("name",),
+    compared=("name", "note", "seen_at"),
+    soft_delete="removed_at",
+    first_seen="first_seen",
+)
+LATER = NOW + timedelta(days=1)
+
+
+def _first_seen(writer: SqlTableWriter) -> dict[int, datetime]:
+    frame = writer.read_frame()
+    stamps = pd.to_datetime(frame["first_seen"], utc=True, format="mixed")
+    return {int(i): s.to_pydatetime() for i, s in zip(frame["id"], stamps, strict=True)}
+
+
+class TestFirstSeen:
+    """The spec's ``first_seen`` column: the write time on insert, never changed afterwards."""
+
+    @pytest.fixture(params=["fast", "generic"])
+    def writer(self, request, warehouse_conn, table) -> SqlTableWriter:
+        if request.param == "generic":
+            if warehouse_conn != "warehouse_sqlite":
+                pytest.skip("the generic path is exercised on SQLite")
+            hook = UnknownDatabaseHook(sqlite_conn_id=warehouse_conn)
+        else:
+            hook = resolve_dbapi_hook(warehouse_conn)
+        return SqlTableWriter(hook, table, FIRST_SEEN_SPEC, chunk_size=2)
+
+    def test_every_mode_keeps_it(self, writer):
+        writer.write(_frame((1, "a"), (2, "b")), "upsert", now=NOW)
+        assert _first_seen(writer) == {1: NOW, 2: NOW}
+        writer.write(_frame((2, "changed"), (3, "c")), "upsert", now=LATER)  # 1 leaves, 2 changes
+        assert _first_seen(writer) == {1: NOW, 2: NOW, 3: LATER}
+        writer.write(_frame((1, "a"), (2, "changed"), (3, "c"), (4, "d")), "append", now=LATER + timedelta(1))
+        assert _first_seen(writer)[4] == LATER + timedelta(1)
+        writer.write(_frame((1, "back"), (2, "b"), (5, "e")), "replace", now=LATER + timedelta(2))
+        assert _first_seen(writer) == {1: NOW, 2: NOW, 5: LATER + timedelta(2)}
+        assert _rows(writer)[1][0] == "back"
+
+    def test_frame_values_are_used_for_new_keys_only(self, writer):
+        frame = _frame((1, "a"))
+        frame["first_seen"] = pd.Timestamp(T0)
+        writer.write(frame, "replace", now=NOW)
+        again = _frame((1, "a"), (2, "b"))
+        again["first_seen"] = pd.Timestamp(LATER)
+        writer.write(again, "replace", now=LATER)
+        assert _first_seen(writer) == {1: T0, 2: LATER}
+
+
+class TestBeforeCommit:
+    @pytest.mark.parametrize("mode", ["replace", "upsert", "append"])
+    def test_commits_and_rolls_back_with_the_change(self, warehouse_conn, table, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        log_spec = TableSpec(columns=(Column("mode", "short_text"), Column("inserted", "bigint")))
+        log = SqlTableWriter(hook, f"{table}_log", log_spec)
+        log.ensure_table()
+
+        def record(conn, summary):
+            log.insert_row(conn, {"mode": mode, "inserted": summary.inserted})
+
+        writer.write(_frame((1, "a")), mode, now=NOW, before_commit=record)
+        assert log.read_frame().to_dict("records") == [{"mode": mode, "inserted": 1}]
+
+        def record_then_fail(conn, summary):
+            record(conn, summary)
+            raise RuntimeError("refused after the change")
+
+        with pytest.raises(RuntimeError, match="refused after the change"):
+            writer.write(_frame((1, "a"), (2, "b")), mode, now=NOW, before_commit=record_then_fail)
+        assert sorted(_rows(writer)) == [1]
+        assert len(log.read_frame()) == 1
+        assert _table_names(hook, table) == sorted([table, f"{table}_log"])  # staging dropped
+
+
+class TestEnsureTable:
+    def test_a_table_created_meanwhile_by_another_writer_is_fine(self, warehouse_conn, table, monkeypatch):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        real_ensure = SqlTableWriter._ensure
+        calls = []
+
+        def racing_ensure(self, conn):
+            calls.append(1)
+            if len(calls) == 1:  # the other writer wins between our check and our CREATE
+                SqlTableWriter(hook, table, SPEC).ensure_table()
+                self._create(conn, self.sql_table)
+            return real_ensure(self, conn)
+
+        monkeypatch.setattr(SqlTableWriter, "_ensure", racing_ensure)
+        assert writer.ensure_table() is False
+        assert _table_names(hook, table) == [table]
+
+
+class TestCopyCsv:
+    """COPY's CSV: timestamps written column-wise must read as numpy writes them."""
+
+    @pytest.mark.parametrize("fraction", [False, True], ids=["seconds", "microseconds"])
+    def test_timestamps_match_numpy(self, fraction):
+        from airflow_provider_smspartner.utils.sql_writer import _timestamps_as_text
+
+        rng = np.random.default_rng(7)
+        micros = rng.integers(-62_135_596_800_000_000, 253_402_300_799_000_000, 20_000)
+        if not fraction:
+            micros -= micros % 1_000_000
+        stamps = micros.astype("datetime64[us]")
+        stamps[::7] = np.datetime64("NaT")
+        stamps[1] = np.datetime64("2024-02-29T23:59:59")
+        unit = "us" if fraction else "s"
+        expected = [
+            None if np.isnat(v) else np.datetime_as_string(v, unit=unit).replace("T", " ") for v in stamps
+        ]
+        assert _timestamps_as_text(stamps).to_pylist() == expected
+
+    def test_constant_empty_and_out_of_range_columns(self):
+        from airflow_provider_smspartner.utils.sql_writer import _timestamps_as_text
+
+        constant = np.array(["2024-01-01T10:00:00"] * 3, dtype="datetime64[us]")
+        assert _timestamps_as_text(constant).to_pylist() == ["2024-01-01 10:00:00.000000"] * 3
+        assert _timestamps_as_text(np.array(["NaT", "NaT"], dtype="datetime64[us]")).to_pylist() == [
+            None,
+            None,
+        ]
+        odd = np.array(["0000-06-01T00:00:00", "NaT", "2024-01-01T00:00:00"], dtype="datetime64[us]")
+        assert _timestamps_as_text(odd).to_pylist() == [
+            "0000-06-01T00:00:00.000000",
+            None,
+            "2024-01-01T00:00:00.000000",
+        ]
+
+    def test_copy_csv_row(self):
+        from airflow_provider_smspartner.utils.sql_writer import copy_csv
+
+        frame = _frame((1, "a"), (2, 'say "hi"'))
+        frame.loc[1, "note"] = None
+        assert copy_csv(frame, SPEC).decode().splitlines() == [
+            '1,"a","note a","2024-03-01 12:30:16",',
+            '2,"say ""hi""",,"2024-03-01 12:30:17",',
+        ]
+
+
+class TestFrameSource:
+    """A callable source runs while the writer connects, locks and reads; the table changes only after."""
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert", "append"])
+    def test_callable_source(self, warehouse_conn, table, mode):
+        writer = SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, SPEC, chunk_size=2)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        summary = writer.write(lambda: _frame((2, "b"), (3, "c")), mode, now=NOW)
+        assert summary.inserted == 1
+        assert set(_rows(writer)) == ({2, 3} if mode == "replace" else {1, 2, 3})
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_a_failing_source_changes_nothing(self, warehouse_conn, table, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        writer.write(_frame((1, "a")), "replace")
+
+        def source() -> pd.DataFrame:
+            raise RuntimeError("the API said no")
+
+        with pytest.raises(RuntimeError, match="the API said no"):
+            writer.write(source, mode, now=NOW)
+        assert _rows(writer) == {1: ("a", "note a", T0 + timedelta(seconds=1), None)}
+        assert _table_names(hook, table) == [table]
+
+    def test_a_source_frame_is_checked(self, sqlite_conn):
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
+        with pytest.raises(ValueError, match=r"repeats 1 value"):
+            writer.write(lambda: _frame((1, "a"), (1, "b")), "replace")
+
+
+class TestBinaryCopy:
+    """PostgreSQL loads the writer's own tables with binary COPY; other column types get CSV."""
+
+    @pytest.fixture
+    def table(self, postgres_conn) -> Iterator[str]:
+        name = f"writer_{uuid.uuid4().hex[:10]}"
+        yield name
+        _drop_like(resolve_dbapi_hook(postgres_conn), name)
+
+    def test_round_trip(self, postgres_conn, table, monkeypatch):
+        from airflow_provider_smspartner.utils import sql_writer
+
+        spec = TableSpec(
+            columns=(
+                Column("id", "bigint", nullable=False),
+                Column("count", "int"),
+                Column("name", "short_text"),
+                Column("body", "long_text"),
+                Column("at", "timestamp"),
+            ),
+            key="id",
+        )
+        frame = pd.DataFrame(
+            {
+                "id": [1, 2, 3, 2**62],
+                "count": pd.array([7, None, -3, 2**31 - 1], dtype="Int64"),
+                "name": ["a", None, "", "\u260e\U0001f600"],
+                "body": ["x" * 70_000, "tab\\there", None, 'quote " and , comma'],
+                "at": pd.to_datetime(
+                    ["2024-03-01 12:30:15.123456", None, "1970-01-01", "1899-12-31 23:59:59"],
+                    utc=True,
+                    format="ISO8601",
+                ),
+            }
+        )
+        calls: list[str] = []
+        for name in ("copy_binary", "copy_csv"):
+            real = getattr(sql_writer, name)
+            monkeypatch.setattr(
+                sql_writer,
+                name,
+                lambda chunk, spec, real=real, name=name: calls.append(name) or real(chunk, spec),
+            )
+        writer = SqlTableWriter(resolve_dbapi_hook(postgres_conn), table, spec, chunk_size=3)
+        writer.write(frame, "replace")
+        assert set(calls) == {"copy_binary"}
+        back = writer.read_frame().sort_values("id").reset_index(drop=True)
+        assert back["id"].tolist() == frame["id"].tolist()
+        assert [None if pd.isna(v) else int(v) for v in back["count"]] == [7, None, -3, 2**31 - 1]
+        assert [None if pd.isna(v) else v for v in back["name"]] == ["a", None, "", "\u260e\U0001f600"]
+        bodies = [None if pd.isna(v) else v for v in back["body"]]
+        assert bodies == [None if pd.isna(v) else v for v in frame["body"]], "bodies differ"
+        stamps = pd.to_datetime(back["at"], utc=True)
+        assert [None if pd.isna(v) else v for v in stamps] == [None if pd.isna(v) else v for v in frame["at"]]
+
+    def test_other_column_types_get_csv(self, postgres_conn, table, monkeypatch):
+        from airflow_provider_smspartner.utils import sql_writer
+
+        hook = resolve_dbapi_hook(postgres_conn)
+        hook.run(
+            f"CREATE TABLE {table} (id integer PRIMARY KEY, name text, note varchar(10), "
+            "seen_at timestamp, removed_at timestamptz)"
+        )
+        used: list[str] = []
+        real = sql_writer.copy_csv
+        monkeypatch.setattr(
+            sql_writer, "copy_csv", lambda chunk, spec: used.append("csv") or real(chunk, spec)
+        )
+        writer = SqlTableWriter(hook, table, SPEC)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        assert used and sorted(_rows(writer)) == [1, 2]
+
+
+class TestPostgresReplacePaths:
+    """``replace`` rebuilds the indexes only where it may; otherwise DELETE + COPY, indexes in place."""
+
+    @pytest.fixture
+    def table(self, postgres_conn) -> Iterator[str]:
+        name = f"writer_{uuid.uuid4().hex[:10]}"
+        yield name
+        _drop_like(resolve_dbapi_hook(postgres_conn), name)
+
+    def _indexes(self, hook, table: str) -> dict[str, str]:
+        return dict(
+            hook.get_records(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", parameters=(table,)
+            )
+        )
+
+    def test_a_role_that_does_not_own_the_table_deletes_and_loads(self, postgres_conn, table, monkeypatch):
+        admin = resolve_dbapi_hook(postgres_conn)
+        owner = SqlTableWriter(admin, table, SPEC)
+        owner.write(_frame((1, "a"), (2, "b")), "replace")
+        indexes = self._indexes(admin, table)
+        role = f"smsp_writer_{uuid.uuid4().hex[:8]}"
+        admin.run(f"CREATE ROLE {role} LOGIN")
+        try:
+            admin.run(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role}")
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_DML_ONLY",
+                json.dumps(
+                    {
+                        "conn_type": "postgres",
+                        "host": "127.0.0.1",
+                        "port": 5432,
+                        "login": role,
+                        "schema": "test",
+                    }
+                ),
+            )
+            writer = SqlTableWriter(resolve_dbapi_hook("dml_only"), table, SPEC)
+            summary = writer.write(_frame((2, "b"), (3, "c")), "replace")
+            assert (summary.inserted, summary.removed) == (1, 1)
+            assert sorted(_rows(owner)) == [2, 3]
+            assert self._indexes(admin, table) == indexes
+        finally:
+            admin.run(f"DROP OWNED BY {role}")
+            admin.run(f"DROP ROLE {role}")
+
+    def test_the_owner_rebuilds_every_index_as_it_was(self, postgres_conn, table):
+        hook = resolve_dbapi_hook(postgres_conn)
+        writer = SqlTableWriter(hook, table, SPEC)
+        writer.write(_frame((1, "a"), (2, "b")), "replace")
+        hook.run(f"CREATE UNIQUE INDEX {table}_note_uq ON {table} (lower(note)) WHERE note IS NOT NULL")
+        hook.run(f"ALTER TABLE {table} REPLICA IDENTITY USING INDEX {table}_pkey")
+        hook.run(f"COMMENT ON TABLE {table} IS 'the stop list'")
+        indexes = self._indexes(hook, table)
+        writer.write(_frame((2, "b"), (3, "c"), (4, "d")), "replace")
+        assert self._indexes(hook, table) == indexes
+        assert hook.get_first(
+            "SELECT relreplident, obj_description(oid) FROM pg_class WHERE oid = CAST(%s AS regclass)",
+            parameters=(table,),
+        ) == ("i", "the stop list")
+        with pytest.raises(Exception, match="could not create unique index"):  # rolled back
+            writer.write(_frame((5, "x"), (6, "y")).assign(note="same"), "replace")
+        assert sorted(_rows(writer)) == [2, 3, 4]
