@@ -279,12 +279,12 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
     does the task fail if more than ``max_failed`` numbers failed. A progress line (done/total,
     rate, ETA) is logged every 10 s and at each 10 %.
 
-    **Scale-out.** The hook's throttle (``requests_per_second`` on the connection, default 25) is
-    per process, and SMS Partner allows about 2000 requests/minute per IP for the whole fleet. To
-    split a very large input, map the operator over chunks and put the mapped tasks in one Airflow
-    Pool sized so that ``pool slots x requests_per_second <= 2000 / 60`` (about 33/s): e.g. a Pool
-    ``smspartner_api`` with 1 slot at the default 25/s, or 2 slots with ``requests_per_second``
-    15::
+    **Scale-out.** SMS Partner allows about 2000 requests/minute per IP for the whole fleet. With
+    the connection extra ``rate_limit_redis_conn_id``, ``requests_per_second`` is one budget shared
+    through Redis by every task and worker, and a Pool only bounds how many tasks run at once.
+    Without it the throttle is per process: size the Pool so that ``pool slots x
+    requests_per_second <= 2000 / 60`` (about 33/s), e.g. 1 slot at the default 25/s. To split a
+    very large input, map the operator over chunks in that Pool::
 
         @task
         def chunks() -> list[list[str]]:
