@@ -1,20 +1,37 @@
-# The two commands a newcomer needs: `make demo` and `make test`. Both build their own virtualenv.
+# The two commands a newcomer needs: `make demo` and `make test`. Both build their own virtualenv
+# with the exact versions of uv.lock (run `make lock` after changing the dependencies in
+# pyproject.toml: a stale lock fails the install rather than drifting).
 PYTHON ?= python3
 VENV ?= .venv
-# Extra pip requirements, e.g. AIRFLOW_SPEC="apache-airflow==3.2.2" for the floor-version run.
+# Set to install from pyproject.toml's ranges instead of the lock, e.g. the floor-version run:
+# AIRFLOW_SPEC="apache-airflow==3.2.2 -c .ci/floor-constraints.txt".
 AIRFLOW_SPEC ?=
 # Extra pytest arguments, e.g. PYTEST_ARGS='-m "not deployment"'.
 PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# uv from PATH, else installed with pip into .tools on first use.
+UV ?= $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]" $(AIRFLOW_SPEC)
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet uv
+
+ifeq ($(strip $(AIRFLOW_SPEC)),)
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(PYTHON) --quiet
 	touch $(STAMP)
+else
+$(STAMP): pyproject.toml | $(UV)
+	$(UV) venv --quiet --seed --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(PY) -e ".[dev]" $(AIRFLOW_SPEC)
+	touch $(STAMP)
+endif
+
+lock: | $(UV)
+	$(UV) lock
 
 install: $(STAMP)
 
@@ -40,4 +57,4 @@ bench: install
 	$(PY) benchmarks/bench_bulk_add.py
 
 clean:
-	rm -rf $(VENV) .venv-floor .demo .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-floor .tools .demo .mypy_cache .ruff_cache
