@@ -39,7 +39,12 @@ def get_provider_info() -> dict[str, Any]:
                 "source-integration-name": "SMS Partner",
                 "target-integration-name": "Common SQL",
                 "python-module": "airflow_provider_smspartner.transfers.smspartner_to_sql",
-            }
+            },
+            {
+                "source-integration-name": "Common SQL",
+                "target-integration-name": "Common SQL",
+                "python-module": "airflow_provider_smspartner.transfers.phone_numbers_to_sql",
+            },
         ],
         "connection-types": [
             {

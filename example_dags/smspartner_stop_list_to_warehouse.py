@@ -3,8 +3,10 @@
 1. ``extract_stop_list`` upserts the stop list into ``smspartner_stop_list`` (numbers that leave
    the list keep their row with ``removed_at`` set: the opt-out history compliance asks for) and
    publishes the ``smspartner_stop_list`` Asset for downstream DAGs.
-2. ``normalize_contacts`` writes every marketing contact's number in E.164 to
-   ``marketing_contacts_e164`` (contacts are typed in every format; the stop list is E.164).
+2. ``normalize_contacts`` (``PhoneNumbersToSqlOperator``) writes every marketing contact's number
+   in E.164 to ``marketing_contacts_e164`` (``contact_id``, ``phone_e164``, ``reason``), reading
+   and writing in chunks, so it scales to tens of millions of contacts (contacts are typed in
+   every format; the stop list is E.164).
 3. ``flag_opt_outs`` sets ``marketing_contacts.sms_opt_out`` with one SQL join in the warehouse.
 
 The task that calls SMS Partner runs in the ``smspartner_api`` Pool, which every example shares:
@@ -22,8 +24,9 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, dag
 
+from airflow_provider_smspartner.transfers.phone_numbers_to_sql import PhoneNumbersToSqlOperator
 from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
 
 SQL_CONN_ID = os.environ.get("SMSPARTNER_EXAMPLE_SQL_CONN_ID", "warehouse")
@@ -60,36 +63,20 @@ def smspartner_stop_list_to_warehouse():
         pool=POOL,
     )
 
-    @task
-    def normalize_contacts() -> dict:
-        """Write each contact's number in E.164 next to its id, for an exact join in SQL."""
-        import pandas as pd
-        from airflow.sdk import BaseHook
-
-        from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
-
-        hook = BaseHook.get_connection(SQL_CONN_ID).get_hook()
-        contacts = hook.get_df("SELECT contact_id, phone FROM marketing_contacts")
-        e164 = normalize_phone_numbers(contacts["phone"])["phone_e164"]
-        rows = [
-            (int(contact_id), None if pd.isna(number) else str(number))
-            for contact_id, number in zip(contacts["contact_id"], e164, strict=True)
-        ]
-        hook.run(
-            [
-                "CREATE TABLE IF NOT EXISTS marketing_contacts_e164 "
-                "(contact_id BIGINT PRIMARY KEY, phone_e164 VARCHAR(16))",
-                "DELETE FROM marketing_contacts_e164",
-            ]
-        )
-        hook.insert_rows(
-            "marketing_contacts_e164", rows, target_fields=["contact_id", "phone_e164"], executemany=True
-        )
-        return {"contacts": len(rows), "without_valid_number": int(e164.isna().sum())}
+    normalize_contacts = PhoneNumbersToSqlOperator(
+        task_id="normalize_contacts",
+        sql="SELECT contact_id, phone FROM marketing_contacts",
+        source_conn_id=SQL_CONN_ID,
+        key_column="contact_id",
+        phone_column="phone",
+        destination_table="marketing_contacts_e164",
+        mode="replace",
+        default_region="FR",
+    )
 
     flag = SQLExecuteQueryOperator(task_id="flag_opt_outs", conn_id=SQL_CONN_ID, sql=FLAG_OPT_OUTS)
 
-    [extract, normalize_contacts()] >> flag
+    [extract, normalize_contacts] >> flag
 
 
 smspartner_stop_list_to_warehouse()

@@ -44,6 +44,7 @@ PARSE_TIME_MODULES = (
     f"{PACKAGE}.hooks.smspartner",
     f"{PACKAGE}.operators.smspartner",
     f"{PACKAGE}.transfers.smspartner_to_sql",
+    f"{PACKAGE}.transfers.phone_numbers_to_sql",
 )
 
 

@@ -3,49 +3,30 @@
 Whatever the source, the result is one pandas Series of raw values (one per input row, in order,
 ``RangeIndex``): normalisation, de-duplication and reporting happen downstream, on all sources alike.
 Only the phone column is kept while reading, so memory holds one column, not the whole table.
+
+The suppression operator keeps every column of its audience instead, so the same sources are also
+read as whole rows, streamed in chunks (:func:`rows_from_object`, :func:`rows_from_sql`,
+:func:`rows_from_file`, or :meth:`PhoneSource.open_rows`): memory then holds one chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE, check_one_source
+from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE, check_one_source, pick_column
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from airflow_provider_smspartner.utils.storage import file_format, to_storage_path
 
 _NESTED = (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.DataFrame)
-
-
-def pick_column(columns: Sequence[Any], phone_column: str | None, where: str) -> Any:
-    """Return the column of ``columns`` that holds the phone numbers.
-
-    Without ``phone_column`` a single column is taken as is. A name that differs only by case
-    matches too (databases fold unquoted identifiers to lower or upper case).
-
-    :param where: Names the data in error messages (``"the query result"``...).
-    :raises ValueError: naming the available columns when the choice is missing or wrong.
-    """
-    names = [str(c) for c in columns]
-    if not names:
-        raise ValueError(f"{where} has no columns; it must hold a column of phone numbers.")
-    if phone_column is None:
-        if len(names) == 1:
-            return columns[0]
-        raise ValueError(
-            f"{where} has {len(names)} columns {names}; set phone_column to the one that holds the "
-            "phone numbers."
-        )
-    if phone_column in names:
-        return columns[names.index(phone_column)]
-    folded = [i for i, name in enumerate(names) if name.lower() == str(phone_column).lower()]
-    if len(folded) == 1:
-        return columns[folded[0]]
-    raise ValueError(f"phone_column {phone_column!r} is not a column of {where}; available columns: {names}.")
+#: The column that holds the values of a plain list (or an unnamed Series) as audience rows.
+PLAIN_VALUES_COLUMN = "phone_number"
 
 
 def values_from_object(value: Any, phone_column: str | None) -> pd.Series:
@@ -166,6 +147,170 @@ def values_from_file(source_path: str, phone_column: str | None, chunk_size: int
     return pd.concat(pieces, ignore_index=True)
 
 
+@dataclass
+class RowChunks:
+    """An open source of whole rows, read in chunks.
+
+    :param column: The column that holds the phone numbers (as named in the chunks).
+    :param columns: Every column, in order.
+    :param chunks: DataFrames of every column, ``RangeIndex`` from 0 each, in source order; at
+        least one (empty when the source holds no rows), so a consumer always sees the columns.
+    """
+
+    column: str
+    columns: list[str]
+    chunks: Iterator[pd.DataFrame]
+
+
+def _unique_names(names: Sequence[Any], where: str) -> list[str]:
+    """``names`` as text; :raises ValueError: when one repeats (the rows could not be written)."""
+    texts = [str(name) for name in names]
+    repeated = sorted({name for name in texts if texts.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{where} has repeated column names {repeated}; give each column its own name.")
+    return texts
+
+
+def _with_empty_chunk(chunks: Iterator[pd.DataFrame], empty: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """``chunks``, or ``empty`` alone when there are none."""
+    seen = False
+    for chunk in chunks:
+        seen = True
+        yield chunk
+    if not seen:
+        yield empty
+
+
+def _slices(frame: pd.DataFrame, chunk_size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(frame), chunk_size):
+        yield frame.iloc[start : start + chunk_size].reset_index(drop=True)
+
+
+@contextmanager
+def rows_from_object(value: Any, phone_column: str | None, chunk_size: int) -> Iterator[RowChunks]:
+    """Whole rows of an in-memory value, in chunks of ``chunk_size`` rows.
+
+    A DataFrame or a list of dicts keeps its columns (``phone_column`` picks the phone column, as
+    in :func:`values_from_object`); a plain list, tuple, array or Series becomes one column, named
+    after the Series or :data:`PLAIN_VALUES_COLUMN`.
+
+    :raises ValueError: as :func:`values_from_object`, or when a column name repeats.
+    """
+    values = values_from_object(value, phone_column)  # checks the shape and the phone column
+    if isinstance(value, pd.DataFrame):
+        frame = value
+        where = "the phone_numbers DataFrame"
+    elif (
+        not isinstance(value, pd.Series | np.ndarray)
+        and (items := list(value))
+        and isinstance(items[0], Mapping)
+    ):
+        keys = list(dict.fromkeys(key for item in items for key in item))
+        frame = pd.DataFrame.from_records(items, columns=keys)
+        where = "the phone_numbers rows (dicts)"
+    else:
+        name = value.name if isinstance(value, pd.Series) and value.name is not None else PLAIN_VALUES_COLUMN
+        frame = pd.DataFrame({name: values})
+        where = "phone_numbers"
+    names = _unique_names(list(frame.columns), where)
+    frame = frame.set_axis(names, axis=1).reset_index(drop=True)
+    column = str(pick_column(names, phone_column if len(names) > 1 else None, where))
+    yield RowChunks(column, names, _with_empty_chunk(_slices(frame, chunk_size), frame.iloc[:0]))
+
+
+def _streaming_cursor(conn: Any) -> Any:
+    """A cursor that fetches rows from the server as they are asked for, where the driver has one:
+    a server-side cursor on psycopg 3, ``SSCursor`` on mysqlclient and PyMySQL; otherwise the
+    driver's plain cursor (which may hold the whole result client-side)."""
+    driver = type(conn).__module__.split(".")[0]
+    if driver == "psycopg":
+        return conn.cursor(name=f"smspartner_audience_{uuid.uuid4().hex[:12]}")
+    if driver == "MySQLdb":
+        from MySQLdb.cursors import SSCursor
+
+        return conn.cursor(SSCursor)
+    if driver == "pymysql":
+        from pymysql.cursors import SSCursor as PyMySQLSSCursor
+
+        return conn.cursor(PyMySQLSSCursor)
+    return conn.cursor()
+
+
+@contextmanager
+def rows_from_sql(
+    sql: str, sql_conn_id: str, phone_column: str | None, chunk_size: int
+) -> Iterator[RowChunks]:
+    """Whole rows of ``sql`` on connection ``sql_conn_id`` (any DbApiHook), ``fetchmany`` chunks at a time.
+
+    On PostgreSQL (psycopg 3) and MySQL/MariaDB the rows stay on the server until fetched
+    (server-side cursor, ``SSCursor``), so memory holds one chunk. The query runs (and the phone column is checked) when the context is entered; the connection
+    stays open until it exits.
+
+    :raises ValueError: when the query returns no rows set, the phone column is ambiguous or
+        absent, or a column name repeats.
+    """
+    hook = resolve_dbapi_hook(sql_conn_id)
+    conn = hook.get_conn()
+    cursor = _streaming_cursor(conn)
+    try:
+        cursor.execute(sql)
+        if not cursor.description:
+            raise ValueError(f"The sql query on {sql_conn_id!r} returned no result set; it must be a SELECT.")
+        where = f"the result of the sql query on {sql_conn_id!r}"
+        names = _unique_names([d[0] for d in cursor.description], where)
+        column = str(pick_column(names, phone_column, where))
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            while rows := cursor.fetchmany(chunk_size):
+                yield pd.DataFrame.from_records(rows, columns=names, coerce_float=False)
+
+        empty = pd.DataFrame({name: pd.Series([], dtype=object) for name in names})
+        yield RowChunks(column, names, _with_empty_chunk(chunks(), empty))
+    finally:
+        cursor.close()
+        conn.close()
+
+
+@contextmanager
+def rows_from_file(source_path: str, phone_column: str | None, chunk_size: int) -> Iterator[RowChunks]:
+    """Whole rows of a CSV or Parquet file (local path or ObjectStoragePath URI), in chunks.
+
+    Parquet is read by row batches (``iter_batches``) with its own column types; CSV by pandas
+    ``chunksize``, every cell as text, exactly as written (leading zeros kept; an empty cell stays
+    empty). The file is opened and its columns checked when the context is entered.
+
+    :raises ValueError: on an unknown extension, an ambiguous or absent phone column, or a
+        repeated column name.
+    """
+    kind = file_format(source_path)
+    target = to_storage_path(source_path)
+    where = f"file {source_path!r}"
+    with target.open("rb") as handle:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(handle)
+            names = _unique_names(parquet.schema_arrow.names, where)
+            column = str(pick_column(names, phone_column, where))
+            batches = (
+                batch.to_pandas() for batch in parquet.iter_batches(batch_size=chunk_size, use_threads=True)
+            )
+            empty = parquet.schema_arrow.empty_table().to_pandas()
+            yield RowChunks(column, names, _with_empty_chunk(batches, empty))
+        else:
+            compression: Literal["gzip"] | None = "gzip" if source_path.lower().endswith(".gz") else None
+            header = pd.read_csv(handle, nrows=0, compression=compression, dtype=str)
+            names = _unique_names(list(header.columns), where)
+            column = str(pick_column(names, phone_column, where))
+            handle.seek(0)
+            reader = pd.read_csv(
+                handle, dtype=str, keep_default_na=False, chunksize=chunk_size, compression=compression
+            )
+            with reader:
+                chunks = (chunk.reset_index(drop=True) for chunk in reader)
+                yield RowChunks(column, names, _with_empty_chunk(chunks, header))
+
+
 @dataclass(frozen=True)
 class PhoneSource:
     """The one source of a bulk operator's phone numbers.
@@ -209,3 +354,21 @@ class PhoneSource:
         if self.source_path is not None:
             return values_from_file(self.source_path, self.phone_column, chunk_size)
         return values_from_object(self.phone_numbers, self.phone_column)
+
+    @contextmanager
+    def open_rows(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[RowChunks]:
+        """Open the source for whole rows, streamed in chunks (see :class:`RowChunks`).
+
+        The query runs, or the file is opened, and the phone column is checked on entering.
+
+        :raises ValueError: on unusable arguments or data (see :meth:`check` and the readers).
+        """
+        self.check()
+        if self.sql is not None:
+            opened = rows_from_sql(self.sql, str(self.sql_conn_id), self.phone_column, chunk_size)
+        elif self.source_path is not None:
+            opened = rows_from_file(self.source_path, self.phone_column, chunk_size)
+        else:
+            opened = rows_from_object(self.phone_numbers, self.phone_column, chunk_size)
+        with opened as rows:
+            yield rows

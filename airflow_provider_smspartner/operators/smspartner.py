@@ -1,4 +1,4 @@
-"""Every SMS Partner operator: extract the stop list, and bulk add or remove numbers.
+"""Every SMS Partner operator: extract the stop list, bulk add or remove numbers, and suppress an audience.
 
 Import-light: the DAG processor imports this module on every parse, so pandas, pyarrow,
 phonenumbers and the bulk engine load inside ``execute``, not here.
@@ -12,14 +12,21 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-from airflow_provider_smspartner.utils.arguments import check_choice, check_count, check_one_source
+from airflow_provider_smspartner.utils.arguments import (
+    DEFAULT_CHUNK_SIZE,
+    check_choice,
+    check_count,
+    check_one_source,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
     from airflow_provider_smspartner.bulk.results import TryResults
+    from airflow_provider_smspartner.bulk.sources import PhoneSource
 
 OUTPUT_FORMATS = ("parquet", "csv")
 
@@ -51,11 +58,13 @@ class SmsPartnerStopListOperator(BaseOperator):
         self.smspartner_conn_id = smspartner_conn_id
         self.output_path = output_path
         self.output_format = output_format
+        self._rows_fetched: int | None = None  # for the lineage
 
     def execute(self, context: Context) -> pd.DataFrame | str:
         if self.output_path:
             check_choice("output_format", self.output_format, OUTPUT_FORMATS)
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
+        self._rows_fetched = len(frame)
         self.log.info("Fetched %d stops from SMS Partner", len(frame))
         if not self.output_path:
             if len(frame) > 100_000:  # ~60 bytes a stop in the metadata database, every run
@@ -90,6 +99,12 @@ class SmsPartnerStopListOperator(BaseOperator):
         self.log.info("Wrote %d stops to %s (%s)", len(frame), target, self.output_format)
         return str(target)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the stop list in; the file out when ``output_path`` is set."""
+        from airflow_provider_smspartner.utils.lineage import stop_list_operator_lineage
+
+        return stop_list_operator_lineage(self.smspartner_conn_id, self._rows_fetched, self.output_path)
+
 
 def run_identity(context: Context | Mapping[str, Any]) -> tuple[str | None, str | None]:
     """``(dag_id, run_id)`` of the running task, from a real context or a minimal test dict."""
@@ -123,19 +138,18 @@ def task_identity(context: Context | Mapping[str, Any], task_id: str) -> dict[st
     }
 
 
-class _BulkStopsOperator(BaseOperator):
-    """What the bulk add and remove operators share: sources, options, results table, reporting."""
+class _PhoneSourceOperator(BaseOperator):
+    """What the operators that read phone numbers share: exactly one source (``phone_numbers``,
+    ``sql`` + ``sql_conn_id``, or ``source_path``), ``phone_column``, ``default_region`` and the
+    ``smspartner`` connection."""
 
-    template_fields: Sequence[str] = (
+    #: The source's templated arguments; each subclass lists them in its ``template_fields``.
+    source_template_fields: tuple[str, ...] = (
         "phone_numbers",
         "sql",
         "sql_conn_id",
         "source_path",
         "phone_column",
-        "results_table",
-        "results_conn_id",
-        "default_region",
-        "smspartner_conn_id",
     )
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#e8f4fd"
@@ -149,11 +163,6 @@ class _BulkStopsOperator(BaseOperator):
         source_path: str | None = None,
         phone_column: str | None = None,
         default_region: str = "FR",
-        dry_run: bool = False,
-        max_workers: int = 8,
-        results_table: str | None = None,
-        results_conn_id: str | None = None,
-        max_failed: int = 0,
         smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -164,21 +173,8 @@ class _BulkStopsOperator(BaseOperator):
         self.source_path = source_path
         self.phone_column = phone_column
         self.default_region = default_region
-        # Not self.dry_run: that is a BaseOperator method (render the templates only).
-        self.is_dry_run = dry_run
-        self.max_workers = max_workers
-        self.results_table = results_table
-        self.results_conn_id = results_conn_id
-        self.max_failed = max_failed
         self.smspartner_conn_id = smspartner_conn_id
         check_one_source(phone_numbers, sql, sql_conn_id, source_path)
-        check_count("max_workers", max_workers, minimum=1)
-        check_count("max_failed", max_failed, minimum=0)
-        if results_table and not (results_conn_id or sql_conn_id):
-            raise ValueError(
-                f"results_table {results_table!r} needs a database: set results_conn_id (or sql_conn_id) "
-                "to the connection to write it to."
-            )
 
     def render_template(self, content: Any, context: Context, *args: Any, **kwargs: Any) -> Any:
         # A literal list of numbers would otherwise be compiled by Jinja one string at a time (slow
@@ -187,6 +183,59 @@ class _BulkStopsOperator(BaseOperator):
         if isinstance(content, str) and "{" not in content and not content.endswith(tuple(self.template_ext)):
             return content
         return super().render_template(content, context, *args, **kwargs)
+
+    def _source(self) -> dict[str, Any]:
+        """The one source, as :class:`~airflow_provider_smspartner.bulk.sources.PhoneSource` and the
+        lineage take it."""
+        return {
+            "phone_numbers": self.phone_numbers,
+            "sql": self.sql,
+            "sql_conn_id": self.sql_conn_id,
+            "source_path": self.source_path,
+        }
+
+    def _phone_source(self) -> PhoneSource:
+        from airflow_provider_smspartner.bulk.sources import PhoneSource
+
+        return PhoneSource(**self._source(), phone_column=self.phone_column)
+
+
+class _BulkStopsOperator(_PhoneSourceOperator):
+    """What the bulk add and remove operators share: options, results table, reporting."""
+
+    template_fields: Sequence[str] = (
+        *_PhoneSourceOperator.source_template_fields,
+        "results_table",
+        "results_conn_id",
+        "default_region",
+        "smspartner_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        dry_run: bool = False,
+        max_workers: int = 8,
+        results_table: str | None = None,
+        results_conn_id: str | None = None,
+        max_failed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Not self.dry_run: that is a BaseOperator method (render the templates only).
+        self.is_dry_run = dry_run
+        self.max_workers = max_workers
+        self.results_table = results_table
+        self.results_conn_id = results_conn_id
+        self.max_failed = max_failed
+        self._summary: dict[str, Any] = {}  # for the lineage
+        check_count("max_workers", max_workers, minimum=1)
+        check_count("max_failed", max_failed, minimum=0)
+        if results_table and not (results_conn_id or self.sql_conn_id):
+            raise ValueError(
+                f"results_table {results_table!r} needs a database: set results_conn_id (or sql_conn_id) "
+                "to the connection to write it to."
+            )
 
     def _options(self) -> BulkOptions:
         from airflow_provider_smspartner.bulk.pipeline import BulkOptions
@@ -212,7 +261,6 @@ class _BulkStopsOperator(BaseOperator):
         """
         from airflow_provider_smspartner.bulk.pipeline import conclude
         from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity
-        from airflow_provider_smspartner.bulk.sources import PhoneSource
 
         options = self._options()
         results = None
@@ -225,13 +273,7 @@ class _BulkStopsOperator(BaseOperator):
             results = table.prepare(TaskIdentity(**task_identity(context, self.task_id)))
             self.log.info("Recording outcomes in %s as %s", results.describe(), results.identity.describe())
         try:
-            source = PhoneSource(
-                phone_numbers=self.phone_numbers,
-                sql=self.sql,
-                sql_conn_id=self.sql_conn_id,
-                source_path=self.source_path,
-                phone_column=self.phone_column,
-            )
+            source = self._phone_source()
             values = source.read()
             self.log.info("Read %d values from %s", len(values), source.describe())
             hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
@@ -242,7 +284,21 @@ class _BulkStopsOperator(BaseOperator):
         finally:
             if results is not None:
                 results.close()
+        self._summary = dict(result.counts())
         return conclude(result, max_failed=self.max_failed, logger=self.log)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the source in (tables of the query, or the file); the stop list and the
+        results table out."""
+        from airflow_provider_smspartner.utils.lineage import bulk_operator_lineage
+
+        return bulk_operator_lineage(
+            self.smspartner_conn_id,
+            self._source(),
+            results_table=self.results_table,
+            results_conn_id=self.results_conn_id,
+            counts=self._summary,
+        )
 
 
 class SmsPartnerAddStopsOperator(_BulkStopsOperator):
@@ -375,3 +431,292 @@ class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
         from airflow_provider_smspartner.bulk.pipeline import remove_stops
 
         return remove_stops(values, hook, options, logger=self.log, results=results)
+
+
+SUPPRESSION_MODES = ("filter", "check")
+
+
+class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
+    """Check a campaign audience against the live SMS Partner stop list, and keep only the rows safe to text.
+
+    Pipeline: open the one source (the query runs, the file opens, the phone column is checked) ->
+    fetch the list once (``rows_in_list`` and its ``list_sha256``, the same fingerprint as the
+    extract's run log) -> stream the audience in chunks of ``chunk_size`` rows, normalising every
+    number to E.164 (``default_region`` for national numbers). Each row ends in exactly one
+    outcome: ``invalid`` (no valid number), ``stopped`` (on the list: every row of it), ``duplicate``
+    (the number was kept from an earlier row: the first row wins) or kept. Memory holds the list's
+    numbers, the numbers kept so far and one chunk, whatever the audience's size.
+
+    - ``mode="filter"`` (default): the kept rows, with **all** their columns plus ``phone_e164``,
+      go to exactly one of ``output_table`` (on ``output_conn_id``; replaced in one transaction:
+      it holds exactly this run's safe audience, or, on failure, what it held before) or
+      ``output_path`` (Parquet or CSV, local or ObjectStoragePath URI, written chunk by chunk).
+      Optionally the excluded rows, with a ``reason`` column (``stopped``, ``invalid``,
+      ``duplicate``), go to ``excluded_table`` or ``excluded_path`` the same way.
+    - ``mode="check"``: writes no output; the task fails (``AirflowException``) when any audience
+      number is on the list, with the counts and at most five masked numbers
+      (``+33 6•• •• 56 78``).
+
+    Either way, with ``audit_table`` one row is appended (the table is created when missing, before
+    the API is called): ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``,
+    ``checked_at`` (UTC, when the list was fetched), ``mode``, ``rows_in_list``, ``list_sha256``,
+    the counts and ``output`` (the table or path written). In check mode it is written before the
+    task fails.
+
+    Exactly one source:
+
+    :param phone_numbers: A list/tuple of numbers, or (through an upstream task's XCom) a list,
+        a DataFrame or a list of dicts (``phone_column`` picks the column). (templated)
+    :param sql: A query returning the audience, every column kept, read in chunks; needs
+        ``sql_conn_id``. (templated)
+    :param source_path: A CSV or Parquet file (by extension), local path or ObjectStoragePath URI;
+        CSV cells are read as text. (templated)
+
+    Options:
+
+    :param sql_conn_id: Connection for ``sql``; the default ``output_conn_id``. (templated)
+    :param phone_column: The column with the numbers, needed when the source has several. (templated)
+    :param default_region: Region of numbers without an international prefix. (templated)
+    :param mode: ``filter`` or ``check``.
+    :param output_table: Table of the kept rows, replaced on every run (created when missing). (templated)
+    :param output_conn_id: Connection of the output tables (default ``sql_conn_id``). (templated)
+    :param output_path: File of the kept rows. (templated)
+    :param output_format: ``parquet`` or ``csv`` for the files; by default taken from each path's
+        extension (``.parquet``/``.pq``, ``.csv``/``.csv.gz``). (templated)
+    :param excluded_table: Table of the excluded rows with their ``reason``, replaced on every run. (templated)
+    :param excluded_path: File of the excluded rows with their ``reason``. (templated)
+    :param audit_table: Table with one row per run, appended. (templated)
+    :param audit_conn_id: Connection of ``audit_table`` (default ``output_conn_id``, else
+        ``sql_conn_id``). (templated)
+    :param chunk_size: Audience rows read, checked and written at a time.
+    :param smspartner_conn_id: The ``smspartner`` connection. (templated)
+    :return: ``{"audience", "valid", "invalid", "duplicate", "stopped", "kept", "output"}``
+        (``audience = kept + invalid + duplicate + stopped``; ``valid = audience - invalid``;
+        ``output`` is the table or path written, ``None`` in check mode).
+    :raises ValueError: on bad arguments (no or two sources, filter without exactly one output,
+        check with an output, a bad table name or file extension, a missing or unknown
+        ``phone_column``...), raised before any API call.
+    :raises AirflowException: in check mode, when any audience number is on the list (audit row
+        written first).
+    """
+
+    template_fields: Sequence[str] = (
+        *_PhoneSourceOperator.source_template_fields,
+        "default_region",
+        "output_table",
+        "output_conn_id",
+        "output_path",
+        "output_format",
+        "excluded_table",
+        "excluded_path",
+        "audit_table",
+        "audit_conn_id",
+        "smspartner_conn_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        mode: str = "filter",
+        output_table: str | None = None,
+        output_conn_id: str | None = None,
+        output_path: str | None = None,
+        output_format: str | None = None,
+        excluded_table: str | None = None,
+        excluded_path: str | None = None,
+        audit_table: str | None = None,
+        audit_conn_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.output_table = output_table
+        self.output_conn_id = output_conn_id
+        self.output_path = output_path
+        self.output_format = output_format
+        self.excluded_table = excluded_table
+        self.excluded_path = excluded_path
+        self.audit_table = audit_table
+        self.audit_conn_id = audit_conn_id
+        self.chunk_size = chunk_size
+        self._lineage: dict[str, Any] = {}  # what execute learnt, for the lineage
+        self._check_arguments()
+
+    @property
+    def _output_conn(self) -> str | None:
+        return self.output_conn_id or self.sql_conn_id
+
+    @property
+    def _audit_conn(self) -> str | None:
+        return self.audit_conn_id or self.output_conn_id or self.sql_conn_id
+
+    def _check_arguments(self) -> None:
+        """The checks that need no data (at parse time, and again once the templates are rendered).
+
+        :raises ValueError: naming the argument.
+        """
+        check_choice("mode", self.mode, SUPPRESSION_MODES)
+        check_one_source(self.phone_numbers, self.sql, self.sql_conn_id, self.source_path)
+        check_count("chunk_size", self.chunk_size, minimum=1)
+        if self.output_format is not None:
+            check_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        outputs = {
+            "output_table": self.output_table,
+            "output_path": self.output_path,
+            "excluded_table": self.excluded_table,
+            "excluded_path": self.excluded_path,
+        }
+        given = [name for name, value in outputs.items() if value]
+        if self.mode == "check":
+            if given:
+                raise ValueError(
+                    f"mode='check' writes no output, but {' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                    "set; use mode='filter' to write the safe audience, or leave the outputs out."
+                )
+        elif bool(self.output_table) == bool(self.output_path):
+            got = "both" if self.output_table else "neither"
+            raise ValueError(
+                f"mode='filter' writes the safe audience to exactly one of output_table or output_path "
+                f"(got {got})."
+            )
+        if self.excluded_table and self.excluded_path:
+            raise ValueError("Give at most one of excluded_table or excluded_path (got both).")
+        for name in ("output_table", "excluded_table"):
+            if outputs[name] and not self._output_conn:
+                raise ValueError(
+                    f"{name} {outputs[name]!r} needs a database: set output_conn_id (or sql_conn_id) to "
+                    "the connection to write it to."
+                )
+        if self.audit_table and not self._audit_conn:
+            raise ValueError(
+                f"audit_table {self.audit_table!r} needs a database: set audit_conn_id (or output_conn_id, "
+                "or sql_conn_id)."
+            )
+
+    def _file_format(self, path: str, argument: str) -> str:
+        from airflow_provider_smspartner.utils.storage import file_format
+
+        return self.output_format or file_format(path, argument)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Check the arguments and the outputs, open the source, fetch the list, check the audience.
+
+        :return: the counts and ``output`` (see the class docstring).
+        :raises ValueError: on unusable arguments or data, before any API call.
+        :raises AirflowException: in check mode when audience numbers are on the list.
+        """
+        from airflow.exceptions import AirflowException
+
+        from airflow_provider_smspartner.bulk.suppression import (
+            E164_COLUMN,
+            AuditLog,
+            ChunkSink,
+            FileSink,
+            TableSink,
+            fetch_stop_list,
+            mask_phone_number,
+            suppress_audience,
+            utc_now,
+        )
+
+        self._check_arguments()  # templated values, rendered
+        output_conn = str(self._output_conn)
+        kept: ChunkSink | None = None
+        excluded: ChunkSink | None = None
+        # Before any API call: bad names, extensions, connections and the audit table fail here.
+        if self.output_path:
+            kept = FileSink(self.output_path, self._file_format(self.output_path, "output_path"))  # type: ignore[arg-type]
+        elif self.output_table:
+            kept = TableSink(output_conn, self.output_table, key=E164_COLUMN, chunk_size=self.chunk_size)
+        if self.excluded_path:
+            excluded = FileSink(self.excluded_path, self._file_format(self.excluded_path, "excluded_path"))  # type: ignore[arg-type]
+        elif self.excluded_table:
+            # Spilled to a local file, loaded once the kept rows are in: one writer at a time.
+            excluded = TableSink(
+                output_conn,
+                self.excluded_table,
+                indexes=(E164_COLUMN,),
+                chunk_size=self.chunk_size,
+                spill=True,
+            )
+        audit = AuditLog(str(self._audit_conn), self.audit_table) if self.audit_table else None
+        if audit is not None:
+            audit.prepare()
+        source = self._phone_source()
+        with source.open_rows(self.chunk_size) as rows:
+            self.log.info(
+                "Reading the audience from %s (phone column %r, %d columns) in chunks of %d rows",
+                source.describe(),
+                rows.column,
+                len(rows.columns),
+                self.chunk_size,
+            )
+            hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
+            try:
+                checked_at = utc_now()
+                stop_list = fetch_stop_list(hook)
+            finally:
+                hook.close()
+            self.log.info(
+                "Fetched the stop list: %d stops (list_sha256 %s)",
+                stop_list.rows_in_list,
+                stop_list.list_sha256,
+            )
+            result = suppress_audience(
+                rows, stop_list, default_region=self.default_region, kept=kept, excluded=excluded
+            )
+        counts = result.counts.as_dict()
+        output = kept.target if kept is not None else None
+        summary: dict[str, Any] = {**counts, "output": output}
+        self._lineage = {"counts": summary, "rows_in_list": stop_list.rows_in_list}
+        self.log.info(
+            "Audience %s: %s%s",
+            self.mode,
+            ", ".join(f"{key}={value}" for key, value in counts.items()),
+            f"; safe audience written to {output}" if output else "",
+        )
+        if excluded is not None:
+            self.log.info("Excluded rows written to %s", excluded.target)
+        if audit is not None:
+            audit.append(
+                {
+                    **task_identity(context, self.task_id),
+                    "checked_at": checked_at,
+                    "mode": self.mode,
+                    "rows_in_list": stop_list.rows_in_list,
+                    "list_sha256": stop_list.list_sha256,
+                    **counts,
+                    "output": output,
+                }
+            )
+            self.log.info("Audit row appended to %s", audit.table)
+        if self.mode == "check" and counts["stopped"]:
+            examples = ", ".join(mask_phone_number(number) for number in result.stopped_numbers)
+            raise AirflowException(
+                f"{counts['stopped']} of {counts['audience']} audience rows ({result.stopped_distinct} "
+                f"distinct numbers) are on the SMS Partner stop list of {stop_list.rows_in_list} stops "
+                f"(list_sha256 {stop_list.list_sha256}); e.g. {examples}. Counts: "
+                + ", ".join(f"{key}={value}" for key, value in counts.items())
+                + ". Filter the audience (mode='filter') before texting it."
+            )
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the audience and the stop list in; the safe audience, the excluded rows
+        and the audit table out."""
+        from airflow_provider_smspartner.utils.lineage import suppression_lineage
+
+        return suppression_lineage(
+            self.smspartner_conn_id,
+            self._source(),
+            output_table=self.output_table,
+            output_conn_id=self._output_conn,
+            output_path=self.output_path,
+            excluded_table=self.excluded_table,
+            excluded_path=self.excluded_path,
+            audit_table=self.audit_table,
+            audit_conn_id=self._audit_conn,
+            counts=self._lineage.get("counts"),
+            rows_in_list=self._lineage.get("rows_in_list"),
+        )

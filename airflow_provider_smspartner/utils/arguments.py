@@ -5,6 +5,7 @@ Import-light on purpose (no pandas): the operators module imports it at DAG-pars
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 #: Rows per round trip when reading a query or a file, and per load chunk when writing a table.
@@ -59,3 +60,38 @@ def check_flag(name: str, value: Any) -> None:
     """:raises ValueError: unless ``value`` is ``True`` or ``False``."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False; got {value!r}.")
+
+
+def pick_column(
+    columns: Sequence[Any],
+    phone_column: str | None,
+    where: str,
+    *,
+    argument: str = "phone_column",
+    holds: str = "phone numbers",
+) -> Any:
+    """Return the column of ``columns`` that holds the phone numbers (or what ``holds`` names).
+
+    Without ``phone_column`` a single column is taken as is. A name that differs only by case
+    matches too (databases fold unquoted identifiers to lower or upper case).
+
+    :param where: Names the data in error messages (``"the query result"``...).
+    :param argument: The operator argument that names the column, for the messages.
+    :param holds: What the column holds, for the messages.
+    :raises ValueError: naming the available columns when the choice is missing or wrong.
+    """
+    names = [str(c) for c in columns]
+    if not names:
+        raise ValueError(f"{where} has no columns; it must hold a column of {holds}.")
+    if phone_column is None:
+        if len(names) == 1:
+            return columns[0]
+        raise ValueError(
+            f"{where} has {len(names)} columns {names}; set {argument} to the one that holds the {holds}."
+        )
+    if phone_column in names:
+        return columns[names.index(phone_column)]
+    folded = [i for i, name in enumerate(names) if name.lower() == str(phone_column).lower()]
+    if len(folded) == 1:
+        return columns[folded[0]]
+    raise ValueError(f"{argument} {phone_column!r} is not a column of {where}; available columns: {names}.")

@@ -14,7 +14,9 @@ come from SQLAlchemy. The load path follows ``hook.dialect_name``:
 ``replace`` and ``insert`` load straight into the target inside one transaction; ``upsert`` and
 ``append`` (and every mode on the generic path) load a staging table (a temporary table on
 PostgreSQL: no write-ahead log) and apply set-based statements to the target in one transaction.
-Either way a failure leaves the target as it was.
+Either way a failure leaves the target as it was. :meth:`SqlTableWriter.write_chunks` streams: it
+loads an iterable of frames one at a time into the staging table, then applies any mode from
+there, so memory holds one chunk; :func:`table_spec_for` infers a spec from a frame's dtypes.
 
 ``replace`` reads the target's keys (and the spec's ``first_seen`` column, which keeps its value
 for keys still present) in its transaction, then empties and reloads the target. On PostgreSQL it
@@ -45,7 +47,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +70,7 @@ from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
-ColumnType = Literal["bigint", "int", "short_text", "text", "long_text", "timestamp"]
+ColumnType = Literal["bigint", "int", "double", "bool", "short_text", "text", "long_text", "timestamp"]
 WriteMode = Literal["replace", "upsert", "append", "insert"]
 LoadPath = Literal["copy", "executemany", "insert_rows"]
 _MAX_IDENTIFIER = 63  # PostgreSQL's limit (MySQL's is 64)
@@ -80,7 +82,9 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 _LOCK_POLL_SECONDS = 0.2
 #: Memory a PostgreSQL keyed write allows itself, for its transaction only (never lowered): a
 #: million keys hash (upsert's joins) and sort (replace's index builds) without temporary files.
-_POSTGRES_MEMORY = {"work_mem": "256MB", "maintenance_work_mem": "256MB"}
+#: ``temp_buffers`` keeps a million-row staging table in memory (it only takes effect in a session
+#: that has not used a temporary table yet: the writer's connections are fresh).
+_POSTGRES_MEMORY = {"work_mem": "256MB", "maintenance_work_mem": "256MB", "temp_buffers": "256MB"}
 _MICROS_PER_DAY = 86_400_000_000
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days since 1970
 #: How SQLite stores UTC instants (it has no timestamp type); this text sorts chronologically.
@@ -254,6 +258,10 @@ def _sql_type(kind: ColumnType) -> TypeEngine[Any]:
         return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
     if kind == "int":
         return sa.Integer()
+    if kind == "double":
+        return sa.Double()  # DOUBLE PRECISION, DOUBLE, REAL: 8-byte floats everywhere
+    if kind == "bool":
+        return sa.Boolean()
     if kind == "short_text":
         return sa.String(64)
     if kind == "text":
@@ -271,6 +279,51 @@ def _sql_type(kind: ColumnType) -> TypeEngine[Any]:
         .with_variant(_NaiveUtcDatetime(fsp=6), *_MYSQL)
         .with_variant(_IsoUtcText(), "sqlite")
     )
+
+
+def table_spec_for(frame: pd.DataFrame, key: str | None = None, indexes: tuple[str, ...] = ()) -> TableSpec:
+    """A spec for writing ``frame`` as it is: one column per frame column, typed from its dtype.
+
+    Integers become ``bigint``, floats ``double``, booleans ``bool``, datetimes ``timestamp``
+    (UTC; naive values taken as UTC), categoricals ``text``, anything else ``long_text``
+    (unbounded). The ``key`` and the ``indexes`` must be indexable everywhere (MySQL indexes no
+    ``LONGTEXT``): text there becomes ``short_text`` (up to 64 characters). Every column but the
+    key is compared, so ``upsert`` updates a row when any value changed.
+
+    :param key: The unique key column (not null; required by ``upsert``).
+    :param indexes: Columns that get a secondary index when the table is created.
+    :raises ValueError: naming a ``key`` or index column the frame lacks.
+    """
+    names = [str(name) for name in frame.columns]
+    missing = [name for name in (key, *indexes) if name is not None and name not in names]
+    if missing:
+        raise ValueError(f"Column(s) {missing} are not in the frame; its columns are {names}.")
+    indexed = {key, *indexes}
+    columns = tuple(
+        Column(name, _column_type(frame[name].dtype, name in indexed), nullable=name != key) for name in names
+    )
+    return TableSpec(
+        columns=columns,
+        key=key,
+        indexes=tuple(indexes),
+        compared=tuple(name for name in names if name != key),
+    )
+
+
+def _column_type(dtype: Any, indexed: bool) -> ColumnType:
+    """The portable type of a pandas dtype (see :func:`table_spec_for`)."""
+    types = pd.api.types
+    if types.is_bool_dtype(dtype):
+        return "bool"
+    if types.is_integer_dtype(dtype):
+        return "bigint"
+    if types.is_float_dtype(dtype):
+        return "double"
+    if types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    if indexed:
+        return "short_text"
+    return "text" if isinstance(dtype, pd.CategoricalDtype) else "long_text"
 
 
 # ---------------------------------------------------------------------------------------- hooks
@@ -333,10 +386,13 @@ class SqlTableWriter:
     def staging_table(self) -> sa.Table:
         """The keyed modes' staging table (:func:`staging_name`), shaped like the target, no index.
 
-        On PostgreSQL a temporary table: its load writes no WAL, and it lives in the write's session.
+        On PostgreSQL and SQLite a temporary table, living in the write's session. PostgreSQL: its
+        load writes no WAL. SQLite: it lives in the connection's own temporary database, so a
+        large load never needs the main database's exclusive lock before the target changes
+        (which a reader of that database, e.g. the source of a streamed write, would hold off).
         """
         return self._define(
-            staging_name(self.table), indexes=False, temporary=self.dialect_name == "postgresql"
+            staging_name(self.table), indexes=False, temporary=self.dialect_name in ("postgresql", "sqlite")
         )
 
     # ------------------------------------------------------------------ public
@@ -387,8 +443,62 @@ class SqlTableWriter:
         if mode == "insert":
             return self._insert(frame)
         if self.load_path == "insert_rows":
-            return self._write_generic(frame, mode, now, guard, before_commit)
+            loaded = frame
+            return self._write_generic(
+                lambda staging: self._insert_rows(loaded, staging), mode, now, guard, before_commit
+            )
         return self._write_locked(frame, mode, now, guard, before_commit)
+
+    def write_chunks(
+        self, chunks: Iterable[pd.DataFrame], mode: WriteMode, *, now: datetime | None = None
+    ) -> WriteSummary:
+        """Stream ``chunks`` into the table in ``mode`` and return what changed.
+
+        The chunks are taken one at a time (memory holds one) and loaded into the staging table
+        (``COPY`` on PostgreSQL, ``executemany`` on SQLite and MySQL/MariaDB, ``insert_rows``
+        elsewhere); then set-based statements from staging apply the mode, in the one transaction
+        that also holds the table's lock and creates the table when missing (PostgreSQL, SQLite;
+        MySQL/MariaDB commit the DDL on their own). A failure, in a chunk's iterator too, leaves
+        the table as it was.
+
+        ``replace``: the table holds exactly the streamed rows (without a key: every row deleted,
+        the new ones inserted; on PostgreSQL through ``TRUNCATE`` and index rebuilds, as
+        :meth:`write`); ``upsert`` (needs a key): new keys inserted, changed rows updated, the
+        spec's ``soft_delete`` column stamped with ``now`` for keys absent from the stream;
+        ``append``: rows whose key is not in the table yet (every row without a key).
+
+        :raises ValueError: an unknown mode, ``upsert`` without a key, a chunk lacking a column,
+            or a key value repeated in the stream (within a chunk or across chunks), naming it.
+        :raises TimeoutError: another writer held the table's lock for ``lock_timeout`` seconds.
+        """
+        if mode not in ("replace", "upsert", "append"):
+            raise ValueError(f"write_chunks mode must be one of replace, upsert, append; got {mode!r}.")
+        if mode == "upsert" and not self.spec.key:
+            raise ValueError(f"Mode 'upsert' needs a key column in the table spec of {self.table}.")
+        now = now or datetime.now(timezone.utc)
+        staging = self.staging_table
+
+        def fill(load: Callable[[pd.DataFrame], object]) -> int:
+            rows = 0
+            for chunk in chunks:
+                checked = self._checked(chunk, mode if self.spec.key else "insert", now)
+                load(checked)
+                rows += len(checked)
+            return rows
+
+        if self.load_path == "insert_rows":
+            return self._write_generic(
+                lambda table: fill(lambda chunk: self._insert_rows(chunk, table)), mode, now, None, None
+            )
+
+        def work(conn: Connection, summary: WriteSummary) -> None:
+            if self.dialect_name == "postgresql" and summary.created_table and not self.spec.first_seen:
+                summary.inserted = self._load_new_postgres(conn, fill)
+                return
+            incoming = fill(lambda chunk: self._load_staging(conn, chunk, staging))
+            self._apply(conn, staging, mode, now, summary, None, incoming)
+
+        return self._locked_transaction(staging, work, None)
 
     def _checked(self, frame: pd.DataFrame, mode: WriteMode, now: datetime) -> pd.DataFrame:
         """``frame`` with the spec's ``first_seen`` column (``now`` when missing), checked: every
@@ -464,36 +574,52 @@ class SqlTableWriter:
         guard: Guard | None,
         before_commit: BeforeCommit | None,
     ) -> WriteSummary:
-        """A keyed write on a fast path, under the table's lock.
+        """A keyed write of one frame on a fast path, under the table's lock
+        (:meth:`_locked_transaction`). A ``Future`` source is waited for once the lock is held,
+        the table ensured and (``replace``) its rows read."""
+        staging = None if mode == "replace" else self.staging_table
+
+        def work(conn: Connection, summary: WriteSummary) -> None:
+            old = self._existing_locked(conn) if staging is None else None
+            frame = source.result() if isinstance(source, Future) else source
+            if isinstance(source, Future):
+                frame = self._checked(frame, mode, now)
+            if old is not None:
+                self._replace(conn, frame, old, summary, guard)
+            else:
+                assert staging is not None
+                self._load(conn, frame, staging)
+                self._apply(conn, staging, mode, now, summary, guard, len(frame))
+
+        return self._locked_transaction(staging, work, before_commit)
+
+    def _locked_transaction(
+        self,
+        staging: sa.Table | None,
+        work: Callable[[Connection, WriteSummary], None],
+        before_commit: BeforeCommit | None,
+    ) -> WriteSummary:
+        """Run ``work`` under the table's lock, after the table is ensured and ``staging`` (if any)
+        created afresh, then ``before_commit``, then commit; any failure rolls back.
 
         PostgreSQL and SQLite: one transaction, table creation and staging table included, so a
         crash leaves nothing behind. MySQL/MariaDB commit DDL on their own: the staging table is
         created before the transaction that loads and applies it, and dropped after it, the
-        session's lock held throughout. A ``Future`` source is waited for once the lock is held,
-        the table ensured and (``replace``) its rows read.
+        session's lock held throughout.
         """
         summary = WriteSummary()
-        staging = None if mode == "replace" else self.staging_table
         transactional_ddl = self.dialect_name not in _MYSQL
         with self._locked() as conn:
             try:
                 if self.dialect_name == "postgresql":
                     self._raise_memory(conn)
                 summary.created_table = self._ensure(conn)
-                old = self._existing_locked(conn) if staging is None else None
-                frame = source.result() if isinstance(source, Future) else source
-                if isinstance(source, Future):
-                    frame = self._checked(frame, mode, now)
-                if old is not None:
-                    self._replace(conn, frame, old, summary, guard)
-                else:
-                    assert staging is not None
+                if staging is not None:
                     staging.drop(conn, checkfirst=True)  # what a crashed run left
                     self._create(conn, staging)
-                    self._load(conn, frame, staging)
-                    self._apply(conn, staging, mode, now, summary, guard, len(frame))
-                    if transactional_ddl:
-                        staging.drop(conn)
+                work(conn, summary)
+                if staging is not None and transactional_ddl:
+                    staging.drop(conn)
                 if before_commit is not None:
                     before_commit(conn, summary)
                 conn.commit()
@@ -511,23 +637,24 @@ class SqlTableWriter:
 
     def _write_generic(
         self,
-        frame: pd.DataFrame,
+        fill: Callable[[sa.Table], int],
         mode: WriteMode,
         now: datetime,
         guard: Guard | None,
         before_commit: BeforeCommit | None,
     ) -> WriteSummary:
-        """A keyed write through ``insert_rows`` (which commits as it goes) into the staging table,
-        then one transaction on the target. No portable lock: one writer per table at a time."""
+        """A write through ``insert_rows`` (which commits as it goes) into the staging table (``fill``
+        loads it and returns the row count), then one transaction on the target. No portable
+        lock: one writer per table at a time."""
         summary = WriteSummary(created_table=self.ensure_table())
         staging = self.staging_table
         with self.engine.begin() as conn:
             staging.drop(conn, checkfirst=True)  # what a crashed run left
             self._create(conn, staging)
         try:
-            self._insert_rows(frame, staging)
+            incoming = fill(staging)
             with self.engine.begin() as conn:
-                self._apply(conn, staging, mode, now, summary, guard, len(frame))
+                self._apply(conn, staging, mode, now, summary, guard, incoming)
                 if before_commit is not None:
                     before_commit(conn, summary)
         finally:
@@ -540,11 +667,62 @@ class SqlTableWriter:
             return
         repeated = keys[keys.duplicated()]
         if len(repeated):
-            examples = ", ".join(str(v) for v in sorted(set(repeated.tolist()))[:5])
-            raise ValueError(
-                f"Key column {self._key!r} repeats {len(repeated)} value(s) in the data for table "
-                f"{self.table} (e.g. {examples}); each key must appear once."
-            )
+            raise self._repeated_keys_error(repeated.tolist(), f"{len(repeated)} value(s)")
+
+    def _repeated_keys_error(self, repeated: list[Any], how_many: str) -> ValueError:
+        examples = ", ".join(str(v) for v in sorted(set(repeated))[:5])
+        return ValueError(
+            f"Key column {self._key!r} repeats {how_many} in the data for table "
+            f"{self.table} (e.g. {examples}); each key must appear once."
+        )
+
+    def _load_new_postgres(
+        self, conn: Connection, fill: Callable[[Callable[[pd.DataFrame], object]], int]
+    ) -> int:
+        """A streamed write into a PostgreSQL table this very transaction created: no other session
+        can see it, and every mode comes down to inserting every row, so the chunks are COPYed
+        straight into it, indexes dropped, then built once (:meth:`_reload_postgres`). A key that
+        two chunks repeat fails the key's build: reported by value. Returns the row count."""
+        rows = 0
+
+        def load() -> str:
+            nonlocal rows
+            rows = fill(lambda chunk: self._load(conn, chunk, self.sql_table))
+            return f"{rows} rows"
+
+        try:
+            self._reload_postgres(conn, load)
+        except sa.exc.IntegrityError as exc:
+            detail = getattr(getattr(exc.orig, "diag", None), "message_detail", None) or ""
+            repeated = re.findall(r"=\((.*)\) is duplicated", detail)
+            if not self.spec.key or not repeated:
+                raise
+            raise self._repeated_keys_error(repeated, "value(s) across chunks") from exc
+        return rows
+
+    def _load_staging(self, conn: Connection, chunk: pd.DataFrame, staging: sa.Table) -> None:
+        """Load one streamed chunk into the (keyed) staging table under a savepoint, so that a key
+        an earlier chunk already sent is reported by value (the chunk itself was checked)."""
+        if not self.spec.key:
+            self._load(conn, chunk, staging)
+            return
+        try:
+            with conn.begin_nested():
+                self._load(conn, chunk, staging)
+        except Exception as exc:
+            if not isinstance(exc, (sa.exc.IntegrityError, conn.dialect.loaded_dbapi.IntegrityError)):
+                raise
+            column = staging.c[self._key]
+            keys = chunk[self._key].tolist()
+            repeated: list[Any] = []
+            for start in range(0, len(keys), 500):
+                query = sa.select(column).where(column.in_(keys[start : start + 500])).limit(5)
+                repeated += conn.execute(query).scalars().all()
+                if len(repeated) >= 5:
+                    break
+            if not repeated:
+                raise
+            raise self._repeated_keys_error(repeated, "value(s) across chunks") from exc
 
     # ------------------------------------------------------------------ lock
     @contextmanager
@@ -642,7 +820,7 @@ class SqlTableWriter:
     def _define(self, name: TableName, indexes: bool, temporary: bool = False) -> sa.Table:
         """``spec`` as a Table named ``name`` in the writer's MetaData; the key is the primary key.
 
-        ``temporary``: a PostgreSQL temporary table (no schema), dropped at the latest on commit.
+        ``temporary``: a temporary table (no schema), on PostgreSQL dropped at the latest on commit.
         """
         key = self.spec.key
         options: dict[str, Any] = (
@@ -774,10 +952,11 @@ class SqlTableWriter:
         if pending is not None:
             yield pending.result()
 
-    def _insert_rows(self, frame: pd.DataFrame, table: sa.Table) -> None:
-        """Generic path: ``hook.insert_rows`` into ``table`` (it commits every chunk: staging only)."""
+    def _insert_rows(self, frame: pd.DataFrame, table: sa.Table) -> int:
+        """Generic path: ``hook.insert_rows`` into ``table`` (it commits every chunk: staging only).
+        Returns the number of rows."""
         if frame.empty:
-            return
+            return 0
         quote = self.engine.dialect.identifier_preparer
 
         def rows() -> Iterator[tuple[Any, ...]]:
@@ -791,6 +970,7 @@ class SqlTableWriter:
             commit_every=self.chunk_size,
             executemany=True,
         )
+        return len(frame)
 
     def _chunks(self, frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for start in range(0, len(frame), self.chunk_size):
@@ -806,10 +986,11 @@ class SqlTableWriter:
         columns = []
         for column in self.spec.columns:
             series = chunk[column.name]
+            convert = _PYTHON_TYPES.get(column.type)
             if column.type == "timestamp":
                 columns.append(_timestamp_values(series, engine_dialect))
-            elif column.type in ("bigint", "int"):
-                columns.append([None if pd.isna(v) else int(v) for v in series.astype(object)])
+            elif convert is not None:
+                columns.append([None if pd.isna(v) else convert(v) for v in series.astype(object)])
             else:
                 columns.append([None if _missing(v) else str(v) for v in series])
         return columns
@@ -838,7 +1019,7 @@ class SqlTableWriter:
         read in the same transaction (:meth:`_existing_locked`); the counts, the guard and the
         carried-over ``first_seen`` come from comparing them with ``frame``'s keys in memory.
         """
-        key, first_seen, target = self._key, self.spec.first_seen, self.sql_table
+        key, first_seen = self._key, self.spec.first_seen
         new_keys = frame[key].to_numpy()
         position = pd.Index(old.keys).get_indexer(new_keys) if len(old.keys) else np.full(len(new_keys), -1)
         kept = position >= 0
@@ -853,11 +1034,27 @@ class SqlTableWriter:
             carried = old.first_seen[position[kept]]
             values[kept] = np.where(np.isnat(carried), values[kept], carried)
             frame = frame.assign(**{first_seen: pd.Series(values, index=frame.index).dt.tz_localize("UTC")})
+        self._replace_with(conn, frame)
+
+    def _replace_with(self, conn: Connection, rows: pd.DataFrame | sa.Table | Callable[[], str]) -> None:
+        """Empty the target and fill it with ``rows`` (a frame, or a staging table's rows), on
+        ``conn``: PostgreSQL's ``TRUNCATE`` and index rebuild where it can, else delete + insert."""
         if self.dialect_name == "postgresql" and self._can_rebuild(conn):
-            self._reload_postgres(conn, frame)
+            self._reload_postgres(conn, rows)
         else:
-            conn.execute(sa.delete(target))
-            self._load(conn, frame, target)
+            conn.execute(sa.delete(self.sql_table))
+            self._fill(conn, rows)
+
+    def _fill(self, conn: Connection, rows: pd.DataFrame | sa.Table | Callable[[], str]) -> str:
+        """Insert ``rows`` (a frame, every row of a staging table, or what a loader loads) into the
+        target; say how many."""
+        if callable(rows) and not isinstance(rows, sa.Table):
+            return rows()
+        if isinstance(rows, sa.Table):
+            conn.execute(self._copy_rows(rows))
+            return "the staged rows"
+        self._load(conn, rows, self.sql_table)
+        return f"{len(rows)} rows"
 
     def _existing(self, conn: Connection) -> _Existing:
         """The target's keys, live flags (``soft_delete`` empty) and ``first_seen`` values (naive UTC
@@ -943,10 +1140,10 @@ class SqlTableWriter:
             log.info("%s is %s: replaced with DELETE + COPY, indexes in place", self.table, reason)
         return reason is None
 
-    def _reload_postgres(self, conn: Connection, frame: pd.DataFrame) -> None:
+    def _reload_postgres(self, conn: Connection, rows: pd.DataFrame | sa.Table | Callable[[], str]) -> None:
         """PostgreSQL's fastest way to the same end state, in the write's transaction: ``TRUNCATE``
-        (same table: views, grants, triggers, comments stay), drop the indexes, ``COPY`` into the
-        bare table, then rebuild each index and key from its own definition (``pg_get_indexdef``,
+        (same table: views, grants, triggers, comments stay), drop the indexes, ``COPY`` (or ``INSERT ...
+        SELECT`` from a staging table) into the bare table, then rebuild each index and key from its own definition (``pg_get_indexdef``,
         ``pg_get_constraintdef``), replica identity and clustering included. WAL-logged as any write.
         Building an index once over sorted input costs a fraction of maintaining it row by row."""
         target = self._quoted(conn, self.sql_table)
@@ -968,7 +1165,7 @@ class SqlTableWriter:
                 conn.exec_driver_sql(f"ALTER TABLE {target} DROP CONSTRAINT {quote.quote(constraint)}")
             else:
                 conn.exec_driver_sql(f"DROP INDEX {name}")
-        self._load(conn, frame, self.sql_table)
+        loaded = self._fill(conn, rows)
         for name, definition, constraint, constraint_definition, replica, clustered in indexes:
             if constraint:
                 conn.exec_driver_sql(
@@ -982,10 +1179,10 @@ class SqlTableWriter:
             if clustered:
                 conn.exec_driver_sql(f"ALTER TABLE {target} CLUSTER ON {index}")
         log.info(
-            "Reloaded %s (%d rows, %d indexes rebuilt) in %.1f s under its ACCESS EXCLUSIVE lock, "
+            "Reloaded %s (%s, %d indexes rebuilt) in %.1f s under its ACCESS EXCLUSIVE lock, "
             "held until the commit",
             self.table,
-            len(frame),
+            loaded,
             len(indexes),
             time.monotonic() - truncated,
         )
@@ -1030,11 +1227,22 @@ class SqlTableWriter:
         incoming: int,
     ) -> None:
         """Set-based statements from ``staging`` to the target, counts and guard first (on ``conn``,
-        no commit)."""
+        no commit). Without a key (streamed writes only): ``replace`` empties the target and
+        inserts every staged row, ``append`` inserts them."""
         target, soft, first_seen = self.sql_table, self.spec.soft_delete, self.spec.first_seen
         key = self._key
+        if not key:
+            summary.inserted = incoming
+            if mode == "replace":
+                summary.removed = self._count(conn, target)
+                if guard is not None:
+                    guard(RemovalCounts(summary.removed, summary.removed, incoming))
+                self._replace_with(conn, staging)
+            else:
+                conn.execute(self._copy_rows(staging))
+            return
         is_new, changed, gone = self._conditions(staging, mode)
-        if self.dialect_name == "postgresql" and mode != "replace":
+        if self.dialect_name == "postgresql":
             self._count_postgres(conn, staging, mode, summary, guard, incoming)
         else:
             summary.inserted = self._count(conn, staging, is_new)
@@ -1050,18 +1258,19 @@ class SqlTableWriter:
                         else self._count(conn, target, gone & live)
                     )
                     guard(RemovalCounts(self._count(conn, target, live), removed, incoming))
+        if mode == "upsert" and not soft:
+            summary.removed = 0  # keys absent from the data stay as they are: nothing to stamp
         if mode == "append":
             if summary.inserted:
                 conn.execute(self._copy_rows(staging, is_new))
             return
         same_key = staging.c[key] == target.c[key]
-        if mode == "replace":  # the generic path (the fast paths replace in _replace)
+        if mode == "replace":  # the generic path and streamed writes (write() replaces in _replace)
             if first_seen:  # carried over for keys still present
                 stored = sa.select(target.c[first_seen]).where(same_key).scalar_subquery()
                 carry = sa.exists().where(same_key, target.c[first_seen].is_not(None))
                 conn.execute(sa.update(staging).where(carry).values({first_seen: stored}))
-            conn.execute(sa.delete(target))
-            conn.execute(self._copy_rows(staging))
+            self._replace_with(conn, staging)
             return
         # upsert: update changed rows (clearing the soft delete), add new ones, then stamp the gone.
         kept_as_is = (key, soft, first_seen)
@@ -1092,11 +1301,16 @@ class SqlTableWriter:
         guard: Guard | None,
         incoming: int,
     ) -> None:
-        """``upsert``/``append`` counts on PostgreSQL in one pass: a full join of staging and target
-        counted with ``FILTER`` (instead of a join per count), then the guard."""
+        """``upsert``/``append``/``replace`` counts on PostgreSQL in one pass: a full join of staging
+        and target counted with ``FILTER`` (instead of a join per count), then the guard.
+        ``replace`` removes every row whose key is not staged, soft-deleted or not; the guard
+        counts the live ones."""
         target, soft, key = self.sql_table, self.spec.soft_delete, self._key
         if mode == "append":  # new keys only: an anti-join
             summary.inserted = self._count(conn, staging, ~sa.exists().where(staging.c[key] == target.c[key]))
+            return
+        if not conn.execute(sa.select(sa.exists().select_from(target))).scalar_one():
+            summary.inserted = incoming  # an empty target (a first load): nothing to join
             return
         present, listed = target.c[key].is_not(None), staging.c[key].is_not(None)
         live = present & target.c[soft].is_(None) if soft else present
@@ -1104,14 +1318,15 @@ class SqlTableWriter:
         counts = [
             sa.func.count().filter(~present),
             sa.func.count().filter(present & listed & differs) if differs is not None else sa.literal(0),
-            sa.func.count().filter(live & ~listed),
+            sa.func.count().filter((present if mode == "replace" else live) & ~listed),
             sa.func.count().filter(live),
+            sa.func.count().filter(live & ~listed),
         ]
         joined = staging.join(target, staging.c[key] == target.c[key], full=True)
         row = conn.execute(sa.select(*counts).select_from(joined)).one()
-        summary.inserted, summary.updated, summary.removed, live_rows = (int(value) for value in row)
+        summary.inserted, summary.updated, summary.removed, live_rows, live_removed = (int(v) for v in row)
         if guard is not None:
-            guard(RemovalCounts(live_rows, summary.removed, incoming))
+            guard(RemovalCounts(live_rows, live_removed, incoming))
 
     def _conditions(self, staging: sa.Table, mode: WriteMode) -> tuple[Any, Any, Any]:
         """``(is_new, changed, gone)``: staging rows whose key the target lacks; target rows whose
@@ -1152,6 +1367,10 @@ class SqlTableWriter:
     def _count(conn: Connection, table: sa.Table, where: Any = None) -> int:
         query = sa.select(sa.func.count()).select_from(table)
         return int(conn.execute(query if where is None else query.where(where)).scalar_one())
+
+
+#: How the driver paths bind the non-text, non-timestamp types.
+_PYTHON_TYPES: dict[str, Callable[[Any], Any]] = {"bigint": int, "int": int, "double": float, "bool": bool}
 
 
 @dataclass(frozen=True)
@@ -1216,6 +1435,8 @@ _PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01, PostgreSQL's epoch, in mic
 _BINARY_PG_TYPES: dict[ColumnType, tuple[str, ...]] = {
     "bigint": ("bigint",),
     "int": ("integer",),
+    "double": ("double precision",),
+    "bool": ("boolean",),
     "short_text": ("character varying", "text"),
     "text": ("character varying", "text"),
     "long_text": ("character varying", "text"),
@@ -1229,7 +1450,8 @@ def copy_binary(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
     PostgreSQL takes binary values without parsing text: a million stops load in about half the
     time of CSV, mostly spared the timestamp parsing. Built column-wise: each field as an Arrow
     binary array (its length prefix and bytes), then joined row by row by Arrow in C++.
-    Timestamps are microseconds since 2000-01-01 UTC; text is UTF-8; bigint/int big-endian.
+    Timestamps are microseconds since 2000-01-01 UTC; text is UTF-8; bigint/int big-endian;
+    double an IEEE 754 float8, big-endian; bool one byte.
     """
     rows = len(chunk)
     empty = pa.scalar(b"", pa.large_binary())
@@ -1245,6 +1467,14 @@ def copy_binary(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
             missing = numbers.isna().to_numpy()
             width = 8 if column.type == "bigint" else 4
             pieces.append(_binary_fixed(numbers.to_numpy(dtype=np.int64, na_value=0), missing, width))
+        elif column.type == "double":
+            floats = pd.to_numeric(values).astype("float64").to_numpy()
+            missing = np.isnan(floats)
+            pieces.append(_binary_fixed(np.where(missing, 0.0, floats).view(np.int64), missing, 8))
+        elif column.type == "bool":
+            flags = values.astype("boolean")
+            missing = flags.isna().to_numpy()
+            pieces.append(_binary_fixed(flags.to_numpy(dtype=np.int8, na_value=0), missing, 1))
         else:
             text = _text_array(values).cast(pa.large_binary())
             lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)

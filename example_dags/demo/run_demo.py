@@ -129,6 +129,7 @@ def main() -> None:
         sync = run_dag(dagbag, "smspartner_sync_unsubscribes")
         join = run_dag(dagbag, "smspartner_taskflow_join", output_dir=str(OUTPUT))
         mapped = run_dag(dagbag, "smspartner_bulk_add_mapped", chunk_size=3)
+        gate = run_dag(dagbag, "smspartner_campaign_gate")
         stops_after = len(sandbox.state)
 
     with sqlite3.connect(WAREHOUSE) as warehouse:
@@ -154,6 +155,12 @@ def main() -> None:
     print(
         f"  mapped bulk add, same unsubscribes again in {len(chunks)} mapped tasks sharing the smspartner_api "
         f"pool: {dict(mapped_results)} (re-runs add nothing twice)"
+    )
+    counts = gate["suppress_audience"]
+    print(
+        f"  campaign gate against the live list: audience {counts['audience']}, kept {counts['kept']}, "
+        f"stopped {counts['stopped']}, invalid {counts['invalid']}, duplicate {counts['duplicate']} "
+        "(safe audience in campaign_audience_safe, audit row in smspartner_suppression_audit)"
     )
     join_summary = join["write_safe_contacts"]
     print(

@@ -82,3 +82,108 @@ class TestSources:
     def test_pick_column_without_columns(self):
         with pytest.raises(ValueError, match="has no columns"):
             pick_column([], None, "the query result")
+
+
+class TestRowChunks:
+    """Whole rows, streamed in chunks (the suppression operator's audience)."""
+
+    FRAME = pd.DataFrame(
+        {
+            "id": range(1, 8),
+            "phone": ["0612345678", "+33612345679", "", "x", "0751234567", "1", "2"],
+            "zip": ["01000"] * 7,
+        }
+    )
+
+    @staticmethod
+    def _read(source: PhoneSource, chunk_size: int) -> tuple[str, list[str], list[pd.DataFrame]]:
+        with source.open_rows(chunk_size) as rows:
+            return rows.column, rows.columns, list(rows.chunks)
+
+    @pytest.mark.parametrize("name", ["rows.parquet", "rows.csv", "rows.csv.gz"])
+    def test_file_in_chunks_keeps_every_column(self, tmp_path, name):
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            self.FRAME.to_parquet(path, index=False)
+        else:
+            self.FRAME.to_csv(path, index=False)
+        column, columns, chunks = self._read(PhoneSource(source_path=str(path), phone_column="PHONE"), 3)
+        assert (column, columns) == ("phone", ["id", "phone", "zip"])
+        assert [len(c) for c in chunks] == [3, 3, 1]
+        assert all(list(c.index) == list(range(len(c))) for c in chunks)
+        whole = pd.concat(chunks, ignore_index=True)
+        assert whole["phone"].tolist() == self.FRAME["phone"].tolist()
+        assert whole["zip"].tolist() == ["01000"] * 7  # CSV cells as text: the leading zero stays
+        assert whole["id"].astype(int).tolist() == list(range(1, 8))
+
+    def test_sql_in_chunks(self, sqlite_conn):
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+        hook = resolve_dbapi_hook(sqlite_conn)
+        hook.run("CREATE TABLE audience (id INTEGER, phone TEXT, zip TEXT)")
+        hook.insert_rows("audience", list(self.FRAME.itertuples(index=False, name=None)))
+        source = PhoneSource(
+            sql="SELECT * FROM audience ORDER BY id", sql_conn_id=sqlite_conn, phone_column="phone"
+        )
+        column, columns, chunks = self._read(source, 4)
+        assert (column, columns) == ("phone", ["id", "phone", "zip"])
+        assert [len(c) for c in chunks] == [4, 3]
+        assert pd.concat(chunks, ignore_index=True)["phone"].tolist() == self.FRAME["phone"].tolist()
+
+    def test_empty_sources_yield_one_empty_chunk_with_the_columns(self, tmp_path, sqlite_conn):
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+        path = tmp_path / "empty.csv"
+        path.write_text("id,phone\n")
+        hook = resolve_dbapi_hook(sqlite_conn)
+        hook.run("CREATE TABLE nobody (id INTEGER, phone TEXT)")
+        for source in (
+            PhoneSource(source_path=str(path), phone_column="phone"),
+            PhoneSource(sql="SELECT id, phone FROM nobody", sql_conn_id=sqlite_conn, phone_column="phone"),
+            PhoneSource(phone_numbers=[]),
+        ):
+            _, columns, chunks = self._read(source, 10)
+            assert len(chunks) == 1 and chunks[0].empty
+            assert list(chunks[0].columns) == columns
+
+    @pytest.mark.parametrize(
+        ("value", "column", "expected_column", "expected_columns"),
+        [
+            (["06", 6, None], None, "phone_number", ["phone_number"]),
+            (pd.Series(["06"], name="tel"), None, "tel", ["tel"]),
+            (pd.DataFrame({"id": [1], "Phone": ["06"]}), "phone", "Phone", ["id", "Phone"]),
+            (
+                [{"id": 1, "phone": "06"}, {"phone": "07", "extra": True}],
+                "phone",
+                "phone",
+                ["id", "phone", "extra"],
+            ),
+        ],
+        ids=["list", "named-series", "case-folded", "dicts"],
+    )
+    def test_objects(self, value, column, expected_column, expected_columns):
+        got_column, columns, chunks = self._read(PhoneSource(phone_numbers=value, phone_column=column), 2)
+        assert (got_column, columns) == (expected_column, expected_columns)
+        assert sum(len(c) for c in chunks) == len(value)
+
+    @pytest.mark.parametrize(
+        ("source", "match"),
+        [
+            (
+                PhoneSource(phone_numbers=pd.DataFrame([[1, "a"]], columns=["x", "x"]), phone_column="x"),
+                "repeated column",
+            ),
+            (PhoneSource(phone_numbers=pd.DataFrame({"id": [1], "tel": ["a"]})), "set phone_column"),
+            (PhoneSource(phone_numbers="0612345678"), "single string"),
+        ],
+        ids=["repeated", "ambiguous", "string"],
+    )
+    def test_refuses(self, source, match):
+        with pytest.raises(ValueError, match=match):
+            self._read(source, 10)
+
+    def test_unknown_file_column_fails_on_opening(self, tmp_path):
+        path = tmp_path / "rows.parquet"
+        self.FRAME.to_parquet(path, index=False)
+        with pytest.raises(ValueError, match=r"'mobile' is not a column.*\['id', 'phone', 'zip'\]"):
+            self._read(PhoneSource(source_path=str(path), phone_column="mobile"), 10)

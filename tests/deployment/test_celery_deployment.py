@@ -442,6 +442,21 @@ def test_asset_triggered_sync(deployment: Deployment):
     assert {"+33655443322", "+41791234567"} <= deployment.sandbox.state.phone_numbers()
 
 
+def test_campaign_gate(deployment: Deployment):
+    """The gate checks the audience against the live list and writes the safe rows and the audit row
+    in the PostgreSQL warehouse."""
+    deployment.run_dags({"smspartner_campaign_gate": {}})
+    assert deployment.warehouse("SELECT contact_id, phone_e164 FROM campaign_audience_safe") == [
+        (3, "+33611111111")
+    ]
+    excluded = deployment.warehouse("SELECT contact_id, reason FROM campaign_audience_excluded ORDER BY 1")
+    assert excluded == [(1, "stopped"), (2, "stopped"), (4, "invalid")]
+    audit = deployment.warehouse(
+        "SELECT mode, audience, kept, stopped, invalid, output FROM smspartner_suppression_audit"
+    )
+    assert audit == [("filter", 4, 1, 2, 1, "campaign_audience_safe")]
+
+
 def _sandbox_stats(sandbox: Any) -> dict[str, Any]:
     """What the sandbox saw since its last reset, from its own ``GET /_sandbox/stats``."""
     with urllib.request.urlopen(f"{sandbox.url}/_sandbox/stats", timeout=10) as response:

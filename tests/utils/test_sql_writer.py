@@ -22,6 +22,7 @@ from airflow_provider_smspartner.utils.sql_writer import (
     TableSpec,
     resolve_dbapi_hook,
     staging_name,
+    table_spec_for,
 )
 
 SPEC = TableSpec(
@@ -659,15 +660,9 @@ def _first_seen(writer: SqlTableWriter) -> dict[int, datetime]:
 class TestFirstSeen:
     """The spec's ``first_seen`` column: the write time on insert, never changed afterwards."""
 
-    @pytest.fixture(params=["fast", "generic"])
-    def writer(self, request, warehouse_conn, table) -> SqlTableWriter:
-        if request.param == "generic":
-            if warehouse_conn != "warehouse_sqlite":
-                pytest.skip("the generic path is exercised on SQLite")
-            hook = UnknownDatabaseHook(sqlite_conn_id=warehouse_conn)
-        else:
-            hook = resolve_dbapi_hook(warehouse_conn)
-        return SqlTableWriter(hook, table, FIRST_SEEN_SPEC, chunk_size=2)
+    @pytest.fixture
+    def writer(self, warehouse_conn, table) -> SqlTableWriter:
+        return SqlTableWriter(resolve_dbapi_hook(warehouse_conn), table, FIRST_SEEN_SPEC, chunk_size=2)
 
     def test_every_mode_keeps_it(self, writer):
         writer.write(_frame((1, "a"), (2, "b")), "upsert", now=NOW)
@@ -688,6 +683,15 @@ class TestFirstSeen:
         again["first_seen"] = pd.Timestamp(LATER)
         writer.write(again, "replace", now=LATER)
         assert _first_seen(writer) == {1: T0, 2: LATER}
+
+
+class TestFirstSeenGenericPath(TestFirstSeen):
+    """The same on the generic path (``insert_rows``): SQLite through a hook the writer does not know."""
+
+    @pytest.fixture
+    def writer(self, sqlite_conn) -> SqlTableWriter:
+        hook = UnknownDatabaseHook(sqlite_conn_id=sqlite_conn)
+        return SqlTableWriter(hook, f"writer_{uuid.uuid4().hex[:10]}", FIRST_SEEN_SPEC, chunk_size=2)
 
 
 class TestBeforeCommit:
@@ -949,3 +953,186 @@ class TestPostgresReplacePaths:
         with pytest.raises(Exception, match="could not create unique index"):  # rolled back
             writer.write(_frame((5, "x"), (6, "y")).assign(note="same"), "replace")
         assert sorted(_rows(writer)) == [2, 3, 4]
+
+
+# --------------------------------------------------------------------------- streamed writes
+def _contacts(*rows: tuple[int, str | None]) -> pd.DataFrame:
+    """Rows ``(contact_id, phone_e164)``; ``score`` (float), ``active`` (bool) and ``seen_at`` follow the id."""
+    ids = [r[0] for r in rows]
+    return pd.DataFrame(
+        {
+            "contact_id": pd.Series(ids, dtype="int64"),
+            "phone_e164": pd.Series([r[1] for r in rows], dtype="string"),
+            "score": pd.Series([i / 4 for i in ids], dtype="float64"),
+            "active": pd.Series([i % 2 == 0 for i in ids], dtype="bool"),
+            "seen_at": pd.to_datetime([T0 + timedelta(seconds=i) for i in ids], utc=True),
+        }
+    )
+
+
+def _streamed(writer: SqlTableWriter) -> dict[int, tuple]:
+    """``{contact_id: (phone_e164, score, active, seen_at)}`` as read back."""
+    frame = writer.read_frame()
+    return {
+        int(r.contact_id): (
+            None if pd.isna(r.phone_e164) else r.phone_e164,
+            float(r.score),
+            bool(r.active),
+            _instant(pd.to_datetime(r.seen_at, utc=True)),
+        )
+        for r in frame.itertuples(index=False)
+    }
+
+
+class _Chunks:
+    """An iterable of frames that records how many were taken, and may fail after some."""
+
+    def __init__(self, *frames: pd.DataFrame, fail_after: int | None = None) -> None:
+        self.frames, self.fail_after, self.taken = frames, fail_after, 0
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        for frame in self.frames:
+            if self.fail_after is not None and self.taken == self.fail_after:
+                raise RuntimeError("source broke")
+            self.taken += 1
+            yield frame
+
+
+class TestTableSpecFor:
+    def test_types_from_dtypes(self):
+        frame = _contacts((1, "+33612345678")).assign(
+            note=pd.Series(["x"], dtype=object),
+            kind=pd.Series(["a"], dtype="category"),
+            count=pd.Series([1], dtype="Int64"),
+            naive=pd.Series([datetime(2024, 1, 1)]),
+        )
+        spec = table_spec_for(frame, key="contact_id", indexes=("phone_e164",))
+        assert [(c.name, c.type, c.nullable) for c in spec.columns] == [
+            ("contact_id", "bigint", False),
+            ("phone_e164", "short_text", True),  # indexed: indexable everywhere
+            ("score", "double", True),
+            ("active", "bool", True),
+            ("seen_at", "timestamp", True),
+            ("note", "long_text", True),
+            ("kind", "text", True),
+            ("count", "bigint", True),
+            ("naive", "timestamp", True),
+        ]
+        assert (spec.key, spec.indexes) == ("contact_id", ("phone_e164",))
+        assert spec.compared == tuple(name for name in spec.names if name != "contact_id")
+
+    def test_text_key_is_short_text(self):
+        spec = table_spec_for(pd.DataFrame({"email": ["a@b"], "phone": ["x"]}), key="email")
+        assert [c.type for c in spec.columns] == ["short_text", "long_text"]
+
+    def test_missing_key_names_the_columns(self):
+        with pytest.raises(ValueError, match=r"\['id'\].*\['email', 'phone'\]"):
+            table_spec_for(pd.DataFrame({"email": ["a"], "phone": ["x"]}), key="id")
+
+
+class TestWriteChunks:
+    def _writer(self, conn_id: str, table: str, key: str | None = "contact_id") -> SqlTableWriter:
+        spec = table_spec_for(_contacts((1, "x")), key=key, indexes=("phone_e164",))
+        return SqlTableWriter(resolve_dbapi_hook(conn_id), table, spec, chunk_size=2)
+
+    def test_replace_streams_every_chunk(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        chunks = _Chunks(_contacts((1, "+331"), (2, "+332")), _contacts((3, None)), _contacts((4, "+334")))
+        first = writer.write_chunks(chunks, "replace")
+        assert chunks.taken == 3
+        assert (first.inserted, first.updated, first.removed, first.created_table) == (4, 0, 0, True)
+        rows = _streamed(writer)
+        assert rows[3] == (None, 0.75, False, T0 + timedelta(seconds=3))
+        assert rows[4] == ("+334", 1.0, True, T0 + timedelta(seconds=4))
+
+        changed = _contacts((2, "+332"), (3, "+333"))
+        second = writer.write_chunks(iter([changed, _contacts((5, "+335"))]), "replace")
+        assert (second.inserted, second.updated, second.removed, second.created_table) == (1, 1, 2, False)
+        assert sorted(_streamed(writer)) == [2, 3, 5]
+        assert _streamed(writer)[3][0] == "+333"
+
+    def test_upsert_and_append(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        writer.write_chunks([_contacts((1, "+331"), (2, "+332"))], "upsert")
+        upsert = writer.write_chunks([_contacts((2, "+330")), _contacts((3, "+333"))], "upsert")
+        assert (upsert.inserted, upsert.updated, upsert.removed) == (1, 1, 0)  # no soft delete column
+        assert {k: v[0] for k, v in _streamed(writer).items()} == {1: "+331", 2: "+330", 3: "+333"}
+        append = writer.write_chunks([_contacts((3, "other"), (4, "+334"))], "append")
+        assert (append.inserted, append.updated, append.removed) == (1, 0, 0)
+        assert {k: v[0] for k, v in _streamed(writer).items()} == {1: "+331", 2: "+330", 3: "+333", 4: "+334"}
+
+    def test_without_a_key(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table, key=None)
+        writer.write_chunks([_contacts((1, "a"), (1, "a")), _contacts((2, "b"))], "replace")
+        assert sorted(writer.read_frame()["contact_id"].tolist()) == [1, 1, 2]
+        summary = writer.write_chunks([_contacts((7, "c"))], "replace")
+        assert (summary.inserted, summary.removed) == (1, 3)
+        writer.write_chunks([_contacts((7, "c"))], "append")
+        assert sorted(writer.read_frame()["contact_id"].tolist()) == [7, 7]
+        with pytest.raises(ValueError, match=r"upsert.*needs a key"):
+            writer.write_chunks([_contacts((7, "c"))], "upsert")
+
+    def test_empty_stream_creates_the_table(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        summary = writer.write_chunks([], "replace")
+        assert (summary.inserted, summary.created_table) == (0, True)
+        assert writer.read_frame().empty
+
+    def test_a_key_repeated_across_chunks_is_named_and_nothing_changes(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        writer.write_chunks([_contacts((1, "+331"))], "replace")
+        chunks = [_contacts((10, "a"), (11, "b")), _contacts((12, "c"), (11, "d"))]
+        with pytest.raises(ValueError, match=r"'contact_id' repeats .* \(e\.g\. 11\)"):
+            writer.write_chunks(chunks, "replace")
+        across = [_contacts((10, "a"), (11, "b")), _contacts((12, "c"), (10, "d"))]
+        with pytest.raises(
+            ValueError, match=r"'contact_id' repeats value\(s\) across chunks .* \(e\.g\. 10\)"
+        ):
+            writer.write_chunks(across, "upsert")
+        assert _streamed(writer) == {1: ("+331", 0.25, False, T0 + timedelta(seconds=1))}
+        assert _table_names(writer.hook, table) == [table]  # no staging left
+
+    def test_a_key_repeated_across_chunks_of_a_first_load_is_named(self, warehouse_conn, table):
+        """Into a table the write creates (PostgreSQL: loaded directly, the key built after)."""
+        writer = self._writer(warehouse_conn, table)
+        across = [_contacts((10, "a"), (11, "b")), _contacts((12, "c"), (10, "d"))]
+        with pytest.raises(
+            ValueError, match=r"'contact_id' repeats value\(s\) across chunks .* \(e\.g\. 10\)"
+        ):
+            writer.write_chunks(across, "replace")
+        if writer.dialect_name == "mysql":  # DDL commits at once: the table stays, empty
+            assert writer.read_frame().empty
+        else:
+            assert _table_names(writer.hook, table) == []  # created in the transaction rolled back
+        first = writer.write_chunks([_contacts((10, "a")), _contacts((11, "b"))], "upsert")
+        assert (first.inserted, first.created_table) == (2, writer.dialect_name != "mysql")
+        assert sorted(_streamed(writer)) == [10, 11]
+
+    def test_a_failing_source_leaves_the_table_as_it_was(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        writer.write_chunks([_contacts((1, "+331"))], "replace")
+        chunks = _Chunks(_contacts((2, "a")), _contacts((3, "b")), fail_after=1)
+        with pytest.raises(RuntimeError, match="source broke"):
+            writer.write_chunks(chunks, "replace")
+        assert sorted(_streamed(writer)) == [1]
+
+    def test_a_missing_column_is_named(self, warehouse_conn, table):
+        writer = self._writer(warehouse_conn, table)
+        with pytest.raises(ValueError, match=r"lacks column\(s\) \['score'\]"):
+            writer.write_chunks([_contacts((1, "a")).drop(columns="score")], "replace")
+
+    def test_bad_mode(self, sqlite_conn):
+        writer = self._writer(sqlite_conn, "contacts")
+        with pytest.raises(ValueError, match="replace, upsert, append; got 'insert'"):
+            writer.write_chunks([], "insert")
+
+    def test_generic_path(self, sqlite_conn):
+        spec = table_spec_for(_contacts((1, "x")), key="contact_id", indexes=("phone_e164",))
+        writer = SqlTableWriter(
+            UnknownDatabaseHook(sqlite_conn_id=sqlite_conn), "contacts", spec, chunk_size=2
+        )
+        assert writer.load_path == "insert_rows"
+        writer.write_chunks([_contacts((1, "+331"), (2, "+332")), _contacts((3, "+333"))], "replace")
+        summary = writer.write_chunks([_contacts((2, "+330")), _contacts((4, "+334"))], "upsert")
+        assert (summary.inserted, summary.updated) == (1, 1)
+        assert {k: v[0] for k, v in _streamed(writer).items()} == {1: "+331", 2: "+330", 3: "+333", 4: "+334"}

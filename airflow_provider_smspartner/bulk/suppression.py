@@ -1,0 +1,602 @@
+"""The engine of the suppression operator: an audience checked against the live stop list.
+
+The list is fetched once (:func:`fetch_stop_list`) and kept as the set of its E.164 numbers (int64
+keys in a :class:`NumberSet`), with its size and
+:func:`~airflow_provider_smspartner.utils.api.list_sha256`. The audience streams through :func:`suppress_audience` one chunk at a time (:class:`~.sources.RowChunks`): every number
+is normalised (:func:`~airflow_provider_smspartner.phone_numbers.normalize_phone_numbers`) and
+each row gets exactly one outcome, in this order of precedence:
+
+* ``invalid``: no valid number (empty, junk, unknown range...);
+* ``stopped``: the number is on the list (every row of it, repeats included);
+* ``duplicate``: the number was already kept from an earlier row (the first row wins);
+* kept: safe to text.
+
+Memory holds the list's numbers, the numbers kept so far and one chunk. Kept and excluded rows go
+to sinks as they come: a Parquet file (``ParquetWriter``, one row group per chunk), a CSV file
+(appended chunk by chunk) or a table (``SqlTableWriter.write_chunks`` in ``replace`` mode, fed from
+a thread: one transaction, so the table changes at once or not at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from airflow_provider_smspartner.bulk.sources import RowChunks
+from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers, phone_text
+from airflow_provider_smspartner.utils.api import list_sha256
+from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
+from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, TableSpec, resolve_dbapi_hook
+from airflow_provider_smspartner.utils.storage import FileFormat, to_storage_path
+
+log = logging.getLogger(__name__)
+
+#: What the operator does with the result: write the safe audience, or only check it.
+SUPPRESSION_MODES = ("filter", "check")
+#: Why a row is excluded (the ``reason`` column of the excluded rows).
+EXCLUSION_REASONS = ("stopped", "invalid", "duplicate")
+#: The counts of a run, in the order they are reported; ``audience = kept + invalid + duplicate + stopped``.
+COUNT_KEYS = ("audience", "valid", "invalid", "duplicate", "stopped", "kept")
+#: Stopped numbers quoted (masked) in a failed check.
+MAX_EXAMPLES = 5
+#: The column the normalised number is written to (it replaces an audience column of that name).
+E164_COLUMN = "phone_e164"
+#: The column of the excluded rows that says why (it replaces an audience column of that name).
+REASON_COLUMN = "reason"
+
+_KEPT, _STOPPED, _INVALID, _DUPLICATE = 0, 1, 2, 3
+_REASON_LABELS = np.array([None, "stopped", "invalid", "duplicate"], dtype=object)
+_MASK = "\u2022"  # •
+
+
+# ------------------------------------------------------------------------------------ the list
+def e164_keys(values: pd.Series) -> np.ndarray:
+    """E.164 numbers as int64 keys (the digits after ``+``; 15 digits at most, so they fit), -1
+    where a value is missing or not ``+`` and digits. Vectorised in Arrow: comparing, sorting
+    and de-duplicating integers is much cheaper than Python strings, and they take 8 bytes each."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = pa.array(values, from_pandas=True)
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+        texts = texts.cast(pa.large_string())
+    digits = pc.utf8_slice_codeunits(texts, 1)
+    try:
+        keys = pc.cast(digits, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        shaped = pc.match_substring_regex(texts, r"^\+[0-9]{1,18}$")
+        keys = pc.cast(pc.if_else(shaped, digits, pa.scalar(None, digits.type)), pa.int64())
+    return np.asarray(pc.fill_null(keys, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+class NumberSet:
+    """A growing set of E.164 keys (:func:`e164_keys`): a sorted int64 array, searched with
+    ``searchsorted`` and merged with each batch added (8 bytes a number)."""
+
+    def __init__(self, keys: np.ndarray | None = None) -> None:
+        self.keys = np.empty(0, dtype=np.int64)
+        if keys is not None and len(keys):
+            ordered = np.sort(np.asarray(keys, dtype=np.int64))  # np.unique hashes: slower on a million
+            self.keys = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        if not len(self.keys) or not len(keys):
+            return np.zeros(len(keys), dtype=bool)
+        position = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        return np.asarray(self.keys[position] == keys)
+
+    def add(self, keys: np.ndarray) -> None:
+        """Add ``keys``, which must be distinct and not in the set yet."""
+        if len(keys):
+            # Two sorted runs: the stable sort (timsort) merges them in linear time.
+            self.keys = np.sort(np.concatenate([self.keys, np.sort(keys)]), kind="stable")
+
+
+@dataclass(frozen=True)
+class StopListSnapshot:
+    """The live list as the audience is checked against it.
+
+    :param numbers: Its E.164 numbers (the hook's ``phone_e164``, unusable ones left out) as keys.
+    :param rows_in_list: Its rows, as the API sent them.
+    :param list_sha256: Its fingerprint (:func:`~airflow_provider_smspartner.utils.api.list_sha256`,
+        the same definition as the extract's run log).
+    """
+
+    numbers: NumberSet
+    rows_in_list: int
+    list_sha256: str
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> StopListSnapshot:
+        """From the hook's stop-list frame (``stop_id``, ``phone_number``, ``phone_e164``...)."""
+        keys = e164_keys(frame["phone_e164"])
+        digest = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
+        return cls(numbers=NumberSet(keys[keys >= 0]), rows_in_list=len(frame), list_sha256=digest)
+
+
+def fetch_stop_list(hook: Any) -> StopListSnapshot:
+    """Fetch the list once through ``hook`` (an ``SmsPartnerHook``) and keep what the check needs."""
+    return StopListSnapshot.from_frame(hook.get_stop_list_df())
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class SuppressionCounts:
+    """Rows of the audience by outcome; ``valid`` is every row with a valid number."""
+
+    audience: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    stopped: int = 0
+    kept: int = 0
+
+    @property
+    def valid(self) -> int:
+        return self.audience - self.invalid
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"audience", "valid", "invalid", "duplicate", "stopped", "kept"}``."""
+        return {key: int(getattr(self, key)) for key in COUNT_KEYS}
+
+
+@dataclass
+class SuppressionResult:
+    """What :func:`suppress_audience` found.
+
+    :param counts: Rows by outcome.
+    :param stopped_numbers: Distinct E.164 numbers of the audience found on the list, in order
+        of appearance (at most ``max_examples``).
+    :param stopped_distinct: How many distinct audience numbers are on the list.
+    """
+
+    counts: SuppressionCounts = field(default_factory=SuppressionCounts)
+    stopped_numbers: list[str] = field(default_factory=list)
+    stopped_distinct: int = 0
+
+
+def mask_phone_number(e164: str) -> str:
+    """An E.164 number fit for a log line: country code, first national digit and last 4 digits.
+
+    The national number is grouped in pairs from the end (an odd first digit joins the first
+    pair): ``+33612345678`` -> ``+33 6•• •• 56 78``. A number too short to hide anything keeps
+    only its last 2 digits.
+    """
+    import phonenumbers
+
+    try:
+        code = str(phonenumbers.parse(e164, None).country_code)
+    except phonenumbers.NumberParseException:
+        code = ""
+    digits = e164.lstrip("+")
+    national = digits[len(code) :] if code and digits.startswith(code) else digits
+    if len(national) >= 6:
+        shown = national[0] + _MASK * (len(national) - 5) + national[-4:]
+    else:
+        shown = _MASK * max(len(national) - 2, 0) + national[-2:]
+    groups: list[str] = []
+    rest = shown
+    while len(rest) > 3:
+        groups.insert(0, rest[-2:])
+        rest = rest[:-2]
+    groups.insert(0, rest)
+    return f"+{code} " + " ".join(groups) if code else "+" + " ".join(groups)
+
+
+# ------------------------------------------------------------------------------------ chunks
+def storable(frame: pd.DataFrame, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``frame`` with the object columns a file or table could not type as text.
+
+    The ``text_columns`` of object dtype (the phone column: a list often mixes ``"06..."`` and
+    ``33612345678``) always become text, and so does any other object column mixing kinds (text
+    and numbers); each value as :func:`~airflow_provider_smspartner.phone_numbers.phone_text`
+    gives it (an integral float without ``.0``), missing values stay missing.
+    """
+    changed: dict[str, pd.Series] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype != object:
+            continue
+        kind = pd.api.types.infer_dtype(column, skipna=True)
+        if kind in ("string", "empty") or (name not in text_columns and not kind.startswith("mixed")):
+            continue
+        texts = [v if v.__class__ is str else phone_text(v) for v in column.tolist()]
+        changed[name] = pd.Series(texts, index=frame.index, dtype=object)
+    return frame.assign(**changed) if changed else frame
+
+
+def classify(
+    values: pd.Series, stops: NumberSet, seen: NumberSet, default_region: str
+) -> tuple[np.ndarray, pd.Series, np.ndarray]:
+    """Decide each row of a chunk: ``(codes, phone_e164, keys)``.
+
+    ``seen`` (the numbers kept by earlier chunks) gets the numbers this chunk keeps.
+    """
+    e164 = normalize_phone_numbers(values.reset_index(drop=True), default_region)["phone_e164"]
+    keys = e164_keys(e164)
+    codes = np.full(len(keys), _INVALID, dtype=np.int8)
+    valid = np.flatnonzero(keys >= 0)
+    candidates = keys[valid]
+    listed = stops.contains(candidates)
+    codes[valid[listed]] = _STOPPED
+    free, free_keys = valid[~listed], candidates[~listed]
+    repeated = pd.Series(free_keys).duplicated().to_numpy(copy=True)
+    repeated |= seen.contains(free_keys)
+    codes[free[repeated]] = _DUPLICATE
+    codes[free[~repeated]] = _KEPT
+    seen.add(free_keys[~repeated])
+    return codes, e164, keys
+
+
+def _rows(chunk: pd.DataFrame, e164: pd.Series, mask: np.ndarray, reasons: np.ndarray | None) -> pd.DataFrame:
+    """The rows of ``chunk`` under ``mask`` with ``phone_e164`` (and ``reason``) set."""
+    rows = chunk[mask].reset_index(drop=True)
+    rows[E164_COLUMN] = e164.array[mask]
+    if reasons is not None:
+        rows[REASON_COLUMN] = pd.array(reasons[mask], dtype="string")
+    return rows
+
+
+# ------------------------------------------------------------------------------------ sinks
+class ChunkSink(Protocol):
+    """Where kept or excluded rows go, chunk by chunk."""
+
+    #: Where the rows went, for the audit row and the log (a table name or a path).
+    target: str
+
+    def write(self, frame: pd.DataFrame) -> None: ...
+
+    def close(self) -> None:
+        """Finish: the output is complete (committed, flushed)."""
+
+    def abort(self) -> None:
+        """Give up after an error: leave no partial output passing for a complete one."""
+
+
+class FileSink:
+    """Rows to a Parquet or CSV file, local or any ObjectStoragePath URI, written as they come.
+
+    Parquet: one ``ParquetWriter`` row group per chunk, the schema taken from the first chunk
+    (a column that is empty there is typed text) and later chunks cast to it. CSV: a header, then
+    the chunks appended. The file is opened (and its folder created) by the first chunk.
+    """
+
+    def __init__(self, path: str, file_format: FileFormat) -> None:
+        self.path = to_storage_path(path)
+        self.format = file_format
+        self.target = str(self.path)
+        self.rows = 0
+        self._handle: Any = None
+        self._writer: Any = None
+        self._schema: Any = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("wb")
+        elif frame.empty:
+            return
+        if self.format == "csv":
+            frame.to_csv(self._handle, index=False, header=self._writer is None)
+            self._writer = True
+        else:
+            self._write_parquet(frame)
+        self.rows += len(frame)
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        if self._writer is None:
+            fields = [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+            self._schema = pa.schema(fields)
+            self._writer = pq.ParquetWriter(self._handle, self._schema)
+        if not table.schema.equals(self._schema):
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise ValueError(
+                    f"The audience's column types change between chunks ({table.schema} after "
+                    f"{self._schema}); {exc}"
+                ) from exc
+        if table.num_rows:
+            self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._handle is None:
+            return
+        try:
+            if self.format == "parquet" and self._writer is not None:
+                self._writer.close()
+        finally:
+            self._handle.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+        if self._handle is not None:
+            with contextlib.suppress(Exception):
+                self.path.unlink(missing_ok=True)
+
+
+_END = object()
+
+
+class _Abort(Exception):
+    """Ends the chunks a table writer is reading: its transaction rolls back."""
+
+
+class TableSink:
+    """Rows to a table, replaced in one transaction by ``SqlTableWriter.write_chunks`` (mode
+    ``replace``, table created when missing): the table changes only when every row is in.
+
+    Streamed (default): the writer runs in a thread and reads the chunks from a small queue, so
+    memory holds about two chunks. Spilled (``spill=True``): the rows go to a temporary local
+    Parquet file first, loaded chunk by chunk by :meth:`close`; for a second table of the same run
+    (written after the first commits: SQLite takes one writer at a time) and for SQLite outputs
+    (whose commit would wait for a read of the same file still going on).
+
+    :param conn_id: Any DbApiHook connection.
+    :param table: ``name`` or ``schema.name`` (validated on construction).
+    :param key: A column unique in every row written (the kept rows' ``phone_e164``), or ``None``.
+    :param indexes: Columns indexed when the table is created.
+    """
+
+    def __init__(
+        self,
+        conn_id: str,
+        table: str,
+        key: str | None = None,
+        indexes: tuple[str, ...] = (),
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        now: datetime | None = None,
+        spill: bool | None = None,
+    ) -> None:
+        from airflow_provider_smspartner.utils.sql_writer import TableName
+
+        self.target = str(TableName.parse(table))
+        self.hook = resolve_dbapi_hook(conn_id)
+        self.key = key
+        self.indexes = indexes
+        self.chunk_size = chunk_size
+        self.now = now
+        self.spill = self.hook.dialect_name == "sqlite" if spill is None else spill
+        self.summary: Any = None
+        self._spilled: FileSink | None = None
+        self._spill_name = ""
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _writer(self, first: pd.DataFrame) -> SqlTableWriter:
+        from airflow_provider_smspartner.utils.sql_writer import table_spec_for
+
+        spec = table_spec_for(first, key=self.key, indexes=self.indexes)
+        return SqlTableWriter(self.hook, self.target, spec, self.chunk_size)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.spill:
+            if self._spilled is None:
+                import tempfile
+
+                handle, name = tempfile.mkstemp(prefix="smspartner-suppression-", suffix=".parquet")
+                os.close(handle)
+                self._spill_name = name
+                self._spilled = FileSink(name, "parquet")
+            self._spilled.write(frame)
+            return
+        if self._thread is None:
+            self._start(frame)
+        self._put(frame)
+
+    def _start(self, first: pd.DataFrame) -> None:
+        writer = self._writer(first)
+
+        def run() -> None:
+            try:
+                self.summary = writer.write_chunks(self._chunks(), "replace", now=self.now)
+            except _Abort:
+                pass
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"smspartner-write-{self.target}", daemon=True)
+        self._thread.start()
+
+    def _chunks(self) -> Iterator[pd.DataFrame]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Abort):
+                raise item
+            yield item
+
+    def _put(self, item: Any) -> None:
+        assert self._thread is not None
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    if self._error is not None:
+                        raise self._error from None
+                    raise RuntimeError(f"The writer of table {self.target} stopped early.") from None
+
+    def close(self) -> None:
+        if self._spilled is not None:
+            self._load_spilled(self._spilled)
+            return
+        if self._thread is None:
+            return
+        self._put(_END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _load_spilled(self, spilled: FileSink) -> None:
+        from airflow_provider_smspartner.bulk.sources import rows_from_file
+
+        try:
+            spilled.close()
+            with rows_from_file(self._spill_name, E164_COLUMN, self.chunk_size) as rows:
+                first = next(rows.chunks)
+                writer = self._writer(first)
+
+                def chunks() -> Iterator[pd.DataFrame]:
+                    yield first
+                    yield from rows.chunks
+
+                self.summary = writer.write_chunks(chunks(), "replace", now=self.now)
+        finally:
+            self._remove_spilled()
+
+    def _remove_spilled(self) -> None:
+        if self._spilled is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._spill_name)
+
+    def abort(self) -> None:
+        if self._spilled is not None:
+            with contextlib.suppress(Exception):
+                self._spilled.close()
+            self._remove_spilled()
+            return
+        if self._thread is None:
+            return
+        # Make room, then end the writer's chunks with an error: its transaction rolls back.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_Abort(), timeout=5)
+        self._thread.join(timeout=60)
+
+
+# ------------------------------------------------------------------------------------ the run
+def suppress_audience(
+    rows: RowChunks,
+    stop_list: StopListSnapshot,
+    default_region: str = "FR",
+    kept: ChunkSink | None = None,
+    excluded: ChunkSink | None = None,
+    max_examples: int = MAX_EXAMPLES,
+) -> SuppressionResult:
+    """Check every row of ``rows`` against ``stop_list``; send kept and excluded rows to the sinks.
+
+    Kept rows carry every audience column plus ``phone_e164``; excluded rows also ``reason``
+    (``stopped``, ``invalid`` or ``duplicate``). The sinks are closed when every chunk is in, and
+    aborted (no partial table, no partial file) when anything fails on the way.
+
+    :return: the counts, and the first ``max_examples`` distinct stopped numbers.
+    """
+    result = SuppressionResult()
+    counts = result.counts
+    seen = NumberSet()
+    stopped_seen = NumberSet()
+    sinks = [sink for sink in (kept, excluded) if sink is not None]
+    text_columns = (rows.column,)
+    try:
+        for chunk in rows.chunks:
+            codes, e164, keys = classify(chunk[rows.column], stop_list.numbers, seen, default_region)
+            tally = np.bincount(codes, minlength=4)
+            counts.audience += len(codes)
+            counts.kept += int(tally[_KEPT])
+            counts.stopped += int(tally[_STOPPED])
+            counts.invalid += int(tally[_INVALID])
+            counts.duplicate += int(tally[_DUPLICATE])
+            if tally[_STOPPED]:
+                stopped = np.flatnonzero(codes == _STOPPED)
+                first = stopped[~pd.Series(keys[stopped]).duplicated().to_numpy()]
+                first = first[~stopped_seen.contains(keys[first])]
+                stopped_seen.add(keys[first])
+                room = max_examples - len(result.stopped_numbers)
+                result.stopped_numbers += [str(e164.iloc[i]) for i in first[:room]]
+            if not sinks:
+                continue
+            chunk = storable(chunk, text_columns)
+            if kept is not None:
+                kept.write(_rows(chunk, e164, codes == _KEPT, None))
+            if excluded is not None:
+                excluded.write(_rows(chunk, e164, codes != _KEPT, _REASON_LABELS[codes]))
+        for sink in sinks:
+            sink.close()
+    except BaseException:
+        for sink in sinks:
+            try:
+                sink.abort()
+            except Exception:
+                log.warning("Could not clean up %s", sink.target, exc_info=True)
+        raise
+    result.stopped_distinct = len(stopped_seen)
+    return result
+
+
+# ------------------------------------------------------------------------------------ audit
+def audit_table_spec() -> TableSpec:
+    """The audit table: one row per run (filter or check), appended.
+
+    The task instance and try, ``checked_at`` (UTC: when the list was fetched), ``mode``, the list
+    (``rows_in_list``, ``list_sha256``), the counts and ``output`` (the table or path written;
+    empty in check mode).
+    """
+    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+
+    return TableSpec(
+        columns=(
+            Column("dag_id", "text"),
+            Column("run_id", "text"),
+            Column("task_id", "text"),
+            Column("map_index", "int"),
+            Column("try_number", "int"),
+            Column("checked_at", "timestamp"),
+            Column("mode", "short_text"),
+            Column("rows_in_list", "bigint"),
+            Column("list_sha256", "short_text"),
+            *(Column(key, "bigint") for key in COUNT_KEYS),
+            Column("output", "long_text"),
+        )
+    )
+
+
+class AuditLog:
+    """The audit table of the suppression runs, on connection ``conn_id``.
+
+    Constructing it validates the name; :meth:`prepare` creates the table when missing (before
+    any API call, so a missing privilege fails first); :meth:`append` adds one row in a
+    transaction of its own.
+    """
+
+    def __init__(self, conn_id: str, table: str) -> None:
+        self.writer = SqlTableWriter(resolve_dbapi_hook(conn_id), table, audit_table_spec())
+        self.table = str(self.writer.table)
+
+    def prepare(self) -> None:
+        self.writer.ensure_table()
+
+    def append(self, row: dict[str, Any]) -> None:
+        values = {name: row.get(name) for name in self.writer.spec.names}
+        with self.writer.engine.begin() as conn:
+            self.writer.insert_row(conn, values)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,352 @@
+"""PhoneNumbersToSqlOperator: the phone numbers of a SQL query, normalised to E.164, into a table.
+
+Import-light (parsed with every DAG): pandas, phonenumbers and the warehouse writer load inside
+``execute``.
+
+The suppression step's first half: a contact table's numbers, in whatever form people typed
+them, become one keyed table of ``phone_e164`` values (or the reason there is none) that joins
+against the stop list with an equality on an indexed column. Named after common-sql's
+``GenericTransfer``: a query on one connection, a table on another (or the same).
+
+The query is read in chunks of ``chunk_size`` rows from a streaming cursor (a server-side cursor
+on PostgreSQL, an unbuffered one on MySQL/MariaDB; SQLite's cursor streams anyway), each chunk
+normalised by :func:`~airflow_provider_smspartner.phone_numbers.normalize_phone_numbers` and
+loaded into the writer's staging table (:meth:`SqlTableWriter.write_chunks`; a table the run
+creates is loaded directly), the next chunks read and normalised in a thread while the database
+takes the current one. Memory holds three chunks at most, whatever the size of the contact table; the
+destination changes in one transaction at the end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_smspartner.utils.arguments import (
+    DEFAULT_CHUNK_SIZE,
+    check_choice,
+    check_count,
+    pick_column,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from airflow.sdk import Context
+
+#: How the operator writes its table: the whole result (``replace``) or merged into it (``upsert``).
+PHONE_WRITE_MODES = ("replace", "upsert")
+#: The columns the operator writes besides the key column.
+OUTPUT_COLUMNS = ("phone_e164", "reason")
+
+
+class PhoneNumbersToSqlOperator(BaseOperator):
+    """Normalise the phone numbers of a SQL query to E.164 and write them to a table, keyed.
+
+    Runs ``sql`` on ``source_conn_id`` (any ``DbApiHook`` database) and writes, for each row of
+    its result, the ``key_column`` value (under its own name, as the table's key), ``phone_e164``
+    (the E.164 number of ``phone_column``, NULL when it is not a valid number; indexed) and
+    ``reason`` (NULL when valid, else ``empty``, ``not_a_number``, ``too_short``, ``too_long``,
+    ``invalid_country_code`` or ``invalid_number``) to ``destination_table`` on
+    ``destination_conn_id``. Numbers are judged exactly as libphonenumber's ``parse`` +
+    ``is_valid_number`` + ``format_number(E164)`` would, those written without an international
+    prefix in ``default_region``.
+
+    The result is streamed: read in chunks of ``chunk_size`` rows (a server-side cursor on
+    PostgreSQL, an unbuffered one on MySQL/MariaDB), each chunk normalised and loaded into a
+    staging table (the next ones read in a thread meanwhile), so memory holds three chunks at most,
+    whatever the size of the result. The table is created when missing (key column typed
+    from the data: ``bigint`` for integers, text up to 64 characters otherwise) and changes in
+    one transaction, under a per-table lock, so a failure (the query, a repeated key, the
+    database) leaves it as it was.
+
+    :param sql: The query whose result holds the keys and the phone numbers (a ``.sql`` file
+        works too). (templated)
+    :param source_conn_id: Connection the query runs on (postgres, mysql, sqlite, any DbApiHook).
+        (templated)
+    :param key_column: The column of the result that identifies a contact (unique, not NULL);
+        matched case-insensitively when no column has exactly that name.
+    :param phone_column: The column of the result that holds the phone numbers (any form).
+    :param destination_table: Destination table, ``name`` or ``schema.name``. (templated)
+    :param destination_conn_id: Connection of the destination database; defaults to
+        ``source_conn_id``. (templated)
+    :param mode: ``replace`` (default): the table holds exactly the query's rows. ``upsert``: new
+        keys inserted, rows whose number changed updated, keys absent from the query kept.
+        (templated)
+    :param default_region: ISO 3166-1 region of numbers written without an international prefix.
+    :param chunk_size: Rows read, normalised and loaded at a time.
+    :return: ``{"rows", "valid", "invalid", "table", "mode"}``.
+    :raises ValueError: before anything is written: an unknown mode or region, an invalid table
+        name, a key or phone column the result lacks (naming the available ones), a key column
+        called ``phone_e164`` or ``reason``, an empty key, or a key repeated in the result
+        (naming it).
+    """
+
+    template_fields: Sequence[str] = (
+        "sql",
+        "source_conn_id",
+        "destination_conn_id",
+        "destination_table",
+        "mode",
+    )
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        source_conn_id: str,
+        key_column: str,
+        phone_column: str,
+        destination_table: str,
+        destination_conn_id: str | None = None,
+        mode: str = "replace",
+        default_region: str = "FR",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sql = sql
+        self.source_conn_id = source_conn_id
+        self.key_column = key_column
+        self.phone_column = phone_column
+        self.destination_table = destination_table
+        self.destination_conn_id = destination_conn_id
+        self.mode = mode
+        self.default_region = default_region
+        self.chunk_size = chunk_size
+        self._written: dict[str, Any] = {}  # what execute wrote, for the lineage
+        check_count("chunk_size", chunk_size, minimum=1)
+        for name, value in (("key_column", key_column), ("phone_column", phone_column)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a column name (a non-empty string); got {value!r}.")
+        if key_column.lower() in OUTPUT_COLUMNS:
+            raise ValueError(
+                f"key_column {key_column!r} clashes with a column the operator writes "
+                f"({', '.join(OUTPUT_COLUMNS)}); alias it in the query (SELECT ... AS contact_id)."
+            )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+        from airflow_provider_smspartner.utils.sql_writer import (
+            SqlTableWriter,
+            TableName,
+            resolve_dbapi_hook,
+            table_spec_for,
+        )
+
+        # Templated arguments, checked once rendered and before any I/O.
+        check_choice("mode", self.mode, PHONE_WRITE_MODES)
+        table = TableName.parse(self.destination_table)
+        normalize_phone_numbers([], default_region=self.default_region)  # an unknown region fails here
+        source = resolve_dbapi_hook(self.source_conn_id)
+        destination = resolve_dbapi_hook(self.destination_conn_id or self.source_conn_id)
+
+        counts = {"rows": 0, "valid": 0, "invalid": 0, "chunks": 0}
+        # Read and normalised in a thread, a chunk ahead of the one being loaded: the database
+        # loads a chunk while the next one is read and normalised.
+        with _read_ahead(lambda: self._frames(source, normalize_phone_numbers, counts)) as chunks:
+            key, first = next(chunks)  # the key's name and type come from the data
+            writer = SqlTableWriter(
+                destination,
+                str(table),
+                table_spec_for(first, key=key, indexes=("phone_e164",)),
+                chunk_size=self.chunk_size,
+            )
+            frames = (frame for _, frame in chunks)
+            written = writer.write_chunks(_chained(first, frames), self.mode)  # type: ignore[arg-type]
+        counts["invalid"] = counts["rows"] - counts["valid"]
+        self.log.info(
+            "%s %s (%s): %d rows read from %r in %d chunk(s); %d valid, %d invalid; "
+            "%d inserted, %d updated, %d removed%s",
+            self.mode,
+            writer.table,
+            writer.dialect_name,
+            counts["rows"],
+            self.source_conn_id,
+            counts["chunks"],
+            counts["valid"],
+            counts["invalid"],
+            written.inserted,
+            written.updated,
+            written.removed,
+            " (table created)" if written.created_table else "",
+        )
+        self._written = {
+            "rows": counts["rows"],
+            "columns": {column.name: column.type for column in writer.spec.columns},
+        }
+        return {
+            "rows": counts["rows"],
+            "valid": counts["valid"],
+            "invalid": counts["invalid"],
+            "table": str(writer.table),
+            "mode": self.mode,
+        }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the tables of the query in; the destination table out (rows, schema)."""
+        from airflow_provider_smspartner.utils.lineage import phone_numbers_to_sql_lineage
+
+        return phone_numbers_to_sql_lineage(
+            self.sql,
+            self.source_conn_id,
+            self.destination_conn_id or self.source_conn_id,
+            self.destination_table,
+            self._written.get("rows"),
+            self._written.get("columns"),
+        )
+
+    def _frames(
+        self, source: Any, normalize: Any, counts: dict[str, int]
+    ) -> Iterator[tuple[str, pd.DataFrame]]:
+        """The query's rows as the table's, a chunk at a time, each with the key column's name;
+        at least one (empty when the result is). Counts rows, valid numbers and chunks."""
+        with read_chunks(source, self.sql, self.chunk_size, self.source_conn_id) as (names, batches):
+            where = f"the result of the sql query on {self.source_conn_id!r}"
+            key = str(pick_column(names, self.key_column, where, argument="key_column", holds="contact keys"))
+            phone = str(pick_column(names, self.phone_column, where, argument="phone_column"))
+            positions = (names.index(key), names.index(phone))
+            for rows in batches:
+                frame = self._normalised(rows, positions, key, normalize)
+                counts["rows"] += len(frame)
+                counts["valid"] += int(frame["phone_e164"].notna().sum())
+                counts["chunks"] += 1
+                yield key, frame
+
+    def _normalised(
+        self, rows: list[Any], positions: tuple[int, int], key: str, normalize: Any
+    ) -> pd.DataFrame:
+        """One chunk of result rows as the table's rows: key, ``phone_e164``, ``reason``."""
+        import pandas as pd
+
+        key_at, phone_at = positions
+        keys = pd.Series([row[key_at] for row in rows])
+        if keys.isna().any():
+            raise ValueError(
+                f"key_column {key!r} is empty (NULL) in {int(keys.isna().sum())} row(s) of the query "
+                f"on {self.source_conn_id!r}; every row needs a key. Nothing was written."
+            )
+        phones = pd.Series([row[phone_at] for row in rows], dtype=object)
+        normalised = normalize(phones, default_region=self.default_region)
+        return pd.DataFrame(
+            {key: keys, "phone_e164": normalised["phone_e164"], "reason": normalised["reason"]}
+        )
+
+
+def _chained(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``first``, then ``rest``; an empty ``first`` (an empty result) is skipped."""
+    if len(first):
+        yield first
+    yield from rest
+
+
+_END = object()
+
+
+@contextmanager
+def _read_ahead(produce: Callable[[], Iterator[Any]]) -> Iterator[Iterator[Any]]:
+    """``produce()``'s items, made in a thread one item ahead of the consumer (a queue of one).
+
+    The whole iterator runs in that thread (a SQLite connection opened there is used there
+    only). Whatever it raises is raised to the consumer; when the consumer stops early, the
+    thread stops at its next item and is waited for.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:
+            put(exc)
+
+    def items() -> Iterator[Any]:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=run, name="smspartner-read-ahead", daemon=True)
+    thread.start()
+    try:
+        yield items()
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def read_chunks(
+    hook: Any, sql: str, chunk_size: int, conn_id: str = ""
+) -> Iterator[tuple[list[str], Iterator[list[Any]]]]:
+    """Run ``sql`` on ``hook``'s database; yield the result's column names and its rows, in
+    lists of at most ``chunk_size``, at least one (empty when the result is).
+
+    The cursor streams, so the driver never holds the whole result: a server-side (named) cursor
+    on PostgreSQL, an unbuffered one on MySQL/MariaDB (mysqlclient, PyMySQL), the plain cursor
+    elsewhere (SQLite's steps through the result). Once the rows are exhausted the read's
+    transaction ends, so the source's locks are released before the destination is written.
+
+    :raises ValueError: when the query returns no result set.
+    """
+    conn = hook.get_conn()
+    cursor = _streaming_cursor(conn, hook.dialect_name)
+    try:
+        cursor.execute(sql)
+        pending: list[Any] | None = None
+        if cursor.description is None and hook.dialect_name == "postgresql":
+            pending = list(cursor.fetchmany(chunk_size))  # psycopg2's named cursors describe late
+        if cursor.description is None:
+            raise ValueError(f"The sql query on {conn_id!r} returned no result set; it must be a SELECT.")
+        names = [str(d[0]) for d in cursor.description]
+
+        def batches() -> Iterator[list[Any]]:
+            rows = pending if pending is not None else list(cursor.fetchmany(chunk_size))
+            yield rows
+            while rows:
+                rows = list(cursor.fetchmany(chunk_size))
+                if not rows:
+                    break
+                yield rows
+            cursor.close()
+            conn.rollback()  # a read: end its transaction and release the source's locks
+
+        yield names, batches()
+    finally:
+        try:
+            cursor.close()
+        finally:
+            conn.close()
+
+
+def _streaming_cursor(conn: Any, dialect: str) -> Any:
+    """A cursor that fetches the result as it is read, not all at once."""
+    if dialect == "postgresql":
+        # psycopg 3 and psycopg2: a named cursor is a server-side cursor (DECLARE / FETCH).
+        return conn.cursor(name=f"smspartner_{uuid.uuid4().hex[:12]}")
+    module = type(conn).__module__.split(".")[0]
+    if module in ("MySQLdb", "pymysql"):
+        return conn.cursor(importlib.import_module(f"{module}.cursors").SSCursor)
+    return conn.cursor()
