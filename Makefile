@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	touch $(STAMP)
 else
 $(STAMP): pyproject.toml | $(UV)
+	rm -rf $(VENV)
 	$(UV) venv --quiet --seed --python $(PYTHON) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -e ".[dev]" $(AIRFLOW_SPEC)
 	touch $(STAMP)

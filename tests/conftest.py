@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME /
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
 TEST_API_KEY = "sk-test-0123456789abcdef-SECRET"
+#: The numbers the ``warehouse`` fixture seeds into the sandbox's stop list.
+STOPPED = ["+33612345678", "+33698765432"]
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -142,3 +145,39 @@ def example_dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(str(PROJECT_ROOT / "example_dags"))
+
+
+@pytest.fixture
+def warehouse(monkeypatch, tmp_path, sandbox) -> Path:
+    """A SQLite warehouse with messy contacts and CRM unsubscribes; the sandbox holds STOPPED."""
+    sandbox.state.seed_numbers(STOPPED)
+    monkeypatch.setenv("AIRFLOW_CONN_SMSPARTNER_DEFAULT", smspartner_connection_json(sandbox.base_url))
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE marketing_contacts (contact_id INTEGER, phone TEXT, sms_opt_out INTEGER DEFAULT 0)"
+        )
+        db.executemany(
+            "INSERT INTO marketing_contacts (contact_id, phone) VALUES (?, ?)",
+            [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")],
+        )
+        db.execute("CREATE TABLE crm_unsubscribes (phone TEXT)")
+        db.executemany(
+            "INSERT INTO crm_unsubscribes VALUES (?)",
+            [("06 55 44 33 22",), ("+33655443322",), ("0612345678",), ("+41 79 123 45 67",), ("nope",)],
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def smspartner_pool(airflow_db) -> str:
+    """The ``smspartner_api`` Pool every SMS Partner task of the examples runs in.
+
+    ``dag.test()`` runs tasks in-process and does not enforce pools, but a deployment needs the
+    pool, so the tests create it as the README tells users to.
+    """
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool("smspartner_api", slots=1, description="test", include_deferred=False)
+    return "smspartner_api"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import sqlite3
 import warnings
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import PROJECT_ROOT, smspartner_connection_json
+from tests.conftest import PROJECT_ROOT, STOPPED
 
 EXAMPLE_DAG_FILES = sorted((PROJECT_ROOT / "example_dags").glob("*.py"))
-STOPPED = ["+33612345678", "+33698765432"]
 
 
 @pytest.mark.parametrize("path", EXAMPLE_DAG_FILES, ids=lambda p: p.stem)
@@ -43,43 +41,8 @@ def test_dagbag_has_every_example(example_dagbag):
         "smspartner_taskflow_join",
         "smspartner_bulk_add_mapped",
         "smspartner_stop_list_changes",
+        "smspartner_campaign_gate",
     } <= set(example_dagbag.dag_ids)
-
-
-@pytest.fixture
-def warehouse(monkeypatch, tmp_path, sandbox) -> Path:
-    """A SQLite warehouse with messy contacts and CRM unsubscribes; the sandbox holds STOPPED."""
-    sandbox.state.seed_numbers(STOPPED)
-    monkeypatch.setenv("AIRFLOW_CONN_SMSPARTNER_DEFAULT", smspartner_connection_json(sandbox.base_url))
-    path = tmp_path / "warehouse.db"
-    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "CREATE TABLE marketing_contacts (contact_id INTEGER, phone TEXT, sms_opt_out INTEGER DEFAULT 0)"
-        )
-        db.executemany(
-            "INSERT INTO marketing_contacts (contact_id, phone) VALUES (?, ?)",
-            [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")],
-        )
-        db.execute("CREATE TABLE crm_unsubscribes (phone TEXT)")
-        db.executemany(
-            "INSERT INTO crm_unsubscribes VALUES (?)",
-            [("06 55 44 33 22",), ("+33655443322",), ("0612345678",), ("+41 79 123 45 67",), ("nope",)],
-        )
-    return path
-
-
-@pytest.fixture(scope="session")
-def smspartner_pool(airflow_db) -> str:
-    """The ``smspartner_api`` Pool every SMS Partner task of the examples runs in.
-
-    ``dag.test()`` runs tasks in-process and does not enforce pools, but a deployment needs the
-    pool, so the tests create it as the README tells users to.
-    """
-    from airflow.models.pool import Pool
-
-    Pool.create_or_update_pool("smspartner_api", slots=1, description="test", include_deferred=False)
-    return "smspartner_api"
 
 
 def _query(path: Path, sql: str) -> list[tuple]:
@@ -97,6 +60,39 @@ class TestExampleDagRuns:
             warehouse, "SELECT contact_id FROM marketing_contacts WHERE sms_opt_out = 1 ORDER BY 1"
         )
         assert flagged == [(1,), (2,)]
+        e164 = _query(
+            warehouse, "SELECT contact_id, phone_e164, reason FROM marketing_contacts_e164 ORDER BY 1"
+        )
+        assert e164 == [
+            (1, "+33612345678", None),
+            (2, "+33698765432", None),
+            (3, "+33611111111", None),
+            (4, None, "not_a_number"),
+        ]
+
+    def test_campaign_gate_checks_the_live_list(self, example_dagbag, warehouse, sandbox):
+        gate = example_dagbag.get_dag("smspartner_campaign_gate")
+        listed = len(sandbox.state)
+        assert gate.test().state == "success"
+        assert _query(warehouse, "SELECT contact_id, phone_e164 FROM campaign_audience_safe") == [
+            (3, "+33611111111")
+        ]
+        excluded = dict(_query(warehouse, "SELECT contact_id, reason FROM campaign_audience_excluded"))
+        assert excluded == {1: "stopped", 2: "stopped", 4: "invalid"}
+
+        # A STOP that arrived after any warehouse extract is caught: the gate reads the live list.
+        sandbox.state.seed_numbers(["+33611111111"])
+        assert gate.test().state == "success"
+        assert _query(warehouse, "SELECT COUNT(*) FROM campaign_audience_safe") == [(0,)]
+        audit = _query(
+            warehouse,
+            "SELECT mode, audience, kept, stopped, invalid, duplicate, rows_in_list, output "
+            "FROM smspartner_suppression_audit ORDER BY checked_at",
+        )
+        assert audit == [
+            ("filter", 4, 1, 2, 1, 0, listed, "campaign_audience_safe"),
+            ("filter", 4, 0, 3, 1, 0, listed + 1, "campaign_audience_safe"),
+        ]
 
     def test_stop_list_changes_read_the_asset_extras(self, example_dagbag, warehouse, sandbox):
         """The extract's Asset event carries the change; the downstream DAG acts only on a change."""

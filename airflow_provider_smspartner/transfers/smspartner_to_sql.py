@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import logging
 
     import pandas as pd
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
     from sqlalchemy.engine import Connection
 
@@ -373,6 +374,8 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         self.run_log_table = run_log_table
         self.smspartner_conn_id = smspartner_conn_id
         self.chunk_size = chunk_size
+        #: What the lineage needs from the run, set by execute (``rows_in_list``, ``run_log_table``).
+        self._lineage_counts: dict[str, Any] = {}
         check_count("chunk_size", chunk_size, minimum=1)
         check_fraction("max_removed_fraction", max_removed_fraction, allow_none=True)
         check_flag("allow_empty_list", allow_empty_list)
@@ -393,6 +396,10 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             name = run_log_table_name(self.table, self.run_log_table)
             run_log = SqlTableWriter(hook, name, run_log_table_spec())
             run_log.ensure_table()
+        self._lineage_counts = {
+            "rows_in_list": None,
+            "run_log_table": None if run_log is None else str(run_log.table),
+        }
         entry: dict[str, Any] = {
             **task_identity(context, self),
             "started_at": started_at,
@@ -409,7 +416,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             connects, takes the table's lock and reads the table."""
             frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
             # nbData: the response contract guarantees nbData == len(data), one row per item.
-            entry["rows_in_list"] = len(frame)
+            entry["rows_in_list"] = self._lineage_counts["rows_in_list"] = len(frame)
             # Of the numbers as the API sent them, before any cleaning below.
             entry["list_sha256"] = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
             self.log.info(
@@ -462,6 +469,26 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         )
         self._publish_changes(context, {key: summary[key] for key in CHANGE_KEYS})
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the stop list in (``rows_in_list`` stops); the table out (as many rows, its
+        schema), and the run log (one row) when kept. Called by Airflow's OpenLineage provider;
+        counts unknown (a run that failed before the list came) are left out."""
+        from airflow_provider_smspartner.utils.lineage import (
+            operator_lineage,
+            sql_table_dataset,
+            stop_list_dataset,
+        )
+
+        rows = self._lineage_counts.get("rows_in_list")
+        spec = stop_list_table_spec()
+        outputs = [
+            sql_table_dataset(self.sql_conn_id, self.table, rows, {c.name: c.type for c in spec.columns})
+        ]
+        if run_log := self._lineage_counts.get("run_log_table"):
+            columns = {c.name: c.type for c in run_log_table_spec().columns}
+            outputs.append(sql_table_dataset(self.sql_conn_id, run_log, None if rows is None else 1, columns))
+        return operator_lineage([stop_list_dataset(self.smspartner_conn_id, rows)], outputs)
 
     @staticmethod
     def _log_applied(
