@@ -41,7 +41,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from airflow_provider_smspartner.bulk.outcomes import OUTCOME_COLUMNS, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.utils.sql_writer import TableName, resolve_dbapi_hook
+from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.utils.table_spec import TableName
 
 log = logging.getLogger(__name__)
 

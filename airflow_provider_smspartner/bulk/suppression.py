@@ -36,8 +36,9 @@ from airflow_provider_smspartner.bulk.sources import RowChunks
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers, phone_text
 from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
-from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, TableSpec, resolve_dbapi_hook
+from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 from airflow_provider_smspartner.utils.storage import FileFormat, to_storage_path
+from airflow_provider_smspartner.utils.table_spec import TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ class TableSink:
         now: datetime | None = None,
         spill: bool | None = None,
     ) -> None:
-        from airflow_provider_smspartner.utils.sql_writer import TableName
+        from airflow_provider_smspartner.utils.table_spec import TableName
 
         self.target = str(TableName.parse(table))
         self.hook = resolve_dbapi_hook(conn_id)
@@ -384,7 +385,7 @@ class TableSink:
         self._error: BaseException | None = None
 
     def _writer(self, first: pd.DataFrame) -> SqlTableWriter:
-        from airflow_provider_smspartner.utils.sql_writer import table_spec_for
+        from airflow_provider_smspartner.utils.table_spec import table_spec_for
 
         spec = table_spec_for(first, key=self.key, indexes=self.indexes)
         return SqlTableWriter(self.hook, self.target, spec, self.chunk_size)
@@ -558,7 +559,7 @@ def audit_table_spec() -> TableSpec:
     (``rows_in_list``, ``list_sha256``), the counts and ``output`` (the table or path written;
     empty in check mode).
     """
-    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
 
     return TableSpec(
         columns=(

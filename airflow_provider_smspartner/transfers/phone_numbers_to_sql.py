@@ -137,12 +137,8 @@ class PhoneNumbersToSqlOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
-        from airflow_provider_smspartner.utils.sql_writer import (
-            SqlTableWriter,
-            TableName,
-            resolve_dbapi_hook,
-            table_spec_for,
-        )
+        from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
+        from airflow_provider_smspartner.utils.table_spec import TableName, table_spec_for
 
         # Templated arguments, checked once rendered and before any I/O.
         check_choice("mode", self.mode, PHONE_WRITE_MODES)

@@ -46,12 +46,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from sqlalchemy.engine import Connection
 
-    from airflow_provider_smspartner.utils.sql_writer import (
-        RemovalCounts,
-        SqlTableWriter,
-        TableSpec,
-        WriteSummary,
-    )
+    from airflow_provider_smspartner.utils.sql_writer import RemovalCounts, SqlTableWriter, WriteSummary
+    from airflow_provider_smspartner.utils.table_spec import TableSpec
 
 #: Characters removed from ``phoneNumber``: C0 controls (NUL included), DEL and C1 controls.
 #: PostgreSQL cannot store NUL in text, and none of them belongs in a phone number.
@@ -74,7 +70,7 @@ def stop_list_table_spec() -> TableSpec:
     ``phone_number`` is unbounded text (``LONGTEXT`` on MySQL/MariaDB): the API may send any
     string, and a row the warehouse cannot take must not block the list.
     """
-    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
 
     return TableSpec(
         columns=(
@@ -102,7 +98,7 @@ def run_log_table_spec() -> TableSpec:
     are empty for a refused run, ``rows_in_list`` and ``list_sha256`` too when the answer itself
     was refused.
     """
-    from airflow_provider_smspartner.utils.sql_writer import Column, TableSpec
+    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
 
     return TableSpec(
         columns=(

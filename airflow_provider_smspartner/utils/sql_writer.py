@@ -57,9 +57,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine
@@ -67,14 +64,26 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
+from airflow_provider_smspartner.utils.copy_encoding import (
+    BINARY_PG_TYPES,
+    BINARY_SIGNATURE,
+    BINARY_TRAILER,
+    PG_EPOCH_MICROS,
+    copy_binary,
+    copy_csv,
+)
+from airflow_provider_smspartner.utils.table_spec import (
+    MAX_IDENTIFIER,
+    TEXT_TYPES,
+    ColumnType,
+    TableName,
+    TableSpec,
+)
 
 log = logging.getLogger(__name__)
 
-ColumnType = Literal["bigint", "int", "double", "bool", "short_text", "text", "long_text", "timestamp"]
 WriteMode = Literal["replace", "upsert", "append", "insert"]
 LoadPath = Literal["copy", "executemany", "insert_rows"]
-_MAX_IDENTIFIER = 63  # PostgreSQL's limit (MySQL's is 64)
-_IDENTIFIER = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{_MAX_IDENTIFIER - 1}}}$")
 #: Ends the name of a keyed write's staging table (see :func:`staging_name`).
 STAGING_SUFFIX = "__stg_smspartner"
 #: Seconds a keyed write waits for another writer of the same table before it gives up.
@@ -85,90 +94,15 @@ _LOCK_POLL_SECONDS = 0.2
 #: ``temp_buffers`` keeps a million-row staging table in memory (it only takes effect in a session
 #: that has not used a temporary table yet: the writer's connections are fresh).
 _POSTGRES_MEMORY = {"work_mem": "256MB", "maintenance_work_mem": "256MB", "temp_buffers": "256MB"}
-_MICROS_PER_DAY = 86_400_000_000
-_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days since 1970
 #: How SQLite stores UTC instants (it has no timestamp type); this text sorts chronologically.
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MySQL and MariaDB
-_TEXT_TYPES = ("short_text", "text", "long_text")
 #: ``hook.dialect_name`` -> load path; any other database takes ``insert_rows``.
 _LOAD_PATHS: dict[str, LoadPath] = {
     "postgresql": "copy",
     **dict.fromkeys(_MYSQL, "executemany"),
     "sqlite": "executemany",
 }
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column of a managed table: name, portable type, and whether it may be NULL."""
-
-    name: str
-    type: ColumnType
-    nullable: bool = True
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """The shape of a managed table.
-
-    :param columns: Columns in order.
-    :param key: Unique key column (required by ``replace``/``upsert``/``append``).
-    :param indexes: Columns that get a secondary index when the table is created.
-    :param compared: Columns whose change makes ``upsert`` update a row.
-    :param soft_delete: Column set to the write time when a key leaves the source in ``upsert``,
-        and cleared when it comes back.
-    :param first_seen: Column set to the write time when a key is first inserted and never
-        updated after: ``upsert`` leaves it alone, ``replace`` carries it over for keys still
-        present. The frame may omit it (the writer fills it).
-
-    On PostgreSQL, an index on a text column uses ``text_pattern_ops``: it compares bytes, which
-    builds about twice as fast as the database's collation on a million values, and serves
-    equality (joins, ``=``, ``IN``) and prefix ``LIKE``; the column keeps the database's collation,
-    so joins and comparisons with other columns behave as everywhere else. (Not for ``<``/``>`` or
-    ``ORDER BY`` under a linguistic collation, which nobody runs on phone numbers.)
-    """
-
-    columns: tuple[Column, ...]
-    key: str | None = None
-    indexes: tuple[str, ...] = ()
-    compared: tuple[str, ...] = ()
-    soft_delete: str | None = None
-    first_seen: str | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-
-@dataclass(frozen=True)
-class TableName:
-    """A validated, optionally schema-qualified table name."""
-
-    name: str
-    schema: str | None = None
-
-    @classmethod
-    def parse(cls, table: str) -> TableName:
-        """Validate ``table`` (``name`` or ``schema.name``); identifiers only, so no SQL can slip in.
-
-        :raises ValueError: naming the table and the rule it breaks.
-        """
-        if not isinstance(table, str) or not table.strip():
-            raise ValueError(f"Table name must be a non-empty string, got {table!r}.")
-        parts = table.strip().split(".")
-        if len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
-            raise ValueError(
-                f"Invalid table name {table!r}: use 'table' or 'schema.table' with letters, digits and "
-                "underscores only (starting with a letter or underscore, at most 63 characters each)."
-            )
-        return cls(name=parts[-1], schema=parts[0] if len(parts) == 2 else None)
-
-    def with_name(self, name: str) -> TableName:
-        return TableName(name=name, schema=self.schema)
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
 
 
 @dataclass(frozen=True)
@@ -244,9 +178,9 @@ def staging_name(table: TableName) -> TableName:
     and drops what a crashed run left. Within 63 characters; a long name is cut and given a hash of
     the whole, so two long names that share a prefix never share a staging table."""
     name = table.name + STAGING_SUFFIX
-    if len(name) > _MAX_IDENTIFIER:
+    if len(name) > MAX_IDENTIFIER:
         digest = hashlib.sha256(table.name.encode()).hexdigest()[:8]
-        keep = _MAX_IDENTIFIER - len(STAGING_SUFFIX) - len(digest) - 1
+        keep = MAX_IDENTIFIER - len(STAGING_SUFFIX) - len(digest) - 1
         name = f"{table.name[:keep]}_{digest}{STAGING_SUFFIX}"
     return table.with_name(name)
 
@@ -279,51 +213,6 @@ def _sql_type(kind: ColumnType) -> TypeEngine[Any]:
         .with_variant(_NaiveUtcDatetime(fsp=6), *_MYSQL)
         .with_variant(_IsoUtcText(), "sqlite")
     )
-
-
-def table_spec_for(frame: pd.DataFrame, key: str | None = None, indexes: tuple[str, ...] = ()) -> TableSpec:
-    """A spec for writing ``frame`` as it is: one column per frame column, typed from its dtype.
-
-    Integers become ``bigint``, floats ``double``, booleans ``bool``, datetimes ``timestamp``
-    (UTC; naive values taken as UTC), categoricals ``text``, anything else ``long_text``
-    (unbounded). The ``key`` and the ``indexes`` must be indexable everywhere (MySQL indexes no
-    ``LONGTEXT``): text there becomes ``short_text`` (up to 64 characters). Every column but the
-    key is compared, so ``upsert`` updates a row when any value changed.
-
-    :param key: The unique key column (not null; required by ``upsert``).
-    :param indexes: Columns that get a secondary index when the table is created.
-    :raises ValueError: naming a ``key`` or index column the frame lacks.
-    """
-    names = [str(name) for name in frame.columns]
-    missing = [name for name in (key, *indexes) if name is not None and name not in names]
-    if missing:
-        raise ValueError(f"Column(s) {missing} are not in the frame; its columns are {names}.")
-    indexed = {key, *indexes}
-    columns = tuple(
-        Column(name, _column_type(frame[name].dtype, name in indexed), nullable=name != key) for name in names
-    )
-    return TableSpec(
-        columns=columns,
-        key=key,
-        indexes=tuple(indexes),
-        compared=tuple(name for name in names if name != key),
-    )
-
-
-def _column_type(dtype: Any, indexed: bool) -> ColumnType:
-    """The portable type of a pandas dtype (see :func:`table_spec_for`)."""
-    types = pd.api.types
-    if types.is_bool_dtype(dtype):
-        return "bool"
-    if types.is_integer_dtype(dtype):
-        return "bigint"
-    if types.is_float_dtype(dtype):
-        return "double"
-    if types.is_datetime64_any_dtype(dtype):
-        return "timestamp"
-    if indexed:
-        return "short_text"
-    return "text" if isinstance(dtype, pd.CategoricalDtype) else "long_text"
 
 
 # ---------------------------------------------------------------------------------------- hooks
@@ -848,7 +737,7 @@ class SqlTableWriter:
             types = {c.name: c.type for c in self.spec.columns}
             for column in self.spec.indexes:
                 # Bytewise on PostgreSQL (see TableSpec): equality lookups, a faster build.
-                ops = {column: "text_pattern_ops"} if types[column] in _TEXT_TYPES else {}
+                ops = {column: "text_pattern_ops"} if types[column] in TEXT_TYPES else {}
                 sa.Index(f"{name.name[:40]}_{column}_idx", table.c[column], postgresql_ops=ops)
         return table
 
@@ -934,7 +823,7 @@ class SqlTableWriter:
             {"name": self._quoted(conn, table)},
         ).all()
         found = {str(name).lower(): kind for name, kind in rows}
-        return all(found.get(c.name.lower()) in _BINARY_PG_TYPES[c.type] for c in self.spec.columns)
+        return all(found.get(c.name.lower()) in BINARY_PG_TYPES[c.type] for c in self.spec.columns)
 
     def _encoded(
         self,
@@ -1109,7 +998,7 @@ class SqlTableWriter:
         if first_seen:
             raw = np.frombuffer(row[1] or b"", dtype=">i8").astype(np.int64)
             unknown = (raw == np.iinfo(np.int64).min) | (raw == np.iinfo(np.int64).max)  # +-infinity
-            stamps = np.where(unknown, np.iinfo(np.int64).min, raw + _PG_EPOCH_MICROS).view("datetime64[us]")
+            stamps = np.where(unknown, np.iinfo(np.int64).min, raw + PG_EPOCH_MICROS).view("datetime64[us]")
         return _Existing(keys, flags, stamps)
 
     def _can_rebuild(self, conn: Connection) -> bool:
@@ -1402,184 +1291,3 @@ def _timestamp_values(series: pd.Series, engine_dialect: str) -> list[Any]:
 
 def _missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and value != value)
-
-
-def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
-    """PostgreSQL CSV for ``chunk``: nulls as unquoted empty fields, timestamps as UTC text.
-
-    Arrow writes the CSV (an order of magnitude faster than ``DataFrame.to_csv``), but its own
-    timestamp formatting is slow, so timestamps are pre-formatted by numpy without an offset;
-    the COPY runs under ``SET LOCAL TIME ZONE 'UTC'``.
-    """
-    arrays = {}
-    for column in spec.columns:
-        values = chunk[column.name]
-        if column.type == "timestamp":
-            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
-            arrays[column.name] = _timestamps_as_text(stamps)
-        elif column.type in ("short_text", "text", "long_text"):
-            arrays[column.name] = _text_array(values)
-        else:
-            arrays[column.name] = pa.array(values, from_pandas=True)
-    buffer = pa.BufferOutputStream()
-    pa_csv.write_csv(pa.table(arrays), buffer, write_options=pa_csv.WriteOptions(include_header=False))
-    return buffer.getvalue().to_pybytes()
-
-
-#: Starts a binary COPY stream (signature, flags, header extension length); the trailer ends it.
-BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-BINARY_TRAILER = b"\xff\xff"
-_BINARY_NULL = b"\xff\xff\xff\xff"  # a field's length -1
-_PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01, PostgreSQL's epoch, in microseconds since 1970
-#: What each portable type is on PostgreSQL, as binary COPY must match it exactly (``format_type``).
-_BINARY_PG_TYPES: dict[ColumnType, tuple[str, ...]] = {
-    "bigint": ("bigint",),
-    "int": ("integer",),
-    "double": ("double precision",),
-    "bool": ("boolean",),
-    "short_text": ("character varying", "text"),
-    "text": ("character varying", "text"),
-    "long_text": ("character varying", "text"),
-    "timestamp": ("timestamp with time zone",),
-}
-
-
-def copy_binary(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
-    """PostgreSQL binary COPY tuples for ``chunk`` (no signature or trailer), in ``spec``'s order.
-
-    PostgreSQL takes binary values without parsing text: a million stops load in about half the
-    time of CSV, mostly spared the timestamp parsing. Built column-wise: each field as an Arrow
-    binary array (its length prefix and bytes), then joined row by row by Arrow in C++.
-    Timestamps are microseconds since 2000-01-01 UTC; text is UTF-8; bigint/int big-endian;
-    double an IEEE 754 float8, big-endian; bool one byte.
-    """
-    rows = len(chunk)
-    empty = pa.scalar(b"", pa.large_binary())
-    pieces: list[Any] = [pa.scalar(len(spec.columns).to_bytes(2, "big", signed=True), pa.large_binary())]
-    for column in spec.columns:
-        values = chunk[column.name]
-        if column.type == "timestamp":
-            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
-            missing = np.isnat(stamps)
-            pieces.append(_binary_fixed(stamps.view(np.int64) - _PG_EPOCH_MICROS, missing, 8))
-        elif column.type in ("bigint", "int"):
-            numbers = values.astype("Int64")
-            missing = numbers.isna().to_numpy()
-            width = 8 if column.type == "bigint" else 4
-            pieces.append(_binary_fixed(numbers.to_numpy(dtype=np.int64, na_value=0), missing, width))
-        elif column.type == "double":
-            floats = pd.to_numeric(values).astype("float64").to_numpy()
-            missing = np.isnan(floats)
-            pieces.append(_binary_fixed(np.where(missing, 0.0, floats).view(np.int64), missing, 8))
-        elif column.type == "bool":
-            flags = values.astype("boolean")
-            missing = flags.isna().to_numpy()
-            pieces.append(_binary_fixed(flags.to_numpy(dtype=np.int8, na_value=0), missing, 1))
-        else:
-            text = _text_array(values).cast(pa.large_binary())
-            lengths = pc.binary_length(text).to_numpy(zero_copy_only=False)
-            prefix = np.where(np.isnan(lengths), -1, lengths).astype(">i4")
-            pieces.append(_binary_rows(prefix.view(np.uint8), 4, rows))
-            pieces.append(pc.fill_null(text, empty))
-    if rows == 0:
-        return b""
-    joined = pc.binary_join_element_wise(*pieces, empty)
-    _, offsets, data = joined.buffers()
-    start, end = (
-        int(v) for v in np.frombuffer(offsets, dtype=np.int64)[[joined.offset, joined.offset + rows]]
-    )
-    return data.slice(start, end - start).to_pybytes()
-
-
-def _text_array(values: pd.Series) -> pa.Array:
-    """A text column as Arrow strings, missing values NULL.
-
-    pandas' own text dtypes convert as they are (nulls kept; no copy when Arrow-backed). Other
-    columns may hold mixed Python types (raw inputs): their text, as the executemany path sends
-    it, with a mask that keeps missing values NULL (pandas 2's ``astype(str)`` would write "None").
-    """
-    if isinstance(values.dtype, pd.StringDtype):
-        array = pa.array(values, from_pandas=True)
-        return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-    return pa.array(
-        values.astype(str).to_numpy(dtype=object), type=pa.string(), mask=values.isna().to_numpy()
-    )
-
-
-def _binary_fixed(values: np.ndarray, missing: np.ndarray, width: int) -> Any:
-    """A fixed-width field per row: its length and big-endian value, or length -1 when missing."""
-    null = pa.scalar(_BINARY_NULL, pa.large_binary())
-    if missing.all():
-        return null
-    rows = len(values)
-    matrix = np.empty((rows, 4 + width), dtype=np.uint8)
-    matrix[:, :4] = np.frombuffer(width.to_bytes(4, "big"), dtype=np.uint8)
-    matrix[:, 4:] = values.astype(f">i{width}").view(np.uint8).reshape(rows, width)
-    fields = _binary_rows(matrix, 4 + width, rows)
-    return pc.if_else(pa.array(missing), null, fields) if missing.any() else fields
-
-
-def _binary_rows(data: np.ndarray, width: int, rows: int) -> pa.Array:
-    """``rows`` binary values of ``width`` bytes each, from one contiguous buffer (no copy)."""
-    offsets = np.arange(0, width * (rows + 1), width, dtype=np.int64)
-    return pa.Array.from_buffers(
-        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
-    )
-
-
-def _timestamps_as_text(stamps: np.ndarray) -> pa.Array:
-    """ISO-8601 text (no offset) for naive UTC ``datetime64[us]`` values; NaT becomes null.
-
-    Columns stamped once per run (``extracted_at``) or empty (``removed_at``) are constant, so
-    they are formatted once; the others digit by digit, column-wise, into one fixed-width
-    buffer (``np.datetime_as_string`` would take 0.6 s per million values, this 0.05 s).
-    """
-    missing = np.isnat(stamps)
-    if missing.all():
-        return pa.nulls(len(stamps), pa.string())
-    present = stamps[~missing]
-    if not missing.any() and (present == present[0]).all():
-        text = str(np.datetime_as_string(present[0], unit="us")).replace("T", " ")
-        return pa.repeat(pa.scalar(text, pa.string()), len(stamps))
-    micros = np.where(missing, 0, stamps.view(np.int64))
-    days = micros // _MICROS_PER_DAY
-    if days.min() < _FIRST_DAY or days.max() > _LAST_DAY:  # outside years 1-9999
-        return pa.array(np.datetime_as_string(stamps, unit="us"), mask=missing)
-    calendar_days = days.astype("datetime64[D]")
-    years = calendar_days.astype("datetime64[Y]")
-    months = calendar_days.astype("datetime64[M]")
-    seconds, fraction = np.divmod(micros - days * _MICROS_PER_DAY, 1_000_000)
-    seconds, fraction = seconds.astype(np.int32), fraction.astype(np.int32)  # narrower: faster
-    year = years.astype(np.int32) + 1970
-    # Two-digit groups, each written as a pair of bytes: YYYY-MM-DD HH:MM:SS[.ffffff]
-    groups = [
-        (year // 100, 0),
-        (year % 100, 2),
-        ((months - years).astype(np.int32) + 1, 5),
-        ((calendar_days - months).astype(np.int32) + 1, 8),
-        (seconds // 3600, 11),
-        (seconds // 60 % 60, 14),
-        (seconds % 60, 17),
-    ]
-    width = 19
-    if fraction.any():
-        groups += [(fraction // 10_000, 20), (fraction // 100 % 100, 22), (fraction % 100, 24)]
-        width = 26
-    # Filled one character position at a time (contiguous rows), then transposed into text.
-    by_position = np.empty((width, len(stamps)), dtype=np.uint8)
-    for column, separator in ((4, "-"), (7, "-"), (10, " "), (13, ":"), (16, ":"), (19, ".")):
-        if column < width:
-            by_position[column] = ord(separator)
-    for values, column in groups:
-        pair = values.astype(np.uint8)
-        np.add(pair // 10, 48, out=by_position[column])
-        np.add(pair % 10, 48, out=by_position[column + 1])
-    buffer = np.ascontiguousarray(by_position.T)
-    offsets = np.arange(0, (len(stamps) + 1) * width, width, dtype=np.int32)
-    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
-    return pa.Array.from_buffers(
-        pa.string(),
-        len(stamps),
-        [validity, pa.py_buffer(offsets), pa.py_buffer(buffer)],
-        null_count=int(missing.sum()),
-    )

@@ -15,15 +15,14 @@ import sqlalchemy as sa
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
 from airflow_provider_smspartner.utils.sql_writer import (
-    Column,
     RemovalCounts,
     SqlTableWriter,
     TableName,
     TableSpec,
     resolve_dbapi_hook,
     staging_name,
-    table_spec_for,
 )
+from airflow_provider_smspartner.utils.table_spec import Column, table_spec_for
 
 SPEC = TableSpec(
     columns=(
@@ -744,7 +743,7 @@ class TestCopyCsv:
 
     @pytest.mark.parametrize("fraction", [False, True], ids=["seconds", "microseconds"])
     def test_timestamps_match_numpy(self, fraction):
-        from airflow_provider_smspartner.utils.sql_writer import _timestamps_as_text
+        from airflow_provider_smspartner.utils.copy_encoding import _timestamps_as_text
 
         rng = np.random.default_rng(7)
         micros = rng.integers(-62_135_596_800_000_000, 253_402_300_799_000_000, 20_000)
@@ -760,7 +759,7 @@ class TestCopyCsv:
         assert _timestamps_as_text(stamps).to_pylist() == expected
 
     def test_constant_empty_and_out_of_range_columns(self):
-        from airflow_provider_smspartner.utils.sql_writer import _timestamps_as_text
+        from airflow_provider_smspartner.utils.copy_encoding import _timestamps_as_text
 
         constant = np.array(["2024-01-01T10:00:00"] * 3, dtype="datetime64[us]")
         assert _timestamps_as_text(constant).to_pylist() == ["2024-01-01 10:00:00.000000"] * 3
