@@ -220,3 +220,13 @@ def listed_once(sandbox: Any, numbers: Any) -> bool:
 
     counts = Counter(entry.phone_number for entry in sandbox.state.list_entries())
     return all(counts[n] == 1 for n in numbers)
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most timestamps in any half-open window ``(t - window, t]`` (the sandbox's own measure)."""
+    times, best, start = sorted(times), 0, 0
+    for end, stamp in enumerate(times):
+        while times[start] <= stamp - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

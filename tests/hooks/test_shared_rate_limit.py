@@ -29,7 +29,7 @@ from airflow_provider_smspartner.utils.rate_limit import redis_keys
 from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.utils.throttle import HEADROOM
 from tests.conftest import PROJECT_ROOT, TEST_API_KEY, require_server, smspartner_connection_json
-from tests.helpers import use_connection
+from tests.helpers import max_in_window, use_connection
 
 #: The Redis database of these tests (Celery's broker uses 0).
 REDIS_DB = 11
@@ -96,15 +96,6 @@ def _slope(times: list[float]) -> float:
     mean_t, mean_i = sum(times) / n, (n - 1) / 2
     cov = sum((t - mean_t) * (i - mean_i) for i, t in enumerate(times))
     return cov / sum((t - mean_t) ** 2 for t in times)
-
-
-def _max_in_window(times: list[float], window: float = 1.0) -> int:
-    times, best, start = sorted(times), 0, 0
-    for end, stamp in enumerate(times):
-        while times[start] <= stamp - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def _log_lines(capfd: pytest.CaptureFixture[str], text: str) -> list[str]:
@@ -246,7 +237,7 @@ class TestFleet:
         assert len(times) == 60
         # Released at most 20 in any second; +1 for the jitter between release and arrival (the
         # sandbox shares this process's GIL with both hooks' six threads).
-        assert _max_in_window(times) <= 21
+        assert max_in_window(times) <= 21
         # Not 2 x 20/s: one budget.
         assert _slope(times) == pytest.approx(20 * HEADROOM, rel=0.03)
 

@@ -28,16 +28,6 @@ from tests.conftest import PROJECT_ROOT, require_server
 REDIS_DB = 11
 
 
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most timestamps in any half-open window ``(t - window, t]``."""
-    times, best, start = sorted(times), 0, 0
-    for end, stamp in enumerate(times):
-        while times[start] <= stamp - window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 @pytest.fixture
 def redis_client():
     require_server("Redis", "127.0.0.1", 6379)

@@ -13,11 +13,7 @@ from airflow_provider_smspartner.utils.throttle import (
     shared_throttle,
     window_allowance,
 )
-
-
-def _max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    return max(sum(1 for t in times if start <= t < start + window) for start in times)
+from tests.helpers import max_in_window
 
 
 class TestRequestThrottle:
@@ -38,7 +34,7 @@ class TestRequestThrottle:
         for thread in pool:
             thread.join()
         assert len(released) == 60
-        assert _max_in_window(released) <= 40
+        assert max_in_window(released) <= 40
 
     def test_late_wakers_cannot_bunch_up(self):
         throttle = RequestThrottle(rate=5)
@@ -49,7 +45,7 @@ class TestRequestThrottle:
         for _ in range(10):
             throttle.acquire()
             released.append(time.monotonic())
-        assert _max_in_window(released) <= 5
+        assert max_in_window(released) <= 5
         assert released[-1] - released[0] >= 1.0
 
     def test_pause_holds_everyone_back(self):
