@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from types import SimpleNamespace
@@ -102,9 +103,11 @@ class LoopbackServer:
     """A raw TCP server on 127.0.0.1 for what the sandbox cannot be.
 
     It records every byte it receives on every connection (``received``, ``connections``), so it
-    can stand for "another host" that must never see the API key; and it answers each request
-    with ``reply`` once the request's headers have arrived, all at once or one byte every
-    ``trickle_seconds`` (a server trickling its status line and headers).
+    can stand for "another host" that must never see the API key. It answers each request with
+    ``reply`` once the whole request has arrived (headers, then as many body bytes as its
+    Content-Length says), so ``received`` holds the body by the time the client has its answer.
+    The reply goes all at once or one byte every ``trickle_seconds`` (a server trickling its
+    status line and headers).
     """
 
     DEFAULT_REPLY = (
@@ -181,7 +184,7 @@ class LoopbackServer:
                 request += chunk
                 with self._lock:
                     self._received += chunk
-                if not replied and b"\r\n\r\n" in request:
+                if not replied and _request_is_complete(request):
                     replied = True
                     if not self._send(conn):
                         return
@@ -198,6 +201,15 @@ class LoopbackServer:
         except OSError:
             return False
         return True
+
+
+def _request_is_complete(request: bytes) -> bool:
+    """Whether ``request`` holds its headers and as many body bytes as its Content-Length says."""
+    head, separator, body = request.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return length is None or len(body) >= int(length.group(1))
 
 
 def ti_context(
