@@ -11,7 +11,6 @@ read as whole rows, streamed in chunks (:func:`rows_from_object`, :func:`rows_fr
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE, check_one_source, pick_column
+from airflow_provider_smspartner.utils.sql_stream import stream_query
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from airflow_provider_smspartner.utils.storage import file_format, to_storage_path
 
@@ -218,57 +218,26 @@ def rows_from_object(value: Any, phone_column: str | None, chunk_size: int) -> I
     yield RowChunks(column, names, _with_empty_chunk(_slices(frame, chunk_size), frame.iloc[:0]))
 
 
-def _streaming_cursor(conn: Any) -> Any:
-    """A cursor that fetches rows from the server as they are asked for, where the driver has one:
-    a server-side cursor on psycopg 3, ``SSCursor`` on mysqlclient and PyMySQL; otherwise the
-    driver's plain cursor (which may hold the whole result client-side)."""
-    driver = type(conn).__module__.split(".")[0]
-    if driver == "psycopg":
-        return conn.cursor(name=f"smspartner_audience_{uuid.uuid4().hex[:12]}")
-    if driver == "MySQLdb":
-        from MySQLdb.cursors import SSCursor
-
-        return conn.cursor(SSCursor)
-    if driver == "pymysql":
-        from pymysql.cursors import SSCursor as PyMySQLSSCursor
-
-        return conn.cursor(PyMySQLSSCursor)
-    return conn.cursor()
-
-
 @contextmanager
 def rows_from_sql(
     sql: str, sql_conn_id: str, phone_column: str | None, chunk_size: int
 ) -> Iterator[RowChunks]:
-    """Whole rows of ``sql`` on connection ``sql_conn_id`` (any DbApiHook), ``fetchmany`` chunks at a time.
+    """Whole rows of ``sql`` on connection ``sql_conn_id`` (any DbApiHook), ``chunk_size`` at a time.
 
-    On PostgreSQL (psycopg 3) and MySQL/MariaDB the rows stay on the server until fetched
-    (server-side cursor, ``SSCursor``), so memory holds one chunk. The query runs (and the phone column is checked) when the context is entered; the connection
+    The rows come from a streaming cursor (:func:`~airflow_provider_smspartner.utils.sql_stream.stream_query`:
+    server-side on PostgreSQL, unbuffered on MySQL/MariaDB), so memory holds one chunk. The
+    query runs (and the phone column is checked) when the context is entered; the connection
     stays open until it exits.
 
-    :raises ValueError: when the query returns no rows set, the phone column is ambiguous or
+    :raises ValueError: when the query returns no result set, the phone column is ambiguous or
         absent, or a column name repeats.
     """
-    hook = resolve_dbapi_hook(sql_conn_id)
-    conn = hook.get_conn()
-    cursor = _streaming_cursor(conn)
-    try:
-        cursor.execute(sql)
-        if not cursor.description:
-            raise ValueError(f"The sql query on {sql_conn_id!r} returned no result set; it must be a SELECT.")
+    with stream_query(resolve_dbapi_hook(sql_conn_id), sql, chunk_size, sql_conn_id) as (columns, batches):
         where = f"the result of the sql query on {sql_conn_id!r}"
-        names = _unique_names([d[0] for d in cursor.description], where)
+        names = _unique_names(columns, where)
         column = str(pick_column(names, phone_column, where))
-
-        def chunks() -> Iterator[pd.DataFrame]:
-            while rows := cursor.fetchmany(chunk_size):
-                yield pd.DataFrame.from_records(rows, columns=names, coerce_float=False)
-
-        empty = pd.DataFrame({name: pd.Series([], dtype=object) for name in names})
-        yield RowChunks(column, names, _with_empty_chunk(chunks(), empty))
-    finally:
-        cursor.close()
-        conn.close()
+        frames = (pd.DataFrame.from_records(rows, columns=names, coerce_float=False) for rows in batches)
+        yield RowChunks(column, names, frames)
 
 
 @contextmanager

@@ -19,10 +19,8 @@ destination changes in one transaction at the end.
 
 from __future__ import annotations
 
-import importlib
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -35,6 +33,7 @@ from airflow_provider_smspartner.utils.arguments import (
     check_count,
     pick_column,
 )
+from airflow_provider_smspartner.utils.sql_stream import stream_query
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,7 +206,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
     ) -> Iterator[tuple[str, pd.DataFrame]]:
         """The query's rows as the table's, a chunk at a time, each with the key column's name;
         at least one (empty when the result is). Counts rows, valid numbers and chunks."""
-        with read_chunks(source, self.sql, self.chunk_size, self.source_conn_id) as (names, batches):
+        with stream_query(source, self.sql, self.chunk_size, self.source_conn_id) as (names, batches):
             where = f"the result of the sql query on {self.source_conn_id!r}"
             key = str(pick_column(names, self.key_column, where, argument="key_column", holds="contact keys"))
             phone = str(pick_column(names, self.phone_column, where, argument="phone_column"))
@@ -291,58 +290,3 @@ def _read_ahead(produce: Callable[[], Iterator[Any]]) -> Iterator[Iterator[Any]]
     finally:
         stop.set()
         thread.join()
-
-
-@contextmanager
-def read_chunks(
-    hook: Any, sql: str, chunk_size: int, conn_id: str = ""
-) -> Iterator[tuple[list[str], Iterator[list[Any]]]]:
-    """Run ``sql`` on ``hook``'s database; yield the result's column names and its rows, in
-    lists of at most ``chunk_size``, at least one (empty when the result is).
-
-    The cursor streams, so the driver never holds the whole result: a server-side (named) cursor
-    on PostgreSQL, an unbuffered one on MySQL/MariaDB (mysqlclient, PyMySQL), the plain cursor
-    elsewhere (SQLite's steps through the result). Once the rows are exhausted the read's
-    transaction ends, so the source's locks are released before the destination is written.
-
-    :raises ValueError: when the query returns no result set.
-    """
-    conn = hook.get_conn()
-    cursor = _streaming_cursor(conn, hook.dialect_name)
-    try:
-        cursor.execute(sql)
-        pending: list[Any] | None = None
-        if cursor.description is None and hook.dialect_name == "postgresql":
-            pending = list(cursor.fetchmany(chunk_size))  # psycopg2's named cursors describe late
-        if cursor.description is None:
-            raise ValueError(f"The sql query on {conn_id!r} returned no result set; it must be a SELECT.")
-        names = [str(d[0]) for d in cursor.description]
-
-        def batches() -> Iterator[list[Any]]:
-            rows = pending if pending is not None else list(cursor.fetchmany(chunk_size))
-            yield rows
-            while rows:
-                rows = list(cursor.fetchmany(chunk_size))
-                if not rows:
-                    break
-                yield rows
-            cursor.close()
-            conn.rollback()  # a read: end its transaction and release the source's locks
-
-        yield names, batches()
-    finally:
-        try:
-            cursor.close()
-        finally:
-            conn.close()
-
-
-def _streaming_cursor(conn: Any, dialect: str) -> Any:
-    """A cursor that fetches the result as it is read, not all at once."""
-    if dialect == "postgresql":
-        # psycopg 3 and psycopg2: a named cursor is a server-side cursor (DECLARE / FETCH).
-        return conn.cursor(name=f"smspartner_{uuid.uuid4().hex[:12]}")
-    module = type(conn).__module__.split(".")[0]
-    if module in ("MySQLdb", "pymysql"):
-        return conn.cursor(importlib.import_module(f"{module}.cursors").SSCursor)
-    return conn.cursor()

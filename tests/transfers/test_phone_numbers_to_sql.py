@@ -13,11 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 import airflow_provider_smspartner.phone_numbers as phone_numbers_module
-from airflow_provider_smspartner.transfers.phone_numbers_to_sql import (
-    PhoneNumbersToSqlOperator,
-    _streaming_cursor,
-    read_chunks,
-)
+from airflow_provider_smspartner.transfers.phone_numbers_to_sql import PhoneNumbersToSqlOperator
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from benchmarks.phone_corpus import generate_corpus
 
@@ -202,30 +198,6 @@ class TestWrites:
         assert normalise_calls[0] == 0  # the region check, before any read
         assert normalise_calls[1:] == [5, 5, 5, 5, 3]  # more chunks than one, none above chunk_size
         assert len(_phones(warehouse_conn, destination)) == 23
-
-    def test_reads_stream_from_the_driver(self, warehouse_conn, names):
-        """The rows come from a streaming cursor in lists of chunk_size."""
-        source, _ = names
-        _source(warehouse_conn, source, [(i, "0612345678") for i in range(7)])
-        hook = resolve_dbapi_hook(warehouse_conn)
-        with read_chunks(hook, f"SELECT contact_id, phone FROM {source}", 3) as (columns, batches):
-            assert [c.lower() for c in columns] == ["contact_id", "phone"]
-            assert [len(b) for b in batches] == [3, 3, 1]
-
-    @pytest.mark.parametrize(
-        ("fixture", "kind"), [("postgres_conn", "ServerCursor"), ("mysql_conn", "SSCursor")]
-    )
-    def test_servers_stream_from_their_side(self, request, fixture, kind):
-        """PostgreSQL: a named (server-side) cursor; MySQL/MariaDB: an unbuffered one. Neither
-        driver holds the whole result."""
-        hook = resolve_dbapi_hook(request.getfixturevalue(fixture))
-        conn = hook.get_conn()
-        try:
-            cursor = _streaming_cursor(conn, hook.dialect_name)
-            assert type(cursor).__name__ == kind
-            cursor.close()
-        finally:
-            conn.close()
 
     def test_text_key_keeps_its_name(self, warehouse_conn, names):
         source, destination = names
