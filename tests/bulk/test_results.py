@@ -169,16 +169,16 @@ class TestRefusedBeforeAnyApiCall:
         assert api.stats.total == 0
 
     def test_no_privilege_to_write(self, api, postgres_conn, monkeypatch, request):
-        table = f"readonly_{uuid.uuid4().hex[:8]}"
+        suffix = uuid.uuid4().hex[:8]
+        table, role = f"readonly_{suffix}", f"smspartner_reader_{suffix}"
         admin = resolve_dbapi_hook(postgres_conn)
-        admin.run(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'smspartner_reader') THEN "
-            "CREATE ROLE smspartner_reader LOGIN; END IF; END $$"
-        )
+        admin.run(f"CREATE ROLE {role} LOGIN")
+        # Finalizers run last-in first-out: the table (and so the grant) goes before the role.
+        request.addfinalizer(lambda: admin.run(f"DROP ROLE IF EXISTS {role}"))
         ResultsTable(postgres_conn, table).prepare(IDENTITY).close()
-        admin.run(f"GRANT SELECT ON {table} TO smspartner_reader")
         request.addfinalizer(lambda: drop_results(postgres_conn, table))
-        reader = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "smspartner_reader"}
+        admin.run(f"GRANT SELECT ON {table} TO {role}")
+        reader = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": role}
         monkeypatch.setenv("AIRFLOW_CONN_READER", json.dumps({**reader, "schema": "test"}))
         op = SmsPartnerAddStopsOperator(
             task_id="add_stops",
