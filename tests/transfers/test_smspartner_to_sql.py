@@ -348,7 +348,7 @@ class TestSchemas:
             ]
             assert any("phone_e164" in name for name in indexes)
         finally:
-            hook.run(f"DROP TABLE IF EXISTS public.{unique_table}")
+            hook.run(f"DROP TABLE IF EXISTS public.{unique_table}, public.{unique_table}_runs")
 
     def test_sqlite_stores_iso_text(self, sqlite_conn):
         _operator(sqlite_conn, "stops").execute({})
