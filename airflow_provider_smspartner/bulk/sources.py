@@ -84,27 +84,15 @@ def values_from_object(value: Any, phone_column: str | None) -> pd.Series:
 def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_size: int) -> pd.Series:
     """Run ``sql`` on connection ``sql_conn_id`` (any DbApiHook) and return its phone column.
 
-    Rows come in ``fetchmany`` chunks of which only the phone column is kept.
+    The rows come from the same streaming cursor as :func:`rows_from_sql`, ``chunk_size`` at a
+    time, of which only the phone column is kept.
 
-    :raises ValueError: when the query returns no rows set or the phone column is ambiguous or absent.
+    :raises ValueError: when the query returns no result set or the phone column is ambiguous or absent.
     """
-    hook = resolve_dbapi_hook(sql_conn_id)
-    conn = hook.get_conn()
-    cursor = conn.cursor()
-    try:
-        cursor.execute(sql)
-        if not cursor.description:
-            raise ValueError(f"The sql query on {sql_conn_id!r} returned no result set; it must be a SELECT.")
-        names = [d[0] for d in cursor.description]
-        position = names.index(
-            pick_column(names, phone_column, f"the result of the sql query on {sql_conn_id!r}")
-        )
-        values: list[Any] = []
-        while rows := cursor.fetchmany(chunk_size):
-            values.extend(row[position] for row in rows)
-    finally:
-        cursor.close()
-        conn.close()
+    with stream_query(resolve_dbapi_hook(sql_conn_id), sql, chunk_size, sql_conn_id) as (names, batches):
+        where = f"the result of the sql query on {sql_conn_id!r}"
+        position = names.index(pick_column(names, phone_column, where))
+        values = [row[position] for rows in batches for row in rows]
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return pd.Series(array, dtype=object)
@@ -113,38 +101,12 @@ def values_from_sql(sql: str, sql_conn_id: str, phone_column: str | None, chunk_
 def values_from_file(source_path: str, phone_column: str | None, chunk_size: int) -> pd.Series:
     """The phone column of a CSV or Parquet file (local path or ObjectStoragePath URI), read in chunks.
 
-    CSV cells are read as text, exactly as written (leading zeros kept; an empty cell stays empty).
+    Read as :func:`rows_from_file` reads, but only the phone column. CSV cells are read as text,
+    exactly as written (leading zeros kept; an empty cell stays empty).
     """
-    kind = file_format(source_path)
-    target = to_storage_path(source_path)
-    where = f"file {source_path!r}"
-    with target.open("rb") as handle:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            parquet = pq.ParquetFile(handle)
-            column = pick_column(parquet.schema_arrow.names, phone_column, where)
-            pieces = [
-                batch.column(0).to_pandas()
-                for batch in parquet.iter_batches(batch_size=chunk_size, columns=[column])
-            ]
-        else:
-            compression: Literal["gzip"] | None = "gzip" if source_path.lower().endswith(".gz") else None
-            header = pd.read_csv(handle, nrows=0, compression=compression)
-            column = pick_column(list(header.columns), phone_column, where)
-            handle.seek(0)
-            reader = pd.read_csv(
-                handle,
-                usecols=[column],
-                dtype=str,
-                keep_default_na=False,
-                chunksize=chunk_size,
-                compression=compression,
-            )
-            pieces = [chunk[column] for chunk in reader]
-    if not pieces:
-        return pd.Series([], dtype=object)
-    return pd.concat(pieces, ignore_index=True)
+    with rows_from_file(source_path, phone_column, chunk_size, phone_only=True) as rows:
+        values = pd.concat([chunk[rows.column] for chunk in rows.chunks], ignore_index=True)
+    return values if len(values) else pd.Series([], dtype=object)
 
 
 @dataclass
@@ -241,13 +203,17 @@ def rows_from_sql(
 
 
 @contextmanager
-def rows_from_file(source_path: str, phone_column: str | None, chunk_size: int) -> Iterator[RowChunks]:
+def rows_from_file(
+    source_path: str, phone_column: str | None, chunk_size: int, phone_only: bool = False
+) -> Iterator[RowChunks]:
     """Whole rows of a CSV or Parquet file (local path or ObjectStoragePath URI), in chunks.
 
     Parquet is read by row batches (``iter_batches``) with its own column types; CSV by pandas
     ``chunksize``, every cell as text, exactly as written (leading zeros kept; an empty cell stays
     empty). The file is opened and its columns checked when the context is entered.
 
+    :param phone_only: Read the phone column alone (the other columns are neither read nor
+        checked for repeated names).
     :raises ValueError: on an unknown extension, an ambiguous or absent phone column, or a
         repeated column name.
     """
@@ -259,25 +225,36 @@ def rows_from_file(source_path: str, phone_column: str | None, chunk_size: int) 
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(handle)
-            names = _unique_names(parquet.schema_arrow.names, where)
+            names = [str(name) for name in parquet.schema_arrow.names]
+            if not phone_only:
+                names = _unique_names(names, where)
             column = str(pick_column(names, phone_column, where))
+            read = [column] if phone_only else None
             batches = (
-                batch.to_pandas() for batch in parquet.iter_batches(batch_size=chunk_size, use_threads=True)
+                batch.to_pandas()
+                for batch in parquet.iter_batches(batch_size=chunk_size, columns=read, use_threads=True)
             )
             empty = parquet.schema_arrow.empty_table().to_pandas()
-            yield RowChunks(column, names, _with_empty_chunk(batches, empty))
+            empty = empty[[column]] if phone_only else empty
+            yield RowChunks(column, read or names, _with_empty_chunk(batches, empty))
         else:
             compression: Literal["gzip"] | None = "gzip" if source_path.lower().endswith(".gz") else None
             header = pd.read_csv(handle, nrows=0, compression=compression, dtype=str)
-            names = _unique_names(list(header.columns), where)
+            names = list(header.columns) if phone_only else _unique_names(list(header.columns), where)
             column = str(pick_column(names, phone_column, where))
+            read = [column] if phone_only else None
             handle.seek(0)
             reader = pd.read_csv(
-                handle, dtype=str, keep_default_na=False, chunksize=chunk_size, compression=compression
+                handle,
+                usecols=read,
+                dtype=str,
+                keep_default_na=False,
+                chunksize=chunk_size,
+                compression=compression,
             )
             with reader:
                 chunks = (chunk.reset_index(drop=True) for chunk in reader)
-                yield RowChunks(column, names, _with_empty_chunk(chunks, header))
+                yield RowChunks(column, read or names, _with_empty_chunk(chunks, header[read or names]))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -82,6 +83,48 @@ class TestSources:
     def test_pick_column_without_columns(self):
         with pytest.raises(ValueError, match="has no columns"):
             pick_column([], None, "the query result")
+
+
+class TestPhoneColumn:
+    """``PhoneSource.read``: the phone column alone, in order, whatever the source."""
+
+    FRAME = pd.DataFrame({"id": range(1, 8), "phone": ["0612", "+336", "", "x", "0751", "1", "2"]})
+
+    @pytest.mark.parametrize("name", ["rows.parquet", "rows.csv", "rows.csv.gz"])
+    def test_file(self, tmp_path, name):
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            self.FRAME.to_parquet(path, index=False)
+        else:
+            self.FRAME.to_csv(path, index=False)
+        values = PhoneSource(source_path=str(path), phone_column="PHONE").read(chunk_size=3)
+        assert values.tolist() == self.FRAME["phone"].tolist()  # CSV: the empty cell stays ""
+        assert list(values.index) == list(range(7))
+
+    def test_an_empty_file_gives_no_values(self, tmp_path):
+        path = tmp_path / "empty.csv"
+        path.write_text("id,phone\n")
+        values = PhoneSource(source_path=str(path), phone_column="phone").read()
+        assert values.empty and values.dtype == object
+
+    def test_sql_on_every_warehouse(self, warehouse_conn):
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+        table = f"audience_{uuid.uuid4().hex[:8]}"
+        hook = resolve_dbapi_hook(warehouse_conn)
+        hook.run(f"CREATE TABLE {table} (id INTEGER, phone VARCHAR(20))", autocommit=True)
+        try:
+            hook.insert_rows(table, list(self.FRAME.itertuples(index=False, name=None)))
+            source = PhoneSource(
+                sql=f"SELECT id, phone FROM {table} ORDER BY id",
+                sql_conn_id=warehouse_conn,
+                phone_column="phone",
+            )
+            values = source.read(chunk_size=3)
+        finally:
+            hook.run(f"DROP TABLE {table}", autocommit=True)
+        assert values.tolist() == self.FRAME["phone"].tolist()
+        assert values.dtype == object and list(values.index) == list(range(7))
 
 
 class TestRowChunks:
