@@ -373,15 +373,10 @@ class _SqlDatabase:
     def of(cls, conn_id: str) -> _SqlDatabase:
         from airflow.providers.common.sql.hooks.sql import DbApiHook
         from airflow.providers.openlineage.sqlparser import SQLParser
-        from airflow.sdk import BaseHook
 
-        connection = BaseHook.get_connection(conn_id)
-        hook = connection.get_hook()
-        if not isinstance(hook, DbApiHook):
-            raise ValueError(
-                f"Connection {conn_id!r} is of type {connection.conn_type!r}, whose hook is not a SQL "
-                "database hook (DbApiHook)."
-            )
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_connection
+
+        connection, hook = resolve_dbapi_connection(conn_id)
         try:
             info = hook.get_openlineage_database_info(connection)
         except AttributeError:

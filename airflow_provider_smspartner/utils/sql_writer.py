@@ -221,6 +221,14 @@ def resolve_dbapi_hook(conn_id: str) -> Any:
 
     :raises ValueError: when the connection's hook is not a SQL (DbApiHook) hook.
     """
+    return resolve_dbapi_connection(conn_id)[1]
+
+
+def resolve_dbapi_connection(conn_id: str) -> tuple[Any, Any]:
+    """Return connection ``conn_id`` and its ``DbApiHook``, for callers that read the connection too.
+
+    :raises ValueError: when the connection's hook is not a SQL (DbApiHook) hook.
+    """
     from airflow.providers.common.sql.hooks.sql import DbApiHook
     from airflow.sdk import BaseHook
 
@@ -231,7 +239,7 @@ def resolve_dbapi_hook(conn_id: str) -> Any:
             f"Connection {conn_id!r} is of type {conn.conn_type!r}, whose hook {type(hook).__name__} is not a "
             "SQL database hook (DbApiHook); point the operator at a SQL connection (sqlite, postgres, mysql, ...)."
         )
-    return hook
+    return conn, hook
 
 
 # ---------------------------------------------------------------------------------------- writer
