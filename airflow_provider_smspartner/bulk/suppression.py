@@ -42,8 +42,6 @@ from airflow_provider_smspartner.utils.table_spec import TableSpec
 
 log = logging.getLogger(__name__)
 
-#: What the operator does with the result: write the safe audience, or only check it.
-SUPPRESSION_MODES = ("filter", "check")
 #: Why a row is excluded (the ``reason`` column of the excluded rows).
 EXCLUSION_REASONS = ("stopped", "invalid", "duplicate")
 #: The counts of a run, in the order they are reported; ``audience = kept + invalid + duplicate + stopped``.

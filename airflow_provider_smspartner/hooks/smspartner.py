@@ -28,8 +28,6 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
     SmsPartnerConnectionError,
     SmsPartnerRateLimitError,
-    SmsPartnerResponseError,
-    SmsPartnerServerError,
 )
 from airflow_provider_smspartner.utils.api import (
     ACCOUNT_ENDPOINT,
@@ -42,7 +40,7 @@ from airflow_provider_smspartner.utils.api import (
 )
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
-from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
+from airflow_provider_smspartner.utils.retry_log import RETRY_KINDS, RetrySummaryLog
 from airflow_provider_smspartner.utils.throttle import Throttle, shared_throttle
 
 if TYPE_CHECKING:
@@ -182,16 +180,16 @@ _per_process_notices: set[str] = set()
 _notices_lock = threading.Lock()
 
 
+_RETRYABLE = tuple(cls for cls, _ in RETRY_KINDS)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Errors worth another attempt: transport failures, 429, 5xx and untrustworthy bodies.
 
     Auth errors and per-number errors (invalid number, unknown stop id) are answers, not accidents:
     retrying them would only hammer the API.
     """
-    return isinstance(
-        exc,
-        (SmsPartnerConnectionError, SmsPartnerRateLimitError, SmsPartnerServerError, SmsPartnerResponseError),
-    )
+    return isinstance(exc, _RETRYABLE)
 
 
 class SmsPartnerHook(BaseHook):

@@ -433,6 +433,7 @@ class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
         return remove_stops(values, hook, options, logger=self.log, results=results)
 
 
+#: What the suppression operator does with the result: write the safe audience, or only check it.
 SUPPRESSION_MODES = ("filter", "check")
 
 

@@ -945,11 +945,11 @@ class SqlTableWriter:
     def _fill(self, conn: Connection, rows: pd.DataFrame | sa.Table | Callable[[], str]) -> str:
         """Insert ``rows`` (a frame, every row of a staging table, or what a loader loads) into the
         target; say how many."""
-        if callable(rows) and not isinstance(rows, sa.Table):
-            return rows()
         if isinstance(rows, sa.Table):
             conn.execute(self._copy_rows(rows))
             return "the staged rows"
+        if callable(rows):
+            return rows()
         self._load(conn, rows, self.sql_table)
         return f"{len(rows)} rows"
 
