@@ -15,24 +15,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow_provider_smspartner.exceptions import (
-    SmsPartnerConnectionError,
-    SmsPartnerResponseError,
-    SmsPartnerServerError,
-)
-
-#: Failures after which the request may or may not have been applied: dropped connections and
-#: timeouts (lost responses), 5xx, and bodies that cannot be trusted.
-AMBIGUOUS_ERRORS: tuple[type[Exception], ...] = (
-    SmsPartnerConnectionError,
-    SmsPartnerServerError,
-    SmsPartnerResponseError,
-)
+from airflow_provider_smspartner.exceptions import SmsPartnerRateLimitError
+from airflow_provider_smspartner.hooks.smspartner import is_retryable
 
 
 def is_ambiguous(exc: BaseException) -> bool:
-    """Whether ``exc`` leaves it open whether the API applied the request."""
-    return isinstance(exc, AMBIGUOUS_ERRORS)
+    """Whether ``exc`` leaves it open whether the API applied the request: every error the hook
+    retries (dropped connections and timeouts, 5xx, bodies that cannot be trusted) except a 429,
+    which says the request was refused."""
+    return is_retryable(exc) and not isinstance(exc, SmsPartnerRateLimitError)
 
 
 class AttemptJournal:

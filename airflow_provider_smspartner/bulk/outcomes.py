@@ -61,6 +61,10 @@ NOT_PROCESSED = "not_processed"
 #: the call (write-ahead row), kept when the answer was lost, settled against the stop list at the
 #: end of the run or by the next try. Never in the summary of a finished run.
 PENDING = "pending"
+#: The status a call the API applied takes, per kind of run (``add`` / ``remove``).
+APPLIED = {"add": "added", "remove": "removed"}
+#: Statuses that say the API applied a call.
+APPLIED_STATUSES = tuple(APPLIED.values())
 # When one input maps to several calls (a number listed under several stop ids), the row reports
 # the most alarming of their outcomes: a failure must never hide behind a success.
 ArrayLike: TypeAlias = "np.ndarray | pd.Series | Sequence[Any]"

@@ -183,10 +183,10 @@ def _send(
     return run_calls(items, call, workers, ProgressReporter(len(items), label, logger), journal=recorder)
 
 
-def _pending(exc: BaseException, unapplied_status: str, note: str | None = None) -> CallOutcome:
-    """A call that may have been applied: its failure kept, its status settled later."""
-    failed = failure_outcome(exc)
-    return replace(failed, status=PENDING, unapplied_status=unapplied_status, note=note)
+def _pending(exc: BaseException) -> CallOutcome:
+    """A call that may have been applied: its failure kept, its status settled later (``failed``
+    if the list shows it was not)."""
+    return replace(failure_outcome(exc), status=PENDING, unapplied_status="failed")
 
 
 def _lost(journal: AttemptJournal) -> str:
@@ -286,7 +286,7 @@ def add_stops(
                     raise
                 except Exception as exc:
                     if journal.ambiguous is not None or is_ambiguous(exc):
-                        return _pending(exc, "failed")
+                        return _pending(exc)
                     raise
                 if added.status == "already_present" and journal.ambiguous is not None:
                     # Code 3 to a retry: most likely this call's own earlier attempt, applied but
@@ -365,7 +365,7 @@ def remove_stops(
                     raise
                 except Exception as exc:
                     if journal.ambiguous is not None or is_ambiguous(exc):
-                        return replace(_pending(exc, "failed"), stop_id=stop_id)
+                        return replace(_pending(exc), stop_id=stop_id)
                     raise
                 return CallOutcome("removed", stop_id=stop_id)
 

@@ -13,11 +13,15 @@ from typing import Literal
 
 import pandas as pd
 
-from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome
+from airflow_provider_smspartner.bulk.outcomes import (
+    APPLIED,
+    APPLIED_STATUSES,
+    NOT_PROCESSED,
+    PENDING,
+    CallOutcome,
+)
 
 Kind = Literal["add", "remove"]
-#: The status a confirmed call takes, per kind of run.
-APPLIED = {"add": "added", "remove": "removed"}
 
 
 def listed_ids(stop_list: pd.DataFrame) -> dict[str, int]:
@@ -111,7 +115,7 @@ def recover_earlier(kind: Kind, earlier: pd.DataFrame, stop_list: pd.DataFrame, 
     recovery = Recovery()
     if earlier.empty:
         return recovery
-    done = earlier[earlier["status"].isin(list(APPLIED.values()))]
+    done = earlier[earlier["status"].isin(APPLIED_STATUSES)]
     applied_by = {
         str(phone): int(tn)
         for phone, tn in zip(done["phone_e164"], done["try_number"], strict=True)

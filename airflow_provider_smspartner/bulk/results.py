@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from airflow_provider_smspartner.bulk.outcomes import OUTCOME_COLUMNS, PENDING
+from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, OUTCOME_COLUMNS, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from airflow_provider_smspartner.utils.table_spec import TableName
@@ -60,8 +60,6 @@ NOTE_LENGTH = 500
 KEY_COLUMNS = ("dag_id", "run_id", "task_id", "map_index", "try_number", "input_row")
 #: Every column, in table order.
 RESULT_COLUMNS = (*KEY_COLUMNS, *OUTCOME_COLUMNS)
-#: Statuses that say the API applied a call of this task instance.
-APPLIED_STATUSES = ("added", "removed")
 #: Rows per statement of a write (executemany chunk, ``IN`` list).
 WRITE_CHUNK = 1000
 #: Outcome rows buffered before a write, and seconds between two writes at most (see the recorder).
