@@ -14,8 +14,6 @@ or, for a refused list, on its own, and the task's Asset events carry what chang
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
@@ -58,8 +56,6 @@ _SHOWN_IDS = 10
 DEFAULT_RUN_LOG_TABLE = "{table}_runs"
 #: Keys of the extra of the task's Asset events (and of its return value).
 CHANGE_KEYS = ("rows_in_list", "inserted", "updated", "removed", "list_sha256")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_MAX_IDENTIFIER = 63
 
 
 def stop_list_table_spec() -> TableSpec:
@@ -123,11 +119,11 @@ def run_log_table_spec() -> TableSpec:
 def run_log_table_name(table: str, run_log_table: str = DEFAULT_RUN_LOG_TABLE) -> str:
     """``run_log_table`` with ``{table}`` replaced by ``table``; a name part over 63 characters is
     cut and given a hash of the whole, as the staging tables are."""
+    from airflow_provider_smspartner.utils.table_spec import fit_identifier
+
     name = run_log_table.replace("{table}", table.strip())
     schema, _, last = name.rpartition(".")
-    if len(last) > _MAX_IDENTIFIER:
-        digest = hashlib.sha256(last.encode()).hexdigest()[:8]
-        last = f"{last[: _MAX_IDENTIFIER - 9]}_{digest}"
+    last = fit_identifier(last)
     return f"{schema}.{last}" if schema else last
 
 
@@ -147,16 +143,17 @@ def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
         with ``at`` written in as a literal of the column type (no parameters to bind).
     :raises ValueError: an invalid table name.
     """
-    parts = table.strip().split(".")
-    if len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
-        raise ValueError(f"Invalid table name {table!r}: use 'table' or 'schema.table' (identifiers).")
+    from airflow_provider_smspartner.utils.table_spec import ISO_FORMAT, TableName
+
+    name = TableName.parse(table)
+    parts = [name.schema, name.name] if name.schema else [name.name]
     at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
     if dialect in ("mysql", "mariadb"):
         quoted = ".".join(f"`{p}`" for p in parts)
         instant = f"CAST('{at:%Y-%m-%d %H:%M:%S.%f}' AS DATETIME(6))"  # naive UTC, as stored
     elif dialect == "sqlite":
         quoted = ".".join(f'"{p}"' for p in parts)
-        instant = f"'{at:%Y-%m-%dT%H:%M:%SZ}'"  # ISO text, whole seconds, as stored: sorts as time
+        instant = f"'{at.strftime(ISO_FORMAT)}'"  # ISO text, whole seconds, as stored: sorts as time
     else:
         quoted = ".".join(f'"{p}"' for p in parts)
         instant = f"CAST('{at:%Y-%m-%d %H:%M:%S.%f}+00:00' AS TIMESTAMP WITH TIME ZONE)"

@@ -73,11 +73,12 @@ from airflow_provider_smspartner.utils.copy_encoding import (
     copy_csv,
 )
 from airflow_provider_smspartner.utils.table_spec import (
-    MAX_IDENTIFIER,
+    ISO_FORMAT,
     TEXT_TYPES,
     ColumnType,
     TableName,
     TableSpec,
+    fit_identifier,
 )
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,6 @@ _LOCK_POLL_SECONDS = 0.2
 #: ``temp_buffers`` keeps a million-row staging table in memory (it only takes effect in a session
 #: that has not used a temporary table yet: the writer's connections are fresh).
 _POSTGRES_MEMORY = {"work_mem": "256MB", "maintenance_work_mem": "256MB", "temp_buffers": "256MB"}
-#: How SQLite stores UTC instants (it has no timestamp type); this text sorts chronologically.
-ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _MYSQL = ("mysql", "mariadb")  # SQLAlchemy's names for MySQL and MariaDB
 #: ``hook.dialect_name`` -> load path; any other database takes ``insert_rows``.
 _LOAD_PATHS: dict[str, LoadPath] = {
@@ -177,12 +176,7 @@ def staging_name(table: TableName) -> TableName:
     """The staging table of a keyed write into ``table``: one fixed name per target, so a run finds
     and drops what a crashed run left. Within 63 characters; a long name is cut and given a hash of
     the whole, so two long names that share a prefix never share a staging table."""
-    name = table.name + STAGING_SUFFIX
-    if len(name) > MAX_IDENTIFIER:
-        digest = hashlib.sha256(table.name.encode()).hexdigest()[:8]
-        keep = MAX_IDENTIFIER - len(STAGING_SUFFIX) - len(digest) - 1
-        name = f"{table.name[:keep]}_{digest}{STAGING_SUFFIX}"
-    return table.with_name(name)
+    return table.with_name(fit_identifier(table.name, STAGING_SUFFIX))
 
 
 def _sql_type(kind: ColumnType) -> TypeEngine[Any]:

@@ -5,6 +5,7 @@ SQL for each database.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +17,19 @@ ColumnType = Literal["bigint", "int", "double", "bool", "short_text", "text", "l
 TEXT_TYPES: tuple[ColumnType, ...] = ("short_text", "text", "long_text")
 MAX_IDENTIFIER = 63  # PostgreSQL's limit (MySQL's is 64)
 _IDENTIFIER = re.compile(rf"^[A-Za-z_][A-Za-z0-9_]{{0,{MAX_IDENTIFIER - 1}}}$")
+#: How a ``timestamp`` column stores UTC instants on SQLite (it has no timestamp type): ISO text,
+#: whole seconds, which sorts chronologically.
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def fit_identifier(name: str, suffix: str = "") -> str:
+    """``name + suffix`` within :data:`MAX_IDENTIFIER` characters. A name too long for it is cut
+    and given 8 hex digits of its hash, so two long names that share a prefix stay apart."""
+    if len(name) + len(suffix) <= MAX_IDENTIFIER:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = MAX_IDENTIFIER - len(suffix) - len(digest) - 1
+    return f"{name[:keep]}_{digest}{suffix}"
 
 
 @dataclass(frozen=True)
