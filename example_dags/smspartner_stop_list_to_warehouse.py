@@ -10,8 +10,9 @@
 3. ``flag_opt_outs`` sets ``marketing_contacts.sms_opt_out`` with one SQL join in the warehouse.
 
 The task that calls SMS Partner runs in the ``smspartner_api`` Pool, which every example shares:
-its slots bound how many tasks call the API at once (``airflow pools set smspartner_api 4 "SMS
-Partner API"``).
+its slots bound how many tasks call the API at once (``airflow pools set smspartner_api 1 "SMS
+Partner API"``, as in the other examples; more slots once the connection shares its rate limit
+through Redis: see the README, "Scale-out: one API budget for the fleet").
 
 Connections: ``smspartner_default`` and ``warehouse`` (any SQL database; SQLite in the demo).
 The warehouse needs a ``marketing_contacts`` table with ``contact_id``, ``phone`` and an integer
