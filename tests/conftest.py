@@ -6,6 +6,7 @@ the first module pytest loads, before any test module imports airflow.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +51,16 @@ def require_server(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message}; start it to run this test")
 
 
+def require_module(name: str, why: str) -> None:
+    """Skip on a laptop without module ``name``; fail in CI, where the dev extra installs it."""
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"{name} cannot be imported ({exc}); {why} (CI is set: this test must run)")
+        pytest.skip(f"{name} is not installed; {why}", allow_module_level=True)
+
+
 def smspartner_connection_json(base_url: str, api_key: str = TEST_API_KEY, **extras: object) -> str:
     """The JSON form of an ``smspartner`` connection, with fast test defaults for retries/throttle."""
     extra: dict[str, object] = {
@@ -75,6 +87,16 @@ def smspartner_conn(monkeypatch: pytest.MonkeyPatch, sandbox) -> str:
     """Point ``smspartner_default`` at the sandbox; return the connection id."""
     monkeypatch.setenv("AIRFLOW_CONN_SMSPARTNER_DEFAULT", smspartner_connection_json(sandbox.base_url))
     return "smspartner_default"
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch, sandbox: Any) -> Any:
+    """The sandbox, with ``smspartner_default`` pointing at it and retries enough to outlast its
+    random faults."""
+    from tests.helpers import use_sandbox  # tests.helpers imports this module
+
+    use_sandbox(monkeypatch, sandbox)
+    return sandbox
 
 
 @pytest.fixture

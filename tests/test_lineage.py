@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, require_module
 
-pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
+require_module("airflow.providers.openlineage", "install the [openlineage] extra")
 
 #: Runs one example DAG with ``dag.test()``; argv: DAG folder, DAG id.
 _RUN_DAG = """

@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-
-from tests.helpers import use_sandbox
 
 
 def drop_results(conn_id: str, *names: str) -> None:
@@ -30,10 +27,3 @@ def results_db(warehouse_conn: str) -> Iterator[tuple[str, str]]:
     table = f"bulk_results_{uuid.uuid4().hex[:10]}"
     yield warehouse_conn, table
     drop_results(warehouse_conn, f"{table}_final", table)
-
-
-@pytest.fixture
-def api(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The sandbox, with the default connection pointing at it."""
-    use_sandbox(monkeypatch, sandbox)
-    return sandbox

@@ -366,6 +366,8 @@ def test_provider_and_example_dags_are_deployed(deployment: Deployment):
         "crm_unsubscribes_export",
         "smspartner_taskflow_join",
         "smspartner_bulk_add_mapped",
+        "smspartner_stop_list_changes",
+        "smspartner_campaign_gate",
     }
 
     def parsed() -> set[str] | None:
@@ -379,13 +381,12 @@ def test_provider_and_example_dags_are_deployed(deployment: Deployment):
 def test_stop_list_to_warehouse_and_taskflow_join(deployment: Deployment):
     """Both run green on Celery; the warehouse holds the list and flags the opted-out contacts.
 
-    ``smspartner_stop_list_changes`` (when present) runs on the Asset the extract publishes.
+    ``smspartner_stop_list_changes`` runs on the Asset the extract publishes.
     """
     airflow = deployment.airflow
     consumer = "smspartner_stop_list_changes"
-    has_consumer = consumer in _deployed_dag_ids(airflow)
-    if has_consumer:
-        airflow.set_paused(consumer, False)
+    airflow.wait_for(f"{consumer} to be parsed", lambda: consumer in _deployed_dag_ids(airflow), 120)
+    airflow.set_paused(consumer, False)
     try:
         deployment.run_dags(
             {
@@ -393,11 +394,9 @@ def test_stop_list_to_warehouse_and_taskflow_join(deployment: Deployment):
                 "smspartner_stop_list_to_warehouse": {},
             }
         )
-        if has_consumer:
-            deployment.wait_for_asset_runs(consumer)
+        deployment.wait_for_asset_runs(consumer)
     finally:
-        if has_consumer:
-            airflow.set_paused(consumer, True)
+        airflow.set_paused(consumer, True)
 
     listed = SEEDED_STOPS + len(STOPPED)
     landed = deployment.warehouse("SELECT COUNT(*) FROM smspartner_stop_list WHERE removed_at IS NULL")
@@ -410,10 +409,9 @@ def test_stop_list_to_warehouse_and_taskflow_join(deployment: Deployment):
     safe = (deployment.output_dir / "contacts_safe_to_text.csv").read_text()
     assert "+33781223344" in safe
     assert not [number for number in STOPPED if number in safe]
-    if has_consumer:
-        # Two extracts ran (the scheduled one and the triggered one): only the first inserted stops.
-        inserted = deployment.warehouse("SELECT SUM(inserted) FROM smspartner_stop_list_changes")
-        assert inserted[0][0] == listed
+    # Two extracts ran (the scheduled one and the triggered one): only the first inserted stops.
+    inserted = deployment.warehouse("SELECT SUM(inserted) FROM smspartner_stop_list_changes")
+    assert inserted[0][0] == listed
 
 
 def test_asset_triggered_sync(deployment: Deployment):

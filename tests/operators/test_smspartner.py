@@ -121,13 +121,6 @@ def _mixed(sandbox: Any) -> tuple[list[Any], set[str]]:
 
 
 @pytest.fixture
-def api(sandbox, monkeypatch) -> Any:
-    """The sandbox, with the default connection pointing at it."""
-    use_sandbox(monkeypatch, sandbox)
-    return sandbox
-
-
-@pytest.fixture
 def faulty_api(api) -> Any:
     """The sandbox with random faults on stop-sms/add (500s, drops, lost responses, 429s)."""
     inject_faults(api, "stop-sms/add")

@@ -27,7 +27,7 @@ from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressA
 from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from tests.conftest import TEST_API_KEY
-from tests.helpers import CONTEXT, drop_table, national, new_numbers, read_results, ti_context, use_sandbox
+from tests.helpers import CONTEXT, drop_table, national, new_numbers, read_results, ti_context
 
 COUNT_KEYS = ("audience", "valid", "invalid", "duplicate", "stopped", "kept")
 SAME_NUMBER = ["06 12 34 56 78", "+33612345678", "0033612345678", "06.12.34.56.78", 33612345678]
@@ -82,13 +82,6 @@ def expected_counts(outcomes: list[str]) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------ fixtures
-@pytest.fixture
-def api(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The sandbox, with the default connection pointing at it."""
-    use_sandbox(monkeypatch, sandbox)
-    return sandbox
-
-
 @pytest.fixture
 def tables(warehouse_conn: str) -> Iterator[tuple[str, dict[str, str]]]:
     """``(conn_id, {"kept", "excluded", "audit", "source"})``: fresh table names, dropped after."""

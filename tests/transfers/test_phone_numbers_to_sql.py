@@ -283,6 +283,7 @@ class TestErrors:
         operator = _operator(sqlite_conn, "missing_table", "phones", **changes)
         with pytest.raises(ValueError, match=message):
             operator.execute({})
+        assert all(size == 0 for size in normalise_calls)  # at most the region check: no rows
 
     def test_bad_constructor_arguments(self):
         with pytest.raises(ValueError, match="clashes with a column the operator writes"):

@@ -10,14 +10,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import smspartner_connection_json
+from tests.conftest import require_module, smspartner_connection_json
 
-pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
+require_module("airflow.providers.openlineage", "install the [openlineage] extra")
 
-from openlineage.client.event_v2 import InputDataset, OutputDataset
-from openlineage.client.serde import Serde
+from openlineage.client.event_v2 import InputDataset, OutputDataset  # noqa: E402 (after the module check)
+from openlineage.client.serde import Serde  # noqa: E402 (after the module check)
 
-from airflow_provider_smspartner.utils import lineage
+from airflow_provider_smspartner.utils import lineage  # noqa: E402 (after the module check)
 
 
 def _smspartner(monkeypatch: pytest.MonkeyPatch, host: str | None, conn_id: str = "sms", **fields) -> str:
