@@ -35,6 +35,7 @@ return :class:`~openlineage.client.event_v2.OutputDataset` objects whose row cou
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -371,12 +372,26 @@ class _SqlDatabase:
 
     @classmethod
     def of(cls, conn_id: str) -> _SqlDatabase:
-        from airflow.providers.common.sql.hooks.sql import DbApiHook
-        from airflow.providers.openlineage.sqlparser import SQLParser
+        """The database of connection ``conn_id``, described once per process and connection.
 
+        A task's lineage names up to four tables of one connection (source, output, excluded
+        rows, audit), and describing it costs a database round trip (the default schema, on a new
+        connection); the key is the connection's content, so a changed connection is described
+        again.
+        """
         from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_connection
 
         connection, hook = resolve_dbapi_connection(conn_id)
+        key = (conn_id, hashlib.sha256(connection.get_uri().encode()).hexdigest())
+        if key not in _DESCRIBED:
+            _DESCRIBED[key] = cls._describe(connection, hook)
+        return _DESCRIBED[key]
+
+    @classmethod
+    def _describe(cls, connection: Any, hook: Any) -> _SqlDatabase:
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+        from airflow.providers.openlineage.sqlparser import SQLParser
+
         try:
             info = hook.get_openlineage_database_info(connection)
         except AttributeError:
@@ -432,3 +447,8 @@ class _SqlDatabase:
             return []
         names = [self.table_name(table.name, table.schema, table.database) for table in meta.in_tables]
         return list(dict.fromkeys(names))
+
+
+#: :meth:`_SqlDatabase.of`'s descriptions: (connection id, hash of the connection's URI) -> database.
+#: A process meets a handful of connections; a hash, so no password is kept as a key.
+_DESCRIBED: dict[tuple[str, str], _SqlDatabase] = {}

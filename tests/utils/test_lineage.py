@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -126,6 +127,45 @@ class TestSqlTable:
         assert dataset.namespace == "mysql://127.0.0.1:3306"
         assert dataset.name == "test.stops"
         assert lineage.sql_table_dataset(mysql_conn, "crm.stops").name == "crm.stops"
+
+    def test_a_connection_is_described_once_per_content(self, postgres_conn, smspartner_conn, monkeypatch):
+        """The default schema costs a database round trip: once for the four tables of one
+        suppression task, and again only when the connection changes."""
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+
+        monkeypatch.setattr(lineage, "_DESCRIBED", {})
+        hook_class = type(resolve_dbapi_hook(postgres_conn))
+        real = hook_class.get_openlineage_default_schema
+        calls: list[str] = []
+
+        def counted(hook: Any) -> Any:
+            calls.append(hook.get_conn_id())
+            return real(hook)
+
+        monkeypatch.setattr(hook_class, "get_openlineage_default_schema", counted)
+        result = lineage.suppression_lineage(
+            smspartner_conn,
+            {"sql": "SELECT phone FROM crm.contacts", "sql_conn_id": postgres_conn},
+            output_table="safe",
+            excluded_table="excluded",
+            audit_table="audit",
+        )
+        assert [d.name for d in result.outputs] == [
+            "test.public.safe",
+            "test.public.excluded",
+            "test.public.audit",
+        ]
+        assert calls == [postgres_conn]
+        changed = {
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": 5432,
+            "login": "postgres",
+            "schema": "postgres",
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{postgres_conn.upper()}", json.dumps(changed))
+        assert lineage.sql_table_dataset(postgres_conn, "safe").name == "postgres.public.safe"
+        assert calls == [postgres_conn, postgres_conn]
 
     def test_a_connection_that_is_not_sql_is_refused(self, smspartner_conn):
         with pytest.raises(ValueError, match="not a SQL"):
