@@ -41,7 +41,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, OUTCOME_COLUMNS, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook, timestamp_values
 from airflow_provider_smspartner.utils.table_spec import TableName
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _INT32 = 2**31
 _INT64 = 2**63
 _MYSQL = ("mysql", "mariadb")
+#: ``decided_at`` on SQLite: ISO text to the microsecond, which sorts chronologically.
+_SQLITE_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class ResultsTableError(RuntimeError):
@@ -147,23 +149,9 @@ def _timestamp_param(value: Any, dialect: str) -> Any:
     stamp = pd.Timestamp(value).floor("us")  # what every database keeps
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     if dialect == "sqlite":
-        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # sorts chronologically, as text
+        return stamp.strftime(_SQLITE_STAMP)
     moment = stamp.to_pydatetime()
     return moment.replace(tzinfo=None) if dialect in _MYSQL else moment
-
-
-def _timestamp_params(series: pd.Series, dialect: str) -> list[Any]:
-    """:func:`_timestamp_param` for a whole column at once (missing -> ``None``)."""
-    stamps = pd.to_datetime(series, utc=True).dt.floor("us")
-    missing = stamps.isna().to_numpy()
-    if dialect == "sqlite":
-        values: list[Any] = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").tolist()
-    else:
-        # numpy turns datetime64[us] into datetime objects (naive: UTC).
-        values = stamps.dt.tz_convert(None).to_numpy("datetime64[us]").astype(object).tolist()
-        if dialect not in _MYSQL:
-            values = [v.replace(tzinfo=timezone.utc) if v is not None else None for v in values]
-    return [None if gone else v for v, gone in zip(values, missing, strict=True)]
 
 
 def _cells(series: pd.Series) -> list[Any]:
@@ -516,7 +504,7 @@ class TryResults:
     ) -> tuple[Any, ...]:
         """One row of this try, every value storable and in the form the driver takes.
 
-        :param stamp_ready: ``decided_at`` is already in the driver's form (:func:`_timestamp_params`).
+        :param stamp_ready: ``decided_at`` is already in the driver's form (:func:`timestamp_values`).
         """
         ident = self.identity
         return (
@@ -551,7 +539,7 @@ class TryResults:
             _cells(part[c])
             for c in ("phone_e164", "status", "stop_id", "error_code", "error_message", "note")
         ]
-        stamps = _timestamp_params(part["decided_at"], self.dialect)
+        stamps = timestamp_values(part["decided_at"], self.dialect, _SQLITE_STAMP)
         return [
             self._row_tuple(
                 int(row), inputs[row], phone, status, stop, code, message, note, stamp, stamp_ready=True

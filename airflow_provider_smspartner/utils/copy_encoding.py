@@ -16,6 +16,13 @@ import pyarrow.csv as pa_csv
 
 from airflow_provider_smspartner.utils.table_spec import ColumnType, TableSpec
 
+
+def naive_utc(values: Any) -> np.ndarray:
+    """Instants (any form ``pandas.to_datetime`` reads; naive ones taken as UTC) as naive UTC
+    ``datetime64[us]``, NaT for missing: the form the COPY encoders and the writer compare."""
+    return pd.to_datetime(pd.Series(values), utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+
+
 _MICROS_PER_DAY = 86_400_000_000
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days since 1970
 
@@ -31,7 +38,7 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
     for column in spec.columns:
         values = chunk[column.name]
         if column.type == "timestamp":
-            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+            stamps = naive_utc(values)
             arrays[column.name] = _timestamps_as_text(stamps)
         elif column.type in ("short_text", "text", "long_text"):
             arrays[column.name] = _text_array(values)
@@ -75,7 +82,7 @@ def copy_binary(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
     for column in spec.columns:
         values = chunk[column.name]
         if column.type == "timestamp":
-            stamps = pd.to_datetime(values, utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
+            stamps = naive_utc(values)
             missing = np.isnat(stamps)
             pieces.append(_binary_fixed(stamps.view(np.int64) - PG_EPOCH_MICROS, missing, 8))
         elif column.type in ("bigint", "int"):

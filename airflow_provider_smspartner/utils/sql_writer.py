@@ -71,6 +71,7 @@ from airflow_provider_smspartner.utils.copy_encoding import (
     PG_EPOCH_MICROS,
     copy_binary,
     copy_csv,
+    naive_utc,
 )
 from airflow_provider_smspartner.utils.table_spec import (
     ISO_FORMAT,
@@ -879,7 +880,7 @@ class SqlTableWriter:
             series = chunk[column.name]
             convert = _PYTHON_TYPES.get(column.type)
             if column.type == "timestamp":
-                columns.append(_timestamp_values(series, engine_dialect))
+                columns.append(timestamp_values(series, engine_dialect))
             elif convert is not None:
                 columns.append([None if pd.isna(v) else convert(v) for v in series.astype(object)])
             else:
@@ -921,7 +922,7 @@ class SqlTableWriter:
             live = int(old.live.sum())
             guard(RemovalCounts(live, live - int(old.live[position[kept]].sum()), len(new_keys)))
         if first_seen and old.first_seen is not None and kept_count:
-            values = _naive_utc(pd.to_datetime(frame[first_seen], utc=True)).copy()
+            values = naive_utc(frame[first_seen]).copy()
             carried = old.first_seen[position[kept]]
             values[kept] = np.where(np.isnat(carried), values[kept], carried)
             frame = frame.assign(**{first_seen: pd.Series(values, index=frame.index).dt.tz_localize("UTC")})
@@ -970,7 +971,7 @@ class SqlTableWriter:
         stamps = None
         if first_seen:
             # SQLite: ISO text ending in Z; MySQL: naive UTC datetimes; PostgreSQL: aware ones.
-            stamps = _naive_utc(pd.to_datetime(pd.Series([row[2] for row in rows], dtype=object), utc=True))
+            stamps = naive_utc(pd.Series([row[2] for row in rows], dtype=object))
         return _Existing(keys, flags, stamps)
 
     def _existing_postgres(self, conn: Connection) -> _Existing:
@@ -1273,19 +1274,18 @@ class _Existing:
     first_seen: np.ndarray | None
 
 
-def _naive_utc(stamps: pd.Series) -> np.ndarray:
-    """UTC instants as naive ``datetime64[us]`` (NaT for missing)."""
-    return stamps.dt.tz_convert(None).to_numpy("datetime64[us]")
+def timestamp_values(series: pd.Series, engine_dialect: str, sqlite_format: str = ISO_FORMAT) -> list[Any]:
+    """UTC instants as a timestamp column of ``engine_dialect`` binds them, None for missing.
 
-
-def _timestamp_values(series: pd.Series, engine_dialect: str) -> list[Any]:
-    """UTC instants as the timestamp column of ``engine_dialect`` binds them, None for missing."""
-    stamps = pd.to_datetime(series, utc=True)
+    :param sqlite_format: The text SQLite stores (it has no timestamp type); the default is the
+        writer's own (:class:`_IsoUtcText`), whole seconds.
+    """
     if engine_dialect == "sqlite":
-        text = stamps.dt.strftime(ISO_FORMAT)  # as _IsoUtcText
+        stamps = pd.to_datetime(series, utc=True)
+        text = stamps.dt.strftime(sqlite_format)
         return [None if missing else v for v, missing in zip(text.tolist(), stamps.isna(), strict=True)]
     # numpy turns datetime64[us] into datetime objects and NaT into None.
-    naive = stamps.dt.tz_convert(None).to_numpy("datetime64[us]").astype(object).tolist()
+    naive = naive_utc(series).astype(object).tolist()
     if engine_dialect in _MYSQL:
         return naive  # as _NaiveUtcDatetime
     return [None if v is None else v.replace(tzinfo=timezone.utc) for v in naive]
