@@ -30,6 +30,10 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 TEST_API_KEY = "sk-test-0123456789abcdef-SECRET"
 #: The numbers the ``warehouse`` fixture seeds into the sandbox's stop list.
 STOPPED = ["+33612345678", "+33698765432"]
+#: The example warehouse's marketing contacts (1 and 2 are STOPPED) and CRM unsubscribes, typed as
+#: people type them: the ``warehouse`` fixture's and the Celery deployment's.
+CONTACTS = [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")]
+UNSUBSCRIBES = ["06 55 44 33 22", "+33655443322", "0612345678", "+41 79 123 45 67", "nope"]
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -180,15 +184,9 @@ def warehouse(monkeypatch, tmp_path, sandbox) -> Path:
         db.execute(
             "CREATE TABLE marketing_contacts (contact_id INTEGER, phone TEXT, sms_opt_out INTEGER DEFAULT 0)"
         )
-        db.executemany(
-            "INSERT INTO marketing_contacts (contact_id, phone) VALUES (?, ?)",
-            [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")],
-        )
+        db.executemany("INSERT INTO marketing_contacts (contact_id, phone) VALUES (?, ?)", CONTACTS)
         db.execute("CREATE TABLE crm_unsubscribes (phone TEXT)")
-        db.executemany(
-            "INSERT INTO crm_unsubscribes VALUES (?)",
-            [("06 55 44 33 22",), ("+33655443322",), ("0612345678",), ("+41 79 123 45 67",), ("nope",)],
-        )
+        db.executemany("INSERT INTO crm_unsubscribes VALUES (?)", [(phone,) for phone in UNSUBSCRIBES])
     return path
 
 

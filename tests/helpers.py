@@ -93,6 +93,13 @@ class RecordingLogger:
     warning = info
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (nothing listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def use_connection(
     monkeypatch: pytest.MonkeyPatch, conn_json: str, conn_id: str = "smspartner_default"
 ) -> None:

@@ -39,8 +39,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, require_server
-from tests.deployment.airflow_deployment import AirflowDeployment, free_port
+from tests.conftest import CONTACTS, PROJECT_ROOT, STOPPED, UNSUBSCRIBES, require_server
+from tests.deployment.airflow_deployment import AirflowDeployment
+from tests.helpers import free_port, max_in_window, national, nonzero
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(600)]
 
@@ -53,11 +54,8 @@ POOL_SLOTS = 8
 WORKERS = ("worker-1", "worker-2")
 WORKER_CONCURRENCY = 4
 
-# The sandbox: already on the list before the DAGs run (two of them are marketing contacts).
-STOPPED = ["+33612345678", "+33698765432"]
+# The sandbox: STOPPED (conftest) are on the list before the DAGs run (two marketing contacts).
 SEEDED_STOPS = 200
-CONTACTS = [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")]
-UNSUBSCRIBES = ["06 55 44 33 22", "+33655443322", "0612345678", "+41 79 123 45 67", "nope"]
 
 # The mapped bulk add: the API's limit, the fleet's shared budget, and what the sandbox may see.
 SANDBOX_LIMIT = 30
@@ -84,17 +82,6 @@ def _drop_database(name: str) -> None:
     _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _busiest_second(timestamps: list[float]) -> int:
-    """Most requests in any sliding one-second window ``(t - 1, t]``, as the sandbox's limiter counts."""
-    ordered = sorted(timestamps)
-    busiest = start = 0
-    for end, now in enumerate(ordered):
-        while ordered[start] <= now - 1.0:
-            start += 1
-        busiest = max(busiest, end - start + 1)
-    return busiest
-
-
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
     """How many of the intervals were open at the same moment, at most."""
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
@@ -118,8 +105,7 @@ def _new_numbers(count: int, taken: set[str], seed: int = 2026) -> list[str]:
             found.add(e164)
     typed = []
     for i, e164 in enumerate(sorted(found)):
-        national = "0" + e164[3:]
-        typed.append((e164, " ".join(national[j : j + 2] for j in range(0, 10, 2)), "0033" + e164[3:])[i % 3])
+        typed.append((e164, national(e164), "0033" + e164[3:])[i % 3])
     return typed
 
 
@@ -523,7 +509,7 @@ def test_mapped_bulk_add_shares_one_rate_limit(deployment: Deployment):
     assert requests >= NEW_NUMBERS, summary
     assert served["rate_limited"] <= MAX_429_FRACTION * requests, summary
     assert served["busiest_second"] <= MAX_WINDOW, summary
-    assert _busiest_second([t for t, _ in sandbox.stats.timestamps]) <= MAX_WINDOW, summary
+    assert max_in_window([t for t, _ in sandbox.stats.timestamps]) <= MAX_WINDOW, summary
     assert served["adds_applied"] == NEW_NUMBERS, summary
 
     # Every number on the list exactly once; every input accounted for exactly once.
@@ -543,7 +529,7 @@ def test_mapped_bulk_add_shares_one_rate_limit(deployment: Deployment):
         )
     statuses = Counter()
     for s in summaries:
-        statuses.update({k: v for k, v in s.items() if k not in ("total", "results_table") and v})
+        statuses.update(nonzero(s))
     assert statuses == {"added": NEW_NUMBERS}
     rows = deployment.warehouse(
         "SELECT COUNT(DISTINCT (map_index, input_row)) FROM smspartner_add_results "

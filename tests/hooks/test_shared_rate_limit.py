@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -29,17 +28,11 @@ from airflow_provider_smspartner.utils.rate_limit import redis_keys
 from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.utils.throttle import HEADROOM
 from tests.conftest import PROJECT_ROOT, TEST_API_KEY, require_server, smspartner_connection_json
-from tests.helpers import max_in_window, use_connection
+from tests.helpers import free_port, max_in_window, use_connection
 
 #: The Redis database of these tests (Celery's broker uses 0).
 REDIS_DB = 11
 REDIS_CONN_ID = "smspartner_tests_redis"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _redis_connection(port: int = 6379, conn_type: str = "redis") -> str:
@@ -266,7 +259,7 @@ class TestFleet:
 
 class TestRedisProblemsFailClearly:
     def test_unreachable_redis_is_an_error_and_nothing_is_sent(self, monkeypatch, sandbox, budget):
-        port = _free_port()
+        port = free_port()
         monkeypatch.setenv("AIRFLOW_CONN_REDIS_DOWN", _redis_connection(port))
         use_connection(
             monkeypatch,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from datetime import timezone
@@ -23,17 +22,11 @@ from airflow_provider_smspartner.exceptions import (
 )
 from airflow_provider_smspartner.hooks.smspartner import AddStopResult, SmsPartnerHook
 from tests.conftest import TEST_API_KEY, smspartner_connection_json
-from tests.helpers import use_connection
+from tests.helpers import free_port, use_connection
 
 ERROR_STYLES = pytest.mark.parametrize(
     "error_style", ["http_4xx", "http_200"], ids=["4xx-style", "200-style"]
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TestStopList:
@@ -233,7 +226,7 @@ class TestRetries:
         assert sandbox.stats.count("me") == 2
 
     def test_connection_refused(self, monkeypatch):
-        url = f"http://127.0.0.1:{_free_port()}/v1"
+        url = f"http://127.0.0.1:{free_port()}/v1"
         use_connection(monkeypatch, smspartner_connection_json(url, max_retries=1))
         with pytest.raises(SmsPartnerConnectionError, match="connection failed"):
             SmsPartnerHook().get_account()
@@ -294,7 +287,7 @@ class TestSecrets:
         with pytest.raises(SmsPartnerAuthError) as auth:
             hook.get_account()
         texts += [str(auth.value), repr(auth.value), hook.test_connection()[1]]
-        use_connection(monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{_free_port()}/v1"), "down")
+        use_connection(monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{free_port()}/v1"), "down")
         down = SmsPartnerHook("down")
         with pytest.raises(SmsPartnerConnectionError) as refused:
             down.get_account()
@@ -311,7 +304,7 @@ class TestSecrets:
 
     def test_connection_error_does_not_chain_original_exception(self, monkeypatch):
         use_connection(
-            monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{_free_port()}/v1", max_retries=0)
+            monkeypatch, smspartner_connection_json(f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
         )
         with pytest.raises(SmsPartnerConnectionError) as excinfo:
             SmsPartnerHook().get_account()

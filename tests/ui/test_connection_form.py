@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_smspartner.utils.connection import EXTRA_FIELDS
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.deployment]
 
@@ -74,12 +74,6 @@ def _skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI is set: this test must run)")
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _log_tail(path: Path, lines: int = 60) -> str:
@@ -169,7 +163,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     if migrate.returncode != 0:
         pytest.fail(f"airflow db migrate failed ({migrate.returncode}):\n{_log_tail(migrate_log)}")
 
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_path = home / "api-server.log"
     log_file = log_path.open("wb")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from airflow_provider_smspartner.exceptions import SmsPartnerConnectionError
 from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit, redis_keys
 from airflow_provider_smspartner.utils.throttle import HEADROOM
 from tests.conftest import PROJECT_ROOT, require_server
+from tests.helpers import free_port
 
 #: The Redis database of these tests (Celery's broker uses 0).
 REDIS_DB = 11
@@ -224,9 +224,7 @@ class TestSharedRateLimit:
     def test_unreachable_redis_fails_clearly(self):
         import redis
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         client = redis.Redis(port=port, socket_connect_timeout=2)
         limiter = SharedRateLimit(client, "k", 10, where=f"Redis at 127.0.0.1:{port}")
         message = (
