@@ -241,6 +241,35 @@ def listed_once(sandbox: Any, numbers: Any) -> bool:
     return all(counts[n] == 1 for n in numbers)
 
 
+def oracle_e164(value: Any, region: str = "FR") -> str | None:
+    """libphonenumber on one value (parse, validate, format as E.164), written out here rather
+    than taken from the provider: the tests' own oracle. Missing values and NaN give None; an
+    integral float is read as the integer it holds."""
+    import math
+
+    import phonenumbers
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        number = phonenumbers.parse(str(value), region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def live_sha256(sandbox: Any) -> str:
+    """``list_sha256`` of the sandbox's list as it stands: what an extract of it now records."""
+    from airflow_provider_smspartner.utils.api import list_sha256
+
+    entries = sandbox.state.list_entries()
+    return list_sha256([e.stop_id for e in entries], [e.phone_number for e in entries])
+
+
 def max_in_window(times: list[float], window: float = 1.0) -> int:
     """The most timestamps in any half-open window ``(t - window, t]`` (the sandbox's own measure)."""
     times, best, start = sorted(times), 0, 0

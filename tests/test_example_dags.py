@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT_ROOT, STOPPED
+from tests.helpers import live_sha256
 
 EXAMPLE_DAG_FILES = sorted((PROJECT_ROOT / "example_dags").glob("*.py"))
 
@@ -100,8 +101,6 @@ class TestExampleDagRuns:
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
-        from airflow_provider_smspartner.utils.api import list_sha256
-
         def latest_extra() -> dict:
             with create_session() as session:
                 query = (
@@ -116,7 +115,7 @@ class TestExampleDagRuns:
         extract = example_dagbag.get_dag("smspartner_stop_list_to_warehouse")
         changes = example_dagbag.get_dag("smspartner_stop_list_changes")
         entries = sandbox.state.list_entries()
-        fingerprint = list_sha256([e[0] for e in entries], [e[1] for e in entries])
+        fingerprint = live_sha256(sandbox)
 
         assert extract.test().state == "success"
         assert latest_extra() == {

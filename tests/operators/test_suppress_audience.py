@@ -8,7 +8,6 @@ the live list as the sandbox holds it.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import phonenumbers
 import pytest
 from airflow.exceptions import AirflowException
-from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_smspartner.bulk import suppression
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
@@ -27,7 +24,16 @@ from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressA
 from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from tests.conftest import TEST_API_KEY
-from tests.helpers import CONTEXT, drop_table, national, new_numbers, read_results, ti_context
+from tests.helpers import (
+    CONTEXT,
+    drop_table,
+    live_sha256,
+    national,
+    new_numbers,
+    oracle_e164,
+    read_results,
+    ti_context,
+)
 
 COUNT_KEYS = ("audience", "valid", "invalid", "duplicate", "stopped", "kept")
 SAME_NUMBER = ["06 12 34 56 78", "+33612345678", "0033612345678", "06.12.34.56.78", 33612345678]
@@ -42,21 +48,6 @@ JUNK = ["abc", "", None, "123", "+999123456789", "06 12", float("nan")]
 
 
 # ------------------------------------------------------------------------------------ the oracle
-def oracle_e164(value: Any, region: str = "FR") -> str | None:
-    """libphonenumber on one value, written out here rather than taken from the provider."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    try:
-        number = phonenumbers.parse(str(value), region)
-    except NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
-
-
 def expected_outcomes(values: list[Any], live: set[str]) -> list[str]:
     """One outcome per row: ``invalid``, ``stopped``, ``duplicate`` or ``kept`` (first row wins)."""
     seen: set[str] = set()
@@ -135,11 +126,6 @@ def join_the_list_after_the_first_extract(api: Any, numbers: list[str]) -> str:
     hook.close()
     assert set(numbers) <= api.state.phone_numbers()
     return list_sha256(first["stop_id"].to_numpy(), first["phone_number"])
-
-
-def live_sha256(api: Any) -> str:
-    entries = api.state.list_entries()
-    return list_sha256([e.stop_id for e in entries], [e.phone_number for e in entries])
 
 
 def _suppress(**kwargs: Any) -> SmsPartnerSuppressAudienceOperator:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
-import phonenumbers
 import pytest
 import sqlalchemy as sa
 
@@ -16,6 +15,7 @@ import airflow_provider_smspartner.phone_numbers as phone_numbers_module
 from airflow_provider_smspartner.transfers.phone_numbers_to_sql import PhoneNumbersToSqlOperator
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from benchmarks.phone_corpus import generate_corpus
+from tests.helpers import oracle_e164
 
 #: Numbers as people type them, in several regions and habits, and junk.
 MESSY = (
@@ -36,19 +36,6 @@ MESSY = (
     None,
     "12",
 )
-
-
-def _expected(value: Any, region: str) -> str | None:
-    """What libphonenumber itself says: parse, validate, format as E.164 (the test's own oracle)."""
-    if value is None:
-        return None
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 @pytest.fixture
@@ -138,7 +125,7 @@ class TestWrites:
         rows = list(enumerate(MESSY, start=1))
         _source(warehouse_conn, source, rows)
         result = _operator(warehouse_conn, source, destination).execute({})
-        expected = {key: _expected(value, "FR") for key, value in rows}
+        expected = {key: oracle_e164(value, "FR") for key, value in rows}
         valid = sum(v is not None for v in expected.values())
         assert result == {
             "rows": len(rows),
@@ -164,7 +151,7 @@ class TestWrites:
         _source(warehouse_conn, source, rows)
         _operator(warehouse_conn, source, destination, default_region="BE", chunk_size=50).execute({})
         stored = _phones(warehouse_conn, destination)
-        expected = {key: _expected(value, "BE") for key, value in rows}
+        expected = {key: oracle_e164(value, "BE") for key, value in rows}
         assert stored == expected
         assert stored[1006] == "+32470123456"  # "0470 12 34 56" in Belgium
         assert sum(v is not None for v in expected.values()) > 100

@@ -35,13 +35,13 @@ from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     stop_list_table_spec,
     task_identity,
 )
-from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.sql_writer import (
     RemovalCounts,
     SqlTableWriter,
     resolve_dbapi_hook,
 )
 from tests.conftest import PROJECT_ROOT, smspartner_connection_json
+from tests.helpers import live_sha256
 
 
 def _operator(conn_id: str, table: str, mode: str = "replace", **kwargs) -> SmsPartnerStopListToSqlOperator:
@@ -161,13 +161,12 @@ def _wait_for(child: subprocess.Popen, events: Path, event: str, timeout: float 
 class TestModes:
     def test_replace_holds_exactly_the_current_list(self, sandbox, warehouse_conn, unique_table):
         first = _operator(warehouse_conn, unique_table).execute({})
-        entries = sandbox.state.list_entries()
         assert first == {
             "rows_in_list": 5,
             "inserted": 5,
             "updated": 0,
             "removed": 0,
-            "list_sha256": list_sha256([e[0] for e in entries], [e[1] for e in entries]),
+            "list_sha256": live_sha256(sandbox),
             "table": unique_table,
             "mode": "replace",
         }
@@ -638,11 +637,6 @@ def _runs(conn_id: str, table: str) -> pd.DataFrame:
     return frame.sort_values("started_at").reset_index(drop=True)
 
 
-def _fingerprint(sandbox) -> str:
-    entries = sandbox.state.list_entries()
-    return list_sha256([e[0] for e in entries], [e[1] for e in entries])
-
-
 def _value(value: object) -> object:
     return None if pd.isna(value) else value
 
@@ -671,7 +665,7 @@ class TestRunLog:
         counts = ("rows_in_list", "inserted", "updated", "removed")
         assert [first[k] for k in counts] == [5, 5, 0, 0]
         assert [second[k] for k in counts] == [5, 1, 0, 1]
-        assert second["list_sha256"] == _fingerprint(sandbox) != first["list_sha256"]
+        assert second["list_sha256"] == live_sha256(sandbox) != first["list_sha256"]
         assert _value(second["reason"]) is None
         assert before <= first["started_at"] <= first["finished_at"] <= second["started_at"]
 
@@ -698,7 +692,7 @@ class TestRunLog:
         assert runs["status"].tolist() == ["applied", "refused"]
         refused = runs.iloc[1]
         assert "would remove 2 of the 5 stops" in refused["reason"]
-        assert (refused["rows_in_list"], refused["list_sha256"]) == (3, _fingerprint(sandbox))
+        assert (refused["rows_in_list"], refused["list_sha256"]) == (3, live_sha256(sandbox))
         assert all(_value(refused[k]) is None for k in ("inserted", "updated", "removed"))
 
     def test_refused_answer_leaves_a_row(self, sandbox, warehouse_conn, unique_table):
@@ -861,7 +855,7 @@ class TestAssetEvents:
             "inserted": 5,
             "updated": 0,
             "removed": 0,
-            "list_sha256": _fingerprint(sandbox),
+            "list_sha256": live_sha256(sandbox),
         }
         assert {k: summary[k] for k in events[asset].extra} == events[asset].extra
         assert events[alias].asset_alias_events == []
