@@ -422,10 +422,10 @@ class TryResults:
     def _settle_try(self) -> None:
         t = self.sql_table
         with self.engine.connect() as conn:
-            highest = conn.execute(
-                sa.select(sa.func.max(t.c.try_number)).where(self._where_task_instance())
-            ).scalar()
             if self.identity.try_number is None:
+                highest = conn.execute(
+                    sa.select(sa.func.max(t.c.try_number)).where(self._where_task_instance())
+                ).scalar()
                 self.identity = replace(self.identity, try_number=int(highest or 0) + 1)
                 return
             taken = conn.execute(
