@@ -49,13 +49,18 @@ def national(e164: str) -> str:
     return " ".join(digits[i : i + 2] for i in range(0, 10, 2))
 
 
-def read_results(conn_id: str, table: str) -> pd.DataFrame:
-    """A results table as written, column names lower-cased."""
+def query_frame(conn_id: str, sql: str) -> pd.DataFrame:
+    """The result of ``sql`` on connection ``conn_id``, column names lower-cased."""
     from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 
-    frame = resolve_dbapi_hook(conn_id).get_df(f"SELECT * FROM {table}")
+    frame = resolve_dbapi_hook(conn_id).get_df(sql)
     frame.columns = [str(c).lower() for c in frame.columns]
     return frame
+
+
+def read_results(conn_id: str, table: str) -> pd.DataFrame:
+    """A results table as written, column names lower-cased."""
+    return query_frame(conn_id, f"SELECT * FROM {table}")
 
 
 def drop_table(conn_id: str, table: str) -> None:

@@ -26,20 +26,23 @@ from airflow_provider_smspartner.operators.smspartner import (
     SmsPartnerAddStopsOperator,
     SmsPartnerRemoveStopsOperator,
 )
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import listed_once, new_numbers, read_results, status_counts, ti_context, use_sandbox
+from tests.helpers import (
+    listed_once,
+    new_numbers,
+    query_frame,
+    read_results,
+    status_counts,
+    ti_context,
+    use_sandbox,
+)
 
 NOW = pd.Timestamp("2026-01-02T03:04:05Z")
 FINAL_STATUSES = {"invalid", "duplicate", "skipped_existing", "added", "already_present"}
 
 
 def _final(conn_id: str, table: str) -> pd.DataFrame:
-    frame = resolve_dbapi_hook(conn_id).get_df(
-        f"SELECT * FROM ({final_outcomes_sql(table)}) f ORDER BY input_row"
-    )
-    frame.columns = [str(c).lower() for c in frame.columns]
-    return frame
+    return query_frame(conn_id, f"SELECT * FROM ({final_outcomes_sql(table)}) f ORDER BY input_row")
 
 
 def _check_the_record(

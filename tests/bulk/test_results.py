@@ -31,7 +31,7 @@ from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsO
 from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from tests.bulk.conftest import drop_results
 from tests.conftest import PROJECT_ROOT
-from tests.helpers import new_numbers, read_results, ti_context
+from tests.helpers import new_numbers, query_frame, read_results, ti_context
 
 NOW = pd.Timestamp("2026-01-02T03:04:05.123456Z")
 IDENTITY = TaskIdentity("bulk_dag", "manual__2026-01-01", "add_stops", -1, 1)
@@ -316,7 +316,7 @@ class TestFinalOutcomes:
         other = table_config.prepare(TaskIdentity("bulk_dag", "manual__2026-01-01", "add_stops", 0, 1))
         other.insert([_row(other, 0, w, "added", 14)])
 
-        final = _query(
+        final = query_frame(
             conn_id, f"SELECT * FROM ({final_outcomes_sql(table)}) f ORDER BY map_index, input_row"
         )
         mine = final[final["map_index"] == -1]
@@ -329,7 +329,9 @@ class TestFinalOutcomes:
 
         table_config.create_final_view(f"{table}_final")
         table_config.create_final_view(f"{table}_final")  # again: replaced, not an error
-        view = _query(conn_id, f"SELECT status FROM {table}_final WHERE map_index = -1 ORDER BY input_row")
+        view = query_frame(
+            conn_id, f"SELECT status FROM {table}_final WHERE map_index = -1 ORDER BY input_row"
+        )
         assert view["status"].tolist() == mine["status"].tolist()
         for results in (*tries.values(), other):
             results.close()
@@ -339,9 +341,3 @@ def replace_try(identity: TaskIdentity, try_number: int) -> TaskIdentity:
     from dataclasses import replace
 
     return replace(identity, try_number=try_number)
-
-
-def _query(conn_id: str, sql: str) -> pd.DataFrame:
-    frame = resolve_dbapi_hook(conn_id).get_df(sql)
-    frame.columns = [str(c).lower() for c in frame.columns]
-    return frame
