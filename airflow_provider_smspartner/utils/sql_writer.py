@@ -79,6 +79,7 @@ from airflow_provider_smspartner.utils.table_spec import (
     ColumnType,
     TableName,
     TableSpec,
+    check_column_names,
     fit_identifier,
 )
 
@@ -243,9 +244,12 @@ class SqlTableWriter:
 
     :param hook: Any ``DbApiHook`` (common-sql >= 1.22, for ``dialect_name``).
     :param table: Target table, ``name`` or ``schema.name`` (validated before any SQL).
-    :param spec: The table's columns, key and upsert rules.
+    :param spec: The table's columns, key and upsert rules; column names the database cannot
+        store as given are refused on construction (:func:`check_column_names`).
     :param chunk_size: Rows per load chunk; bounds memory to one chunk besides the frame.
     :param lock_timeout: Seconds a keyed write waits for another writer of the table to finish.
+    :raises ValueError: an invalid table name, or a column name the database cannot store as
+        given (naming the column, the database and the rule), before any SQL runs.
 
     Attributes: ``table`` (the validated :class:`TableName`), ``dialect_name`` (the hook's),
     ``sql_table`` (the target as a ``sqlalchemy.Table`` in the writer's own ``MetaData``).
@@ -265,6 +269,8 @@ class SqlTableWriter:
         self.chunk_size = chunk_size
         self.lock_timeout = lock_timeout
         self.dialect_name: str = hook.dialect_name
+        # Before any SQL: a name the database would cut or reject must not create a table.
+        check_column_names(spec.names, self.dialect_name, table=str(self.table))
         self.load_path: LoadPath = _LOAD_PATHS.get(self.dialect_name, "insert_rows")
         self.metadata = sa.MetaData()
         self.sql_table = self._define(self.table, indexes=True)
