@@ -57,6 +57,7 @@ test: lint typecheck unit
 bench: install
 	$(PY) benchmarks/bench_sandbox.py
 	$(PY) benchmarks/bench_phone_numbers.py
+	$(PY) benchmarks/bench_hashing.py
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_bulk_add.py
 

@@ -1,4 +1,4 @@
-"""E.164 normalisation of phone numbers, vectorised, and stop-list matching.
+"""E.164 normalisation of phone numbers, vectorised, stop-list matching and keyed hashing.
 
 Pure package: no Airflow import and nothing from the rest of the provider (pandas, numpy,
 ``phonenumbers``; the fast path in ``_fast_path`` also uses pyarrow, the engine behind pandas'
@@ -26,10 +26,12 @@ import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+from airflow_provider_smspartner.phone_numbers.hashing import hash_e164, key_bytes
 
 __all__ = [
     "REASONS",
     "flag_stopped",
+    "hash_phone_numbers",
     "normalize_phone_numbers",
     "phone_text",
     "stop_list_e164",
@@ -316,6 +318,35 @@ def normalize_phone_numbers(values: Any, default_region: str = "FR") -> pd.DataF
             ),
         },
         index=index,
+    )
+
+
+def hash_phone_numbers(values: Any, key: str | bytes, default_region: str = "FR") -> pd.DataFrame:
+    """Normalise phone numbers to E.164, then replace each by its keyed hash (``phone_hash``).
+
+    ``phone_hash`` = HMAC-SHA256(key, the E.164 text's UTF-8 bytes) in 64 lowercase hex digits,
+    i.e. ``hmac.new(key, "+33612345678".encode(), hashlib.sha256).hexdigest()``: the same number,
+    however it was written, gets the same hash under the same key (see :mod:`.hashing`).
+
+    :param values: as for :func:`normalize_phone_numbers`.
+    :param key: the secret; ``str`` is taken as its UTF-8 bytes, ``bytes`` as given.
+    :param default_region: as for :func:`normalize_phone_numbers`.
+    :return: a DataFrame with one row per input, in input order, indexed like
+        :func:`normalize_phone_numbers`'s, with columns ``input`` (the original values),
+        ``phone_hash`` (``string`` dtype, ``<NA>`` when the number is invalid) and ``reason``
+        (``<NA>`` when valid, else the reason code of :func:`normalize_phone_numbers`).
+    :raises TypeError: as :func:`normalize_phone_numbers`, or if ``key`` is neither text nor bytes.
+    :raises ValueError: as :func:`normalize_phone_numbers`, or if ``key`` is empty.
+    """
+    raw_key = key_bytes(key)  # a bad key fails before the numbers are normalised
+    normalized = normalize_phone_numbers(values, default_region=default_region)
+    return pd.DataFrame(
+        {
+            "input": normalized["input"],
+            "phone_hash": hash_e164(normalized["phone_e164"], raw_key),
+            "reason": normalized["reason"],
+        },
+        index=normalized.index,
     )
 
 

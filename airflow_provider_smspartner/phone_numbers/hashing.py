@@ -1,0 +1,139 @@
+"""Keyed hashing of E.164 numbers: ``phone_hash`` = HMAC-SHA256, 64 lowercase hex digits.
+
+The one definition (what a warehouse recomputes to join against a hashed stop list)::
+
+    hmac.new(key, e164.encode("utf-8"), hashlib.sha256).hexdigest()
+
+with ``key`` the secret's UTF-8 bytes and ``e164`` the text libphonenumber writes
+(``+33612345678``). :func:`hash_e164` is that definition over a column; the public entry point,
+normalisation included, is :func:`airflow_provider_smspartner.phone_numbers.hash_phone_numbers`.
+
+Speed: HMAC hashes ``key XOR ipad`` and ``key XOR opad``, one 64-byte block each, before any
+message. Both states are computed once per call and copied per value, so a value costs two
+``sha256`` copies, two updates and two digests (all C calls), and no Python-level HMAC object.
+Measured on 700,000 E.164 texts (benchmarks/bench_hashing.py, 2-CPU machine): the naive
+``hmac.new(...)`` per value 1.28 s, ``hmac.new(key, digestmod=sha256).copy()`` per value 0.84 s
+(0.60 s calling the C object's own ``copy``), the copied pads below 0.45-0.50 s. Repeated numbers
+are hashed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+
+__all__ = ["E164_TEXT", "hash_e164", "key_bytes"]
+
+#: What :func:`hash_e164` accepts: a plus sign and 3 to 20 digits, the first not 0 (every E.164
+#: text libphonenumber writes: a country code of 1 to 3 digits and a national number of 2 to 17).
+E164_TEXT = r"^\+[1-9][0-9]{2,19}$"
+
+_BLOCK_SIZE = hashlib.sha256().block_size  # 64 bytes
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+_STRING_DTYPE = pd.StringDtype()
+
+
+def key_bytes(key: str | bytes) -> bytes:
+    """The HMAC key: a ``str`` as its UTF-8 bytes, ``bytes`` (or ``bytearray``) as given.
+
+    :raises TypeError: if ``key`` is neither text nor bytes.
+    :raises ValueError: if ``key`` is empty or is text that does not encode as UTF-8 (a lone
+        surrogate). The message never shows the key.
+    """
+    if isinstance(key, str):
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the hash key is text that does not encode as UTF-8 (a lone surrogate)"
+            ) from None
+    elif isinstance(key, bytes | bytearray | memoryview):
+        raw = bytes(key)
+    else:
+        raise TypeError(f"the hash key must be str or bytes, not {type(key).__name__}")
+    if not raw:
+        raise ValueError("the hash key is empty")
+    return raw
+
+
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hash states after their key block (RFC 2104)."""
+    if len(key) > _BLOCK_SIZE:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK_SIZE, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
+def _hex_digests(messages: list[bytes], key: bytes) -> list[str]:
+    """``hmac.new(key, message, sha256).hexdigest()`` for each message."""
+    inner, outer = _pads(key)
+    inner_copy, outer_copy = inner.copy, outer.copy
+    digests: list[str] = []
+    append = digests.append
+    for message in messages:
+        state = inner_copy()
+        state.update(message)
+        result = outer_copy()
+        result.update(state.digest())
+        append(result.hexdigest())
+    return digests
+
+
+def _as_texts(values: Any) -> pa.Array:
+    """Any column of texts and missing values as one Arrow string array."""
+    if isinstance(values, pd.Series | pd.Index):
+        values = values.array
+    if isinstance(values, str | bytes):
+        raise TypeError("e164_values must be a column of E.164 texts, not a single string")
+    try:
+        if isinstance(values, pa.Array | pa.ChunkedArray):
+            array = values.cast(pa.large_string())
+        else:
+            array = pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise TypeError(f"e164_values must hold E.164 texts and missing values only: {exc}") from None
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
+    """HMAC-SHA256 of each E.164 text under ``key``, as 64 lowercase hex digits.
+
+    The low-level half of :func:`~airflow_provider_smspartner.phone_numbers.hash_phone_numbers`:
+    it hashes texts that are already E.164 (``+33612345678``) and normalises nothing.
+
+    :param e164_values: a pandas Series or array, a pyarrow array, a numpy array or a list of
+        E.164 texts; missing values (``None``, NaN, ``pd.NA``) are allowed.
+    :param key: the secret; ``str`` is taken as its UTF-8 bytes, ``bytes`` as given.
+    :return: a Series of pandas' ``string`` dtype, one hash per value, in order, ``<NA>`` where the
+        value is missing; indexed like ``e164_values`` when it is a Series, else a RangeIndex.
+    :raises TypeError: if the values are not texts, or the key is neither text nor bytes.
+    :raises ValueError: if a value is not an E.164 text (the message gives its position, never
+        the number), or the key is empty.
+    """
+    raw_key = key_bytes(key)
+    index = e164_values.index if isinstance(e164_values, pd.Series) else None
+    texts = _as_texts(e164_values)
+    codes, uniques = fast.factorize(texts)
+    malformed = np.flatnonzero(~pc.match_substring_regex(uniques, E164_TEXT).to_numpy(zero_copy_only=False))
+    if len(malformed):
+        position = int(np.flatnonzero(codes == malformed[0])[0])
+        raise ValueError(
+            f"e164_values: the value at position {position} is not an E.164 text (a plus sign and 3 to 20 digits, as "
+            "normalize_phone_numbers writes them); normalise the numbers before hashing them"
+        )
+    # Repeated numbers are hashed once; the Arrow binary view gives their UTF-8 bytes directly.
+    digests = pa.array(_hex_digests(uniques.cast(pa.large_binary()).to_pylist(), raw_key), pa.large_string())
+    hashes = digests.take(pa.array(codes, mask=codes < 0))
+    return pd.Series(
+        pd.arrays.ArrowStringArray(hashes).astype(_STRING_DTYPE),
+        index=index if index is not None else pd.RangeIndex(len(texts)),
+        copy=False,
+    )
