@@ -190,7 +190,7 @@ def build_csvs(base_url: str, workdir: Path, yesterday: str) -> dict[str, object
     import pandas as pd
 
     from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-    from airflow_provider_smspartner.transfers.smspartner_to_sql import stop_list_table_spec
+    from airflow_provider_smspartner.utils.provider_tables import stop_list_table_spec
     from airflow_provider_smspartner.utils.sql_writer import (
         BINARY_SIGNATURE,
         BINARY_TRAILER,
@@ -247,7 +247,7 @@ def prepare(table: str, yesterday_csv: Path | None) -> None:
     """``table`` (the provider's shape) holding yesterday's list, vacuumed and checkpointed."""
     import psycopg
 
-    from airflow_provider_smspartner.transfers.smspartner_to_sql import stop_list_table_spec
+    from airflow_provider_smspartner.utils.provider_tables import stop_list_table_spec
     from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 
     drop(table, f"{table}_runs")

@@ -29,6 +29,16 @@ def use_sandbox(monkeypatch: pytest.MonkeyPatch, sandbox: Any, **extras: Any) ->
     )
 
 
+def serve_list_rows(monkeypatch: pytest.MonkeyPatch, sandbox: Any, rows: list[tuple[int, str, str]]) -> None:
+    """Make the sandbox answer ``stop-sms/list`` with ``rows`` ``(id, phoneNumber, createdAt)``,
+    as given (numbers the sandbox itself would never store)."""
+    import json
+
+    data = [{"id": i, "phoneNumber": phone, "createdAt": created} for i, phone, created in rows]
+    body = json.dumps({"success": True, "code": 200, "nbData": len(data), "data": data}, ensure_ascii=False)
+    monkeypatch.setattr(sandbox.state, "list_body", lambda truncated=False: body.encode())
+
+
 def inject_faults(sandbox: Any, endpoint: str) -> None:
     """Random faults on ``endpoint`` only; ``Retry-After: 0`` keeps 429s fast."""
     sandbox.fault_rates = FAULTS

@@ -141,7 +141,7 @@ def test_task_reports_its_datasets(dag_id, task_id, inputs, outputs, warehouse, 
 
 @pytest.mark.usefixtures("airflow_db", "smspartner_pool")
 def test_extract_reports_the_stop_list_and_the_table_with_counts(warehouse, sandbox, tmp_path):
-    from airflow_provider_smspartner.transfers.smspartner_to_sql import stop_list_table_spec
+    from airflow_provider_smspartner.utils.provider_tables import stop_list_table_spec
 
     events = run_with_lineage("smspartner_stop_list_to_warehouse", tmp_path)
     (event,) = complete_events(events, "smspartner_stop_list_to_warehouse", "extract_stop_list")

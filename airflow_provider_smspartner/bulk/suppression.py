@@ -24,10 +24,13 @@ import logging
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from glob import escape as glob_escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,10 +43,11 @@ from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve
 from airflow_provider_smspartner.utils.storage import FileFormat, to_storage_path
 from airflow_provider_smspartner.utils.table_spec import TableSpec
 
+if TYPE_CHECKING:
+    from airflow_provider_smspartner.utils.provider_tables import ListCheck
+
 log = logging.getLogger(__name__)
 
-#: Why a row is excluded (the ``reason`` column of the excluded rows).
-EXCLUSION_REASONS = ("stopped", "invalid", "duplicate")
 #: The counts of a run, in the order they are reported; ``audience = kept + invalid + duplicate + stopped``.
 COUNT_KEYS = ("audience", "valid", "invalid", "duplicate", "stopped", "kept")
 #: Stopped numbers quoted (masked) in a failed check.
@@ -110,27 +114,59 @@ class NumberSet:
 class StopListSnapshot:
     """The live list as the audience is checked against it.
 
-    :param numbers: Its E.164 numbers (the hook's ``phone_e164``, unusable ones left out) as keys.
+    :param numbers: The keys the audience is matched against: the E.164 numbers of the list's
+        readable rows (the hook's ``phone_e164``), and, when asked, the digits of its unreadable
+        ones.
     :param rows_in_list: Its rows, as the API sent them.
     :param list_sha256: Its fingerprint (:func:`~airflow_provider_smspartner.utils.api.list_sha256`,
         the same definition as the extract's run log).
+    :param matched: Its rows matched by E.164 (``rows_in_list = matched + unreadable``).
+    :param unreadable_stop_ids: The stop ids of the rows with no E.164, sorted.
     """
 
     numbers: NumberSet
     rows_in_list: int
     list_sha256: str
+    matched: int = 0
+    unreadable_stop_ids: tuple[int, ...] = ()
+
+    @property
+    def unreadable(self) -> int:
+        return len(self.unreadable_stop_ids)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> StopListSnapshot:
-        """From the hook's stop-list frame (``stop_id``, ``phone_number``, ``phone_e164``...)."""
+    def from_frame(cls, frame: pd.DataFrame, match_unreadable_digits: bool = False) -> StopListSnapshot:
+        """From the hook's stop-list frame (``stop_id``, ``phone_number``, ``phone_e164``...).
+
+        :param match_unreadable_digits: Also match the rows with no E.164 on the digits of their
+            cleaned number (``+`` and digits, as an E.164 key); otherwise they match nothing.
+        """
+        from airflow_provider_smspartner.phone_numbers.list_numbers import (
+            clean_list_numbers,
+            list_number_digits,
+        )
+
         keys = e164_keys(frame["phone_e164"])
+        unreadable = keys < 0
         digest = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
-        return cls(numbers=NumberSet(keys[keys >= 0]), rows_in_list=len(frame), list_sha256=digest)
+        matching = keys[~unreadable]
+        if match_unreadable_digits and unreadable.any():
+            cleaned, _ = clean_list_numbers(frame["phone_number"][unreadable])
+            digits = list_number_digits(cleaned)
+            matching = np.concatenate([matching, digits[digits >= 0]])
+        return cls(
+            numbers=NumberSet(matching),
+            rows_in_list=len(frame),
+            list_sha256=digest,
+            matched=int((~unreadable).sum()),
+            unreadable_stop_ids=tuple(sorted(int(i) for i in frame["stop_id"].to_numpy()[unreadable])),
+        )
 
 
-def fetch_stop_list(hook: Any) -> StopListSnapshot:
-    """Fetch the list once through ``hook`` (an ``SmsPartnerHook``) and keep what the check needs."""
-    return StopListSnapshot.from_frame(hook.get_stop_list_df())
+def fetch_stop_list(hook: Any, match_unreadable_digits: bool = False) -> StopListSnapshot:
+    """Fetch the list once through ``hook`` (an ``SmsPartnerHook``, the one list reader) and keep
+    what the check needs."""
+    return StopListSnapshot.from_frame(hook.get_stop_list_df(), match_unreadable_digits)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -260,7 +296,10 @@ class ChunkSink(Protocol):
     def write(self, frame: pd.DataFrame) -> None: ...
 
     def close(self) -> None:
-        """Finish: the output is complete (committed, flushed)."""
+        """Finish: the output is complete (flushed; a table committed)."""
+
+    def commit(self) -> None:
+        """Put a complete output in place (a file's rename), once every sink is closed."""
 
     def abort(self) -> None:
         """Give up after an error: leave no partial output passing for a complete one."""
@@ -272,21 +311,35 @@ class FileSink:
     Parquet: one ``ParquetWriter`` row group per chunk, the schema taken from the first chunk
     (a column that is empty there is typed text) and later chunks cast to it. CSV: a header, then
     the chunks appended. The file is opened (and its folder created) by the first chunk.
+
+    Atomic on a local disk (a path or ``file://``): the rows go to a temporary sibling
+    (``.<name>.<random>.smspartner-tmp``), renamed over the target by :meth:`commit` once the run
+    is complete, so a failed or killed run leaves the previous file, or none, never a partial one;
+    a run removes the temporary files a killed run left beside its target. Object stores (S3,
+    GCS, Azure Blob) need no temporary key: an upload becomes visible whole when it completes.
+
+    :param atomic: ``False`` writes the target directly (a private scratch file).
     """
 
-    def __init__(self, path: str, file_format: FileFormat) -> None:
+    def __init__(self, path: str, file_format: FileFormat, atomic: bool = True) -> None:
         self.path = to_storage_path(path)
         self.format = file_format
         self.target = str(self.path)
         self.rows = 0
+        self._local = Path(self.path.path) if self.path.protocol in ("file", "local") else None
+        self._temporary: Path | None = None
+        if atomic and self._local is not None:
+            remove_temporary_files(self._local)
+            self._temporary = self._local.with_name(
+                f".{self._local.name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}"
+            )
         self._handle: Any = None
         self._writer: Any = None
         self._schema: Any = None
 
     def write(self, frame: pd.DataFrame) -> None:
         if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("wb")
+            self._handle = self._open()
         elif frame.empty:
             return
         if self.format == "csv":
@@ -295,6 +348,13 @@ class FileSink:
         else:
             self._write_parquet(frame)
         self.rows += len(frame)
+
+    def _open(self) -> Any:
+        if self._temporary is not None:
+            self._temporary.parent.mkdir(parents=True, exist_ok=True)
+            return self._temporary.open("wb")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.path.open("wb")
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -322,15 +382,50 @@ class FileSink:
         try:
             if self.format == "parquet" and self._writer is not None:
                 self._writer.close()
+            if self._temporary is not None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
         finally:
             self._handle.close()
+
+    def commit(self) -> None:
+        """Put the complete file in place of the target (a rename: readers see the old file or
+        the new one)."""
+        if self._temporary is not None and self._handle is not None:
+            assert self._local is not None
+            os.replace(self._temporary, self._local)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
-        if self._handle is not None:
-            with contextlib.suppress(Exception):
+        if self._handle is None:
+            return
+        # Only what this run created goes: its temporary file, or a direct write's partial file.
+        with contextlib.suppress(Exception):
+            if self._temporary is not None:
+                self._temporary.unlink(missing_ok=True)
+            else:
                 self.path.unlink(missing_ok=True)
+
+
+#: The end of the name of a temporary file written beside a target (see :class:`FileSink`).
+TEMPORARY_SUFFIX = ".smspartner-tmp"
+
+
+def remove_temporary_files(target: Path) -> list[Path]:
+    """Remove the temporary files that runs killed while writing ``target`` left beside it.
+
+    Two runs writing one file at once are not supported: the second would remove the first's
+    temporary file, whose run then fails at its rename (never leaving a partial file).
+    """
+    removed = []
+    if target.parent.is_dir():
+        for leftover in target.parent.glob(f".{glob_escape(target.name)}.*{TEMPORARY_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                removed.append(leftover)
+                log.info("Removed %s, left by a run that was killed while writing %s", leftover, target)
+    return removed
 
 
 _END = object()
@@ -396,7 +491,7 @@ class TableSink:
                 handle, name = tempfile.mkstemp(prefix="smspartner-suppression-", suffix=".parquet")
                 os.close(handle)
                 self._spill_name = name
-                self._spilled = FileSink(name, "parquet")
+                self._spilled = FileSink(name, "parquet", atomic=False)
             self._spilled.write(frame)
             return
         if self._thread is None:
@@ -450,6 +545,9 @@ class TableSink:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+    def commit(self) -> None:
+        """Nothing to do: :meth:`close` committed the table's transaction."""
 
     def _load_spilled(self, spilled: FileSink) -> None:
         from airflow_provider_smspartner.bulk.sources import rows_from_file
@@ -538,6 +636,9 @@ def suppress_audience(
                 excluded.write(_rows(chunk, e164, codes != _KEPT, _REASON_LABELS[codes]))
         for sink in sinks:
             sink.close()
+        # Files go in place as a pair, once both are complete.
+        for sink in sinks:
+            sink.commit()
     except BaseException:
         for sink in sinks:
             try:
@@ -550,12 +651,18 @@ def suppress_audience(
 
 
 # ------------------------------------------------------------------------------------ audit
+#: ``status`` of an audit row: the list was used (``accepted``), or the run stopped before the
+#: audience was checked (``refused``: ``reason`` says why).
+AUDIT_STATUSES = ("accepted", "refused")
+
+
 def audit_table_spec() -> TableSpec:
     """The audit table: one row per run (filter or check), appended.
 
-    The task instance and try, ``checked_at`` (UTC: when the list was fetched), ``mode``, the list
-    (``rows_in_list``, ``list_sha256``), the counts and ``output`` (the table or path written;
-    empty in check mode).
+    The task instance and try, ``checked_at`` (UTC: when the list was fetched), ``mode``,
+    ``status`` (:data:`AUDIT_STATUSES`) and ``reason`` (why a list was refused), the list
+    (``rows_in_list``, of which ``matched`` by E.164 and ``unreadable``, and ``list_sha256``), the
+    counts and ``output`` (the table or path written; empty in check mode and when refused).
     """
     from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
 
@@ -568,10 +675,14 @@ def audit_table_spec() -> TableSpec:
             Column("try_number", "int"),
             Column("checked_at", "timestamp"),
             Column("mode", "short_text"),
+            Column("status", "short_text"),
             Column("rows_in_list", "bigint"),
+            Column("matched", "bigint"),
+            Column("unreadable", "bigint"),
             Column("list_sha256", "short_text"),
             *(Column(key, "bigint") for key in COUNT_KEYS),
             Column("output", "long_text"),
+            Column("reason", "long_text"),
         )
     )
 
@@ -581,7 +692,7 @@ class AuditLog:
 
     Constructing it validates the name; :meth:`prepare` creates the table when missing (before
     any API call, so a missing privilege fails first); :meth:`append` adds one row in a
-    transaction of its own.
+    transaction of its own; :meth:`latest_accepted` reads the guard's reference.
     """
 
     def __init__(self, conn_id: str, table: str) -> None:
@@ -595,6 +706,18 @@ class AuditLog:
         values = {name: row.get(name) for name in self.writer.spec.names}
         with self.writer.engine.begin() as conn:
             self.writer.insert_row(conn, values)
+
+    def latest_accepted(self, dag_id: str | None, task_id: str) -> ListCheck | None:
+        """The newest accepted check of task ``task_id`` of DAG ``dag_id`` (any run, any map
+        index), or ``None``."""
+        from airflow_provider_smspartner.utils.provider_tables import latest_row
+
+        return latest_row(
+            self.writer,
+            {"dag_id": dag_id, "task_id": task_id, "status": "accepted"},
+            "checked_at",
+            f"audit table {self.table} (last accepted check of {dag_id}.{task_id})",
+        )
 
 
 def utc_now() -> datetime:

@@ -27,6 +27,7 @@ from phonenumbers import NumberParseException, PhoneNumberFormat
 
 from airflow_provider_smspartner.phone_numbers import _fast_path as fast
 from airflow_provider_smspartner.phone_numbers.hashing import hash_e164, key_bytes
+from airflow_provider_smspartner.phone_numbers.list_numbers import clean_list_numbers
 
 __all__ = [
     "REASONS",
@@ -453,13 +454,15 @@ E164_SHAPE = r"\+[1-9][0-9]{6,14}"
 def stop_list_e164(phone_numbers: pd.Series, default_region: str = "FR") -> pd.Series:
     """E.164 form of the numbers of a stop list, for joins against contacts.
 
-    A number on the stop list must never drop out of a join: when libphonenumber does not know
-    the range (new allocations, metadata lag) but the API sent a plain E.164 string, it is kept as
-    sent. Missing only where the API sent something unusable.
+    A number on the stop list must never drop out of a join: invisible characters (controls,
+    format characters, separators: :func:`~.list_numbers.clean_list_numbers`) are removed first,
+    and when libphonenumber does not know the range (new allocations, metadata lag) but the number
+    is a plain E.164 string, it is kept as is. Missing only where the API sent something unusable.
 
     :param phone_numbers: The stop list's ``phone_number`` column, as the API sent it.
     :return: pandas' default text dtype (``str``, missing = NaN), same index.
     """
+    phone_numbers, _ = clean_list_numbers(phone_numbers)
     e164 = normalize_phone_numbers(phone_numbers, default_region=default_region)["phone_e164"]
     unknown = e164.isna() & phone_numbers.astype(object).str.fullmatch(E164_SHAPE).fillna(False)
     text = e164.astype(object).where(~unknown, phone_numbers.astype(object))

@@ -35,6 +35,12 @@ from airflow_provider_smspartner.utils.arguments import (
     check_flag,
     check_fraction,
 )
+from airflow_provider_smspartner.utils.provider_tables import (
+    DEFAULT_RUN_LOG_TABLE,
+    run_log_table_name,
+    run_log_table_spec,
+    stop_list_table_spec,
+)
 
 if TYPE_CHECKING:
     import logging
@@ -45,86 +51,12 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from airflow_provider_smspartner.utils.sql_writer import RemovalCounts, SqlTableWriter, WriteSummary
-    from airflow_provider_smspartner.utils.table_spec import TableSpec
 
 #: Characters removed from ``phoneNumber``: C0 controls (NUL included), DEL and C1 controls.
 #: PostgreSQL cannot store NUL in text, and none of them belongs in a phone number.
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
-#: How many stop ids a log line or an error names.
-_SHOWN_IDS = 10
-#: ``run_log_table``'s default: ``{table}`` stands for the stop-list table (schema included).
-DEFAULT_RUN_LOG_TABLE = "{table}_runs"
 #: Keys of the extra of the task's Asset events (and of its return value).
 CHANGE_KEYS = ("rows_in_list", "inserted", "updated", "removed", "list_sha256")
-
-
-def stop_list_table_spec() -> TableSpec:
-    """The warehouse stop-list table. ``removed_at`` keeps the opt-out history in upsert mode;
-    ``first_seen_at`` is when the warehouse first saw the stop (set on insert, never updated,
-    carried over by ``replace``).
-
-    ``phone_number`` is unbounded text (``LONGTEXT`` on MySQL/MariaDB): the API may send any
-    string, and a row the warehouse cannot take must not block the list.
-    """
-    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
-
-    return TableSpec(
-        columns=(
-            Column("stop_id", "bigint", nullable=False),
-            Column("phone_number", "long_text"),
-            Column("phone_e164", "short_text"),
-            Column("created_at", "timestamp"),
-            Column("first_seen_at", "timestamp"),
-            Column("extracted_at", "timestamp"),
-            Column("removed_at", "timestamp"),
-        ),
-        key="stop_id",
-        indexes=("phone_e164",),
-        compared=("phone_number", "phone_e164", "created_at"),
-        soft_delete="removed_at",
-        first_seen="first_seen_at",
-    )
-
-
-def run_log_table_spec() -> TableSpec:
-    """The run log: one row per extract run, applied or refused.
-
-    ``status`` is ``applied`` (written in the change's transaction) or ``refused`` (the list was
-    refused: ``reason`` holds the error; written on its own, the change rolled back). The counts
-    are empty for a refused run, ``rows_in_list`` and ``list_sha256`` too when the answer itself
-    was refused.
-    """
-    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
-
-    return TableSpec(
-        columns=(
-            Column("dag_id", "text"),
-            Column("run_id", "text"),
-            Column("task_id", "text"),
-            Column("try_number", "int"),
-            Column("started_at", "timestamp"),
-            Column("finished_at", "timestamp"),
-            Column("mode", "short_text"),
-            Column("status", "short_text"),
-            Column("rows_in_list", "bigint"),
-            Column("inserted", "bigint"),
-            Column("updated", "bigint"),
-            Column("removed", "bigint"),
-            Column("list_sha256", "short_text"),
-            Column("reason", "long_text"),
-        )
-    )
-
-
-def run_log_table_name(table: str, run_log_table: str = DEFAULT_RUN_LOG_TABLE) -> str:
-    """``run_log_table`` with ``{table}`` replaced by ``table``; a name part over 63 characters is
-    cut and given a hash of the whole, as the staging tables are."""
-    from airflow_provider_smspartner.utils.table_spec import fit_identifier
-
-    name = run_log_table.replace("{table}", table.strip())
-    schema, _, last = name.rpartition(".")
-    last = fit_identifier(last)
-    return f"{schema}.{last}" if schema else last
 
 
 def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
@@ -178,39 +110,11 @@ def task_identity(context: Mapping[str, Any], operator: BaseOperator) -> dict[st
     }
 
 
-def _ids(stop_ids: Any) -> str:
-    shown = [str(i) for i in sorted(set(stop_ids))[:_SHOWN_IDS]]
-    more = len(set(stop_ids)) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def _may_hold_control_characters(values: pd.Series) -> bool:
-    """A pre-check over the raw UTF-8 bytes, ten times faster than the regex on a million numbers.
-
-    A control character is a byte below 0x20, 0x7F, or 0xC2 followed by 0x80-0x9F (C1); 0xC2 also
-    starts other characters, so ``True`` only means "look closer".
-    """
-    import numpy as np
-    import pyarrow as pa
-
-    # Typed as text: an empty object column would otherwise become a NullArray (pandas 2).
-    array = pa.array(values, type=pa.large_string(), from_pandas=True)
-    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
-    for chunk in chunks:
-        data = chunk.buffers()[2]
-        if data is None:
-            continue
-        raw = np.frombuffer(data, dtype=np.uint8)
-        if ((raw < 0x20) | (raw == 0x7F) | (raw == 0xC2)).any():
-            return True
-    return False
-
-
 def prepare_stop_list(frame: pd.DataFrame, log: logging.Logger | Any) -> pd.DataFrame:
     """Make every row of the list one the warehouse takes, the same way on every database.
 
-    - Control characters (NUL included) are removed from ``phone_number`` and ``phone_e164`` is
-      recomputed from what is left, so the stop still matches its number; logged with the ids.
+    - Control characters (NUL included) are removed from ``phone_number`` (``phone_e164`` was
+      already made from the number without them by the hook's list reader); logged with the ids.
     - A stop id listed twice with the same number is kept once, with the earliest ``created_at``;
       logged with the ids.
     - A stop id listed twice with different numbers is refused: which number the id stands for is
@@ -220,7 +124,9 @@ def prepare_stop_list(frame: pd.DataFrame, log: logging.Logger | Any) -> pd.Data
     :return: the frame to write (a new one when a row changed).
     :raises DuplicateStopIdError: naming the stop ids listed with different numbers.
     """
-    if _may_hold_control_characters(frame["phone_number"]):
+    from airflow_provider_smspartner.phone_numbers.list_numbers import may_hold_invisible_characters
+
+    if may_hold_invisible_characters(frame["phone_number"]):
         frame = _remove_control_characters(frame, log)
     if not frame["stop_id"].is_unique:
         frame = _merge_repeated_stop_ids(frame, log)
@@ -228,30 +134,31 @@ def prepare_stop_list(frame: pd.DataFrame, log: logging.Logger | Any) -> pd.Data
 
 
 def _remove_control_characters(frame: pd.DataFrame, log: logging.Logger | Any) -> pd.DataFrame:
+    from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
+
     dirty = frame["phone_number"].str.contains(CONTROL_CHARACTERS, regex=True)
     if dirty.any():
-        from airflow_provider_smspartner.phone_numbers import stop_list_e164
-
         frame = frame.copy()
         cleaned = frame.loc[dirty, "phone_number"].str.replace(CONTROL_CHARACTERS, "", regex=True)
         frame.loc[dirty, "phone_number"] = cleaned
-        frame.loc[dirty, "phone_e164"] = stop_list_e164(cleaned).to_numpy()
         log.warning(
             "%d row(s) had control characters in phoneNumber, removed before writing (stop ids %s)",
             int(dirty.sum()),
-            _ids(frame.loc[dirty, "stop_id"]),
+            describe_stop_ids(frame.loc[dirty, "stop_id"]),
         )
     return frame
 
 
 def _merge_repeated_stop_ids(frame: pd.DataFrame, log: logging.Logger | Any) -> pd.DataFrame:
+    from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
+
     rows = frame.loc[frame["stop_id"].duplicated(keep=False), ["stop_id", "phone_number", "created_at"]]
     numbers = rows.groupby("stop_id")["phone_number"].nunique()
     conflicting = numbers.index[numbers > 1]
     if len(conflicting):
         raise DuplicateStopIdError(
             f"SMS Partner listed {len(conflicting)} stop id(s) more than once with different numbers: "
-            f"{_ids(conflicting)}. A stop id stands for one number, so the list cannot be written; "
+            f"{describe_stop_ids(conflicting)}. A stop id stands for one number, so the list cannot be written; "
             "nothing was written. Ask SMS Partner support to fix these stops."
         )
     earliest = rows.groupby("stop_id")["created_at"].min()
@@ -259,7 +166,7 @@ def _merge_repeated_stop_ids(frame: pd.DataFrame, log: logging.Logger | Any) -> 
         "%d stop id(s) listed more than once with the same number, kept once with the earliest "
         "createdAt (stop ids %s)",
         len(earliest),
-        _ids(earliest.index),
+        describe_stop_ids(earliest.index),
     )
     frame = frame[~frame["stop_id"].duplicated(keep="first")].reset_index(drop=True)
     merged = frame["stop_id"].isin(earliest.index)

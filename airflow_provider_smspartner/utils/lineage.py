@@ -100,6 +100,15 @@ def sql_table_dataset(
     return _dataset(database.namespace, database.table_name(table), rows, columns)
 
 
+def sql_database(conn_id: str) -> _SqlDatabase:
+    """Where the tables of SQL connection ``conn_id`` live: its OpenLineage namespace, default
+    schema and SQL dialect (also used to tell whether two arguments name one table).
+
+    :raises ImportError: when the OpenLineage provider is not installed.
+    """
+    return _SqlDatabase.of(conn_id)
+
+
 def sql_query_datasets(conn_id: str, sql: str) -> tuple[list[OutputDataset], dict[str, Any]]:
     """The tables a query reads, and its ``sql`` job facet.
 

@@ -184,3 +184,22 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
             "created_at": created_at,
         }
     )
+
+
+def unreadable_stop_ids(frame: pd.DataFrame) -> list[int]:
+    """The stop ids (sorted) of the list rows with no ``phone_e164``."""
+    missing = frame["phone_e164"].isna().to_numpy(dtype=bool)
+    return sorted(int(i) for i in frame["stop_id"].to_numpy()[missing])
+
+
+#: How many stop ids a log line or an error names.
+SHOWN_IDS = 10
+
+
+def describe_stop_ids(stop_ids: Any) -> str:
+    """Stop ids for a log line or an error: the first :data:`SHOWN_IDS` (sorted, distinct), then
+    how many more."""
+    distinct = sorted({int(i) for i in stop_ids})
+    shown = ", ".join(str(i) for i in distinct[:SHOWN_IDS])
+    more = len(distinct) - SHOWN_IDS
+    return shown + (f" and {more} more" if more > 0 else "")

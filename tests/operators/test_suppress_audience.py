@@ -152,7 +152,8 @@ class TestFilterToTables:
         ).execute(context=ti_context(2, map_index=3, task_id="suppress"))
 
         counts = expected_counts(outcomes)
-        assert summary == {**counts, "output": names["kept"]}
+        listed = {"rows_in_list": len(live), "matched": len(live), "unreadable": 0}
+        assert summary == {**counts, **listed, "output": names["kept"]}
         assert summary["audience"] == sum(summary[k] for k in ("kept", "invalid", "duplicate", "stopped"))
         assert counts["stopped"] >= 5 and counts["duplicate"] >= 5 and counts["invalid"] == len(JUNK)
 
@@ -184,7 +185,8 @@ class TestFilterToTables:
             "try_number": 2,
         }
         assert audit["mode"] == "filter" and audit["output"] == names["kept"]
-        assert audit["rows_in_list"] == len(live)
+        assert audit["status"] == "accepted" and audit["reason"] is None
+        assert {k: int(audit[k]) for k in listed} == listed
         assert audit["list_sha256"] == live_sha256(api) != first_sha
         assert {k: int(audit[k]) for k in COUNT_KEYS} == counts
         assert pd.to_datetime(audit["checked_at"], utc=True) <= pd.Timestamp.now(tz="UTC")
@@ -329,7 +331,9 @@ class TestFileOutputs:
             phone_column="phone",
             output_path=str(out),
         ).execute(context=CONTEXT)
-        assert summary == {**dict.fromkeys(COUNT_KEYS, 0), "output": out.as_uri()}
+        rows = len(api.state.phone_numbers())
+        listed = {"rows_in_list": rows, "matched": rows, "unreadable": 0}
+        assert summary == {**dict.fromkeys(COUNT_KEYS, 0), **listed, "output": out.as_uri()}
         assert list(pd.read_parquet(out).columns) == ["id", "phone", "phone_e164"]
 
 
@@ -374,6 +378,9 @@ class TestCheckMode:
             "duplicate": 1,
             "stopped": 0,
             "kept": 3,
+            "rows_in_list": len(api.state.phone_numbers()),
+            "matched": len(api.state.phone_numbers()),
+            "unreadable": 0,
             "output": None,
         }
 

@@ -29,11 +29,13 @@ from airflow_provider_smspartner.phone_numbers import stop_list_e164
 from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     SmsPartnerStopListToSqlOperator,
     check_removals,
+    stop_list_as_of_sql,
+    task_identity,
+)
+from airflow_provider_smspartner.utils.provider_tables import (
     run_log_table_name,
     run_log_table_spec,
-    stop_list_as_of_sql,
     stop_list_table_spec,
-    task_identity,
 )
 from airflow_provider_smspartner.utils.sql_writer import (
     RemovalCounts,
@@ -41,7 +43,7 @@ from airflow_provider_smspartner.utils.sql_writer import (
     resolve_dbapi_hook,
 )
 from tests.conftest import PROJECT_ROOT, smspartner_connection_json
-from tests.helpers import live_sha256
+from tests.helpers import live_sha256, serve_list_rows
 
 
 def _operator(conn_id: str, table: str, mode: str = "replace", **kwargs) -> SmsPartnerStopListToSqlOperator:
@@ -91,13 +93,6 @@ def drop_after(warehouse_conn: str, unique_table: str) -> Iterator[None]:
 
 def _current_list(sandbox) -> set[tuple[int, str]]:
     return {(stop_id, phone) for stop_id, phone, _ in sandbox.state.list_entries()}
-
-
-def _serve(monkeypatch: pytest.MonkeyPatch, sandbox, rows: list[tuple[int, str, str]]) -> None:
-    """Make the sandbox answer ``stop-sms/list`` with ``rows`` ``(id, phoneNumber, createdAt)``, as given."""
-    data = [{"id": i, "phoneNumber": phone, "createdAt": created} for i, phone, created in rows]
-    body = json.dumps({"success": True, "code": 200, "nbData": len(data), "data": data}, ensure_ascii=False)
-    monkeypatch.setattr(sandbox.state, "list_body", lambda truncated=False: body.encode())
 
 
 def _stop_rows(conn_id: str, table: str) -> list[tuple]:
@@ -535,7 +530,7 @@ class TestPoisonRows:
     )
     def test_odd_rows_land(self, monkeypatch, sandbox, warehouse_conn, unique_table, rows, expected):
         normal = (1, "+33612345601", CREATED)
-        _serve(monkeypatch, sandbox, [normal, *rows])
+        serve_list_rows(monkeypatch, sandbox, [normal, *rows])
         expected = [(1, "+33612345601", "+33612345601", CREATED_UTC), *expected]
         summary = _operator(warehouse_conn, unique_table).execute({})
         assert summary["rows_in_list"] == 1 + len(rows)  # the API's nbData: rows as sent
@@ -550,7 +545,7 @@ class TestPoisonRows:
         _operator(warehouse_conn, unique_table).execute({})
         before = _table(warehouse_conn, unique_table)
         listed = [(i, phone, CREATED) for i, phone, _ in sandbox.state.list_entries()]
-        _serve(monkeypatch, sandbox, [*listed, (90, "+33612345690", CREATED), (90, "+33612345691", CREATED)])
+        serve_list_rows(monkeypatch, sandbox, [*listed, (90, "+33612345690", CREATED), (90, "+33612345691", CREATED)])
         with pytest.raises(
             DuplicateStopIdError, match=r"1 stop id\(s\) more than once with different numbers: 90\. "
         ):
