@@ -8,6 +8,9 @@ never on the message text.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta, timezone
+
 from airflow.exceptions import AirflowException
 
 
@@ -66,7 +69,8 @@ class StopNotFoundError(SmsPartnerError):
 
 
 class SmsPartnerRateLimitError(SmsPartnerError):
-    """HTTP 429: too many requests. Retried, honouring ``Retry-After``.
+    """HTTP 429: too many requests. Retried, honouring ``Retry-After`` up to the connection's
+    ``max_retry_after`` (a longer one is :class:`SmsPartnerRetryAfterTooLongError`).
 
     :param retry_after: Seconds the server asked us to wait, when it said so.
     """
@@ -81,6 +85,86 @@ class SmsPartnerRateLimitError(SmsPartnerError):
     ) -> None:
         super().__init__(message, code=code, http_status=http_status)
         self.retry_after = retry_after
+
+
+class SmsPartnerRetryAfterTooLongError(SmsPartnerRateLimitError):
+    """HTTP 429 whose ``Retry-After`` is longer than the connection's ``max_retry_after``.
+
+    Not retried and not waited out: the request fails at once, and so does every later request
+    of the connection in the process (of the fleet, with the shared rate limit) until the wait
+    ends, without reaching the API. A bulk run stops cleanly: the inputs left are recorded
+    ``not_processed`` with :attr:`retry_hint` as their note, then the task fails with this message.
+
+    :param conn_id: The ``smspartner`` connection.
+    :param retry_after: Seconds the server asked to wait (for a caller that met the pause another
+        caller's 429 began, the seconds left of it).
+    :param max_retry_after: The connection's limit, in seconds.
+    :param retry_at: When the wait ends (aware UTC); default now + ``retry_after``, rounded up to
+        the second.
+    """
+
+    def __init__(
+        self,
+        conn_id: str,
+        retry_after: float,
+        max_retry_after: float,
+        *,
+        retry_at: datetime | None = None,
+        code: int | None = None,
+        http_status: int | None = 429,
+    ) -> None:
+        if retry_at is None:
+            retry_at = datetime.now(timezone.utc) + timedelta(seconds=retry_after)
+            if retry_at.microsecond:
+                retry_at = retry_at.replace(microsecond=0) + timedelta(seconds=1)
+        self.conn_id = conn_id
+        self.max_retry_after = max_retry_after
+        self.retry_at = retry_at
+        super().__init__(
+            f"SMS Partner asked to wait {math.ceil(retry_after)} s (Retry-After), more than "
+            f"max_retry_after={max_retry_after:g} of connection {conn_id!r}; retry after "
+            f"{self.retry_at_text} or raise max_retry_after.",
+            code=code,
+            http_status=http_status,
+            retry_after=retry_after,
+        )
+
+    @property
+    def retry_at_text(self) -> str:
+        """:attr:`retry_at` as ``2026-12-07T15:00:00Z``."""
+        return self.retry_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def retry_hint(self) -> str:
+        """The server's wait in a few words, e.g. ``retry_after=7200s, retry after 2026-12-07T15:00:00Z``
+        (the note of the inputs a bulk run left ``not_processed``)."""
+        return f"retry_after={math.ceil(self.retry_after or 0)}s, retry after {self.retry_at_text}"
+
+    def __reduce__(self):  # the message is built from the arguments
+        return (
+            _rebuild_retry_after,
+            (
+                type(self),
+                self.conn_id,
+                self.retry_after,
+                self.max_retry_after,
+                self.retry_at,
+                self.code,
+                self.http_status,
+            ),
+        )
+
+
+def _rebuild_retry_after(
+    cls: type[SmsPartnerRetryAfterTooLongError],
+    conn_id: str,
+    retry_after: float,
+    max_retry_after: float,
+    retry_at: datetime,
+    code: int | None,
+    http_status: int | None,
+) -> SmsPartnerRetryAfterTooLongError:
+    return cls(conn_id, retry_after, max_retry_after, retry_at=retry_at, code=code, http_status=http_status)
 
 
 class SmsPartnerServerError(SmsPartnerError):

@@ -55,7 +55,8 @@ class CallOutcome:
     finished_at: float = 0.0
 
 
-#: Status of an input left unprocessed because an authentication error stopped the run.
+#: Status of an input left unprocessed because an error stopped the run: a refused API key, or a
+#: ``Retry-After`` longer than the connection's ``max_retry_after`` (then ``note`` holds the wait).
 NOT_PROCESSED = "not_processed"
 #: Status of an input whose call may have been applied and is not confirmed yet: written ahead of
 #: the call (write-ahead row), kept when the answer was lost, settled against the stop list at the

@@ -42,7 +42,11 @@ from airflow_provider_smspartner.bulk.reconcile import Kind, Recovery, reconcile
 from airflow_provider_smspartner.bulk.recorder import RunRecorder
 from airflow_provider_smspartner.bulk.results import TryResults
 from airflow_provider_smspartner.bulk.runner import RunReport, failure_outcome, run_calls
-from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, StopNotFoundError
+from airflow_provider_smspartner.exceptions import (
+    SmsPartnerAuthError,
+    SmsPartnerRetryAfterTooLongError,
+    StopNotFoundError,
+)
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.utils.arguments import check_count
 from airflow_provider_smspartner.utils.redaction import redact
@@ -83,7 +87,9 @@ class BulkResult:
 
     :param outcomes: One row per input value (see ``outcomes.OUTCOME_COLUMNS``).
     :param statuses: The statuses of this kind of run (``ADD_STATUSES`` or ``REMOVE_STATUSES``).
-    :param fatal: The authentication error that stopped the run, if one did.
+    :param fatal: The error that stopped the run, if one did: the API refused the key, or asked
+        to wait longer than the connection's ``max_retry_after`` (the inputs left are then
+        ``not_processed``, with the server's wait in ``note``).
     :param unconfirmed: Why calls whose answer was lost could not be checked against the list
         (the list fetch failed); their inputs stay ``pending`` for the next try.
     :param results: The try's rows in the results table, when one is kept.
@@ -92,7 +98,7 @@ class BulkResult:
 
     outcomes: pd.DataFrame
     statuses: tuple[str, ...]
-    fatal: SmsPartnerAuthError | None = None
+    fatal: SmsPartnerAuthError | SmsPartnerRetryAfterTooLongError | None = None
     unconfirmed: BaseException | None = None
     results: TryResults | None = None
     rows_written: int = 0
@@ -240,7 +246,8 @@ def add_stops(
     :param values: Raw values, one per input row.
     :param hook: Shared by every worker thread.
     :param results: This try's rows in the results table (prepared before any API call), if kept.
-    :return: Statuses from ``ADD_STATUSES`` (``not_processed`` for inputs left after an auth error).
+    :return: Statuses from ``ADD_STATUSES`` (``not_processed`` for inputs left after an auth error or a
+        ``Retry-After`` longer than ``max_retry_after``).
     """
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
@@ -316,7 +323,8 @@ def remove_stops(
     same call got no answer (then this run removed it: ``removed``).
 
     :param results: This try's rows in the results table (prepared before any API call), if kept.
-    :return: Statuses from ``REMOVE_STATUSES`` (``not_processed`` for inputs left after an auth error).
+    :return: Statuses from ``REMOVE_STATUSES`` (``not_processed`` for inputs left after an auth error or a
+        ``Retry-After`` longer than ``max_retry_after``).
     """
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
@@ -403,6 +411,8 @@ def conclude(result: BulkResult, max_failed: int, logger: Any = log) -> dict[str
     :param max_failed: Failures tolerated before the task fails.
     :return: ``total``, one count per status, and ``results_table`` when one was written.
     :raises SmsPartnerAuthError: when the API refused the key (the run stopped at once).
+    :raises SmsPartnerRetryAfterTooLongError: when the API asked to wait longer than the
+        connection's ``max_retry_after`` (the run stopped at once; its message says when to retry).
     :raises AirflowException: when calls could not be confirmed, or more than ``max_failed`` inputs failed.
     """
     summary: dict[str, Any] = dict(result.counts())
@@ -415,6 +425,15 @@ def conclude(result: BulkResult, max_failed: int, logger: Any = log) -> dict[str
             "%s holds %d rows of %s", results.describe(), result.rows_written, results.identity.describe()
         )
     where = results.describe() if results is not None else "the log above"
+    if isinstance(result.fatal, SmsPartnerRetryAfterTooLongError):
+        logger.error(
+            "Stopped at once: %s %d inputs not processed (their note holds the wait). Outcomes so far: "
+            "%s; a re-run after that time sends only what is not done yet.",
+            result.fatal,
+            summary.get(NOT_PROCESSED, 0),
+            where,
+        )
+        raise result.fatal
     if result.fatal is not None:
         logger.error(
             "Stopped at once: the API refused the key (%s); %d inputs not processed. Fix the connection "

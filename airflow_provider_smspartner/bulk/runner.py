@@ -2,7 +2,8 @@
 
 The hook does the throttling and the retries (shared by all threads); this module only keeps a
 bounded number of calls queued, collects outcomes in item order, and stops at once on an error
-that would repeat for every item (a refused API key). An optional journal (the results
+that would repeat for every item (a refused API key, a ``Retry-After`` longer than the
+connection waits). An optional journal (the results
 recorder) is told before calls are submitted and as each one ends; if it fails, or the task is
 interrupted (Airflow's ``execution_timeout``, SIGTERM), no further call is sent.
 """
@@ -17,9 +18,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from airflow_provider_smspartner.bulk.outcomes import CallOutcome
+from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, CallOutcome
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
-from airflow_provider_smspartner.exceptions import SmsPartnerAuthError
+from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerRetryAfterTooLongError
 from airflow_provider_smspartner.utils.redaction import redact
 
 T = TypeVar("T")
@@ -31,6 +32,8 @@ QUEUE_PER_WORKER = 4
 TICK_SECONDS = 0.5
 #: Seconds an interrupted run waits for the calls in flight, to record their outcomes.
 GRACE_SECONDS = 5.0
+#: Errors that stop the run: they would repeat for every item.
+STOPPING_ERRORS = (SmsPartnerAuthError, SmsPartnerRetryAfterTooLongError)
 
 
 class CallJournal(Protocol):
@@ -53,11 +56,13 @@ class CallJournal(Protocol):
 class RunReport:
     """Outcomes of :func:`run_calls`, one per item in item order.
 
-    ``None`` marks an item never attempted because ``fatal`` stopped the run.
+    ``None`` marks an item never attempted because ``fatal`` stopped the run; after a
+    ``Retry-After`` too long, every item not sent is a ``not_processed`` outcome instead (see
+    :func:`stopped_outcome`).
     """
 
     outcomes: list[CallOutcome | None]
-    fatal: SmsPartnerAuthError | None = None
+    fatal: SmsPartnerAuthError | SmsPartnerRetryAfterTooLongError | None = None
 
 
 def failure_outcome(exc: BaseException) -> CallOutcome:
@@ -65,6 +70,15 @@ def failure_outcome(exc: BaseException) -> CallOutcome:
     code = getattr(exc, "code", None)
     message = redact(f"{type(exc).__name__}: {exc}")
     return CallOutcome("failed", error_code=code if isinstance(code, int) else None, error_message=message)
+
+
+def stopped_outcome(exc: SmsPartnerAuthError | SmsPartnerRetryAfterTooLongError) -> CallOutcome:
+    """The outcome of a call that met the error stopping the run: ``failed`` for a refused key;
+    for a ``Retry-After`` too long (the API refused the request), ``not_processed`` with the
+    server's wait in ``note``, as every item the run then leaves."""
+    if isinstance(exc, SmsPartnerRetryAfterTooLongError):
+        return CallOutcome(NOT_PROCESSED, note=exc.retry_hint, finished_at=time.time())
+    return failure_outcome(exc)
 
 
 def run_calls(
@@ -79,9 +93,10 @@ def run_calls(
 
     ``call`` returns the outcome of the answers it expects; any other exception it raises becomes a
     ``failed`` outcome (the hook has retried what was retryable by then), except
-    ``SmsPartnerAuthError``, which stops the run: queued items are dropped (their outcome stays
-    ``None``) and only the calls already in flight finish, so a bad key costs about ``max_workers``
-    requests, not one per item.
+    ``SmsPartnerAuthError`` and ``SmsPartnerRetryAfterTooLongError``, which stop the run: queued
+    items are dropped (their outcome stays ``None``, or is ``not_processed`` with the server's wait
+    for the latter) and only the calls already in flight finish, so a bad key or a long
+    ``Retry-After`` costs about ``max_workers`` requests, not one per item.
 
     :param items: What to call with, one API call each.
     :param call: Thread-safe; typically a bound hook method wrapped to return a ``CallOutcome``.
@@ -106,7 +121,7 @@ def run_calls(
             return None
         try:
             return call(item)
-        except SmsPartnerAuthError:
+        except STOPPING_ERRORS:
             stopping.set()
             raise
 
@@ -118,11 +133,11 @@ def run_calls(
         index = pending.pop(future)
         try:
             outcome = future.result()
-        except SmsPartnerAuthError as exc:
+        except STOPPING_ERRORS as exc:
             if report.fatal is None:
                 report.fatal = exc
             stopping.set()
-            outcome = failure_outcome(exc)
+            outcome = stopped_outcome(exc)
         except Exception as exc:
             outcome = failure_outcome(exc)
         if outcome is not None:
@@ -158,4 +173,7 @@ def run_calls(
                 collect(future)
         raise
     pool.shutdown(wait=True)
+    if isinstance(report.fatal, SmsPartnerRetryAfterTooLongError):
+        left = stopped_outcome(report.fatal)
+        outcomes[:] = [left if outcome is None else outcome for outcome in outcomes]
     return report

@@ -28,6 +28,7 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
     SmsPartnerConnectionError,
     SmsPartnerRateLimitError,
+    SmsPartnerRetryAfterTooLongError,
 )
 from airflow_provider_smspartner.utils.api import (
     ACCOUNT_ENDPOINT,
@@ -41,7 +42,7 @@ from airflow_provider_smspartner.utils.api import (
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
 from airflow_provider_smspartner.utils.retry_log import RETRY_KINDS, RetrySummaryLog
-from airflow_provider_smspartner.utils.throttle import Throttle, shared_throttle
+from airflow_provider_smspartner.utils.throttle import PauseTooLong, Throttle, shared_throttle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -187,9 +188,10 @@ def is_retryable(exc: BaseException) -> bool:
     """Errors worth another attempt: transport failures, 429, 5xx and untrustworthy bodies.
 
     Auth errors and per-number errors (invalid number, unknown stop id) are answers, not accidents:
-    retrying them would only hammer the API.
+    retrying them would only hammer the API; nor is a 429 whose ``Retry-After`` is longer than the
+    connection's ``max_retry_after`` retried.
     """
-    return isinstance(exc, _RETRYABLE)
+    return isinstance(exc, _RETRYABLE) and not isinstance(exc, SmsPartnerRetryAfterTooLongError)
 
 
 class SmsPartnerHook(BaseHook):
@@ -197,8 +199,8 @@ class SmsPartnerHook(BaseHook):
 
     The API key is the connection's password; the host is the API base URL (default
     ``https://api.smspartner.fr/v1``). Optional extras: ``timeout``, ``max_retries``,
-    ``retry_backoff``, ``requests_per_second``, ``api_timezone``, ``rate_limit_redis_conn_id``,
-    ``rate_limit_key``.
+    ``retry_backoff``, ``max_retry_after``, ``requests_per_second``, ``api_timezone``,
+    ``rate_limit_redis_conn_id``, ``rate_limit_key``.
 
     Nothing touches the network or the connection until a method is called, so the hook is cheap
     to build at DAG-parse time. One instance may be shared by many threads: it keeps one pooled
@@ -212,9 +214,12 @@ class SmsPartnerHook(BaseHook):
     It fails closed: an answer that breaks the response contract (``utils.api``) is a
     ``SmsPartnerResponseError``, never an empty list or an ``added``; redirects are never followed
     (``SmsPartnerConfigError``), so the key goes to the configured host only; ``timeout`` bounds
-    each request as a whole (connect, headers, body), not each socket read; a 429 with
-    ``Retry-After`` pauses every request of the connection in the process (in the fleet, with the
-    shared rate limit). Retries are logged as summaries, at most one line every few seconds.
+    each request as a whole (connect, headers, body), not each socket read; a 429 with a
+    ``Retry-After`` up to ``max_retry_after`` pauses every request of the connection in the process
+    (in the fleet, with the shared rate limit) for that long, then the request is retried; a longer
+    one raises :class:`SmsPartnerRetryAfterTooLongError` at once, and so does every request of the
+    connection (of the fleet) until the server's wait ends, without reaching the API. Retries are
+    logged as summaries, at most one line every few seconds.
 
     :param smspartner_conn_id: Airflow connection id of type ``smspartner``.
     """
@@ -224,8 +229,6 @@ class SmsPartnerHook(BaseHook):
     conn_type = "smspartner"
     hook_name = "SMS Partner"
 
-    #: Upper bound for a server-requested ``Retry-After`` wait, in seconds.
-    max_retry_after: float = 60.0
     #: Upper bound for one exponential backoff wait, in seconds.
     max_backoff: float = 60.0
 
@@ -265,7 +268,8 @@ class SmsPartnerHook(BaseHook):
         extra ``rate_limit_redis_conn_id``, by every process and worker through Redis.
 
         :raises SmsPartnerConfigError: the Redis connection is missing, of another type, or the
-            Redis provider is not installed.
+            Redis provider is not installed; or the shared budget runs at another
+            ``requests_per_second``, set by another connection with the same ``rate_limit_key``.
         :raises SmsPartnerConnectionError: Redis does not answer (never a silent per-process budget).
         """
         settings = self.settings
@@ -279,6 +283,7 @@ class SmsPartnerHook(BaseHook):
                 settings.shared_rate_limit_key,
                 settings.requests_per_second,
                 self._connect_redis,
+                conn_id=self.smspartner_conn_id,
             )
             self.log.debug("SMS Partner %r: rate limit %s", self.smspartner_conn_id, limiter)
             return limiter
@@ -412,7 +417,12 @@ class SmsPartnerHook(BaseHook):
             request_args["params"] = {"apiKey": settings.api_key, **params}
         else:
             request_args["json"] = {"apiKey": settings.api_key, **params}
-        self._activity.request(self.log, self.throttle.acquire())
+        try:
+            waited = self.throttle.acquire(max_pause=settings.max_retry_after)
+        except PauseTooLong as paused:
+            # Another request's 429 asked for longer than this connection waits: no request now.
+            raise self._retry_after_too_long(paused.seconds) from None
+        self._activity.request(self.log, waited)
         started = time.monotonic()
         deadline = started + settings.timeout
         failure: str | None = None
@@ -449,19 +459,29 @@ class SmsPartnerHook(BaseHook):
                 if exc.retry_after:
                     # At once, not when this thread gets to retry: every request of the connection
                     # (of the fleet, with the shared limit) waits, also those already waiting for
-                    # their turn in the throttle.
-                    self.throttle.pause(min(exc.retry_after, self.max_retry_after))
+                    # their turn in the throttle; past max_retry_after they fail at once instead.
+                    self.throttle.pause(exc.retry_after)
+                    if exc.retry_after > settings.max_retry_after:
+                        raise self._retry_after_too_long(exc.retry_after, exc.code) from None
                     self._activity.pause()
                 raise
         if check is not None:
             check(body)
         return body
 
+    def _retry_after_too_long(
+        self, seconds: float, code: int | None = None
+    ) -> SmsPartnerRetryAfterTooLongError:
+        return SmsPartnerRetryAfterTooLongError(
+            self.smspartner_conn_id, seconds, self.settings.max_retry_after, code=code
+        )
+
     def _wait(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, SmsPartnerRateLimitError) and exc.retry_after is not None:
-            # The throttle is already paused for every thread (see _send_once).
-            return min(exc.retry_after, self.max_retry_after)
+            # The throttle is already paused for every thread (see _send_once); a Retry-After
+            # longer than max_retry_after is never retried, so this wait is bounded by it.
+            return exc.retry_after
         backoff = self.settings.retry_backoff
         if backoff <= 0:
             return 0.0

@@ -91,6 +91,16 @@ def applies_to(kind: FaultKind, endpoint: str) -> bool:
     return allowed is None or endpoint in allowed
 
 
+@dataclass(eq=False)
+class _Queued:
+    """A queued one-shot fault: its kind, its endpoint (``None`` = any), the matching requests it
+    still lets through before it applies."""
+
+    kind: FaultKind
+    endpoint: str | None
+    after: int = 0
+
+
 class FaultPlan:
     """Thread-safe source of faults: a FIFO queue of one-shot faults, then random per-request rates.
 
@@ -108,7 +118,7 @@ class FaultPlan:
         seed: int = 0,
     ) -> None:
         self._lock = threading.Lock()
-        self._queue: deque[tuple[FaultKind, str | None]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._rng = random.Random(seed)
         self._rates: tuple[tuple[FaultKind, float], ...] = ()
         self._endpoints: frozenset[str] | None = None
@@ -148,27 +158,33 @@ class FaultPlan:
         with self._lock:
             self._endpoints = value
 
-    def inject(self, kind: str | FaultKind, count: int = 1, endpoint: str | None = None) -> None:
+    def inject(
+        self, kind: str | FaultKind, count: int = 1, endpoint: str | None = None, after: int = 0
+    ) -> None:
         """Queue ``count`` one-shot faults of ``kind`` for the next matching requests.
 
         :param endpoint: only requests on this endpoint consume the fault; ``None`` = any endpoint
             (within ``endpoints``, and where the fault makes sense: ``truncated_list`` waits for a list).
-        :raises ValueError: on an unknown kind or endpoint, a negative count, or a fault that
-            cannot apply to the given endpoint.
+        :param after: let this many matching requests through first (faulted by another queued
+            fault or not), so a fault lands mid-run at a known request: ``after=20`` faults the 21st.
+        :raises ValueError: on an unknown kind or endpoint, a negative count or ``after``, or a
+            fault that cannot apply to the given endpoint.
         """
         fault = to_fault_kind(kind)
         target = None if endpoint is None else normalize_endpoint(endpoint)
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(f"after must be a whole number >= 0, got {after!r}")
         if target is not None and not applies_to(fault, target):
             raise ValueError(f"Fault {fault.value!r} cannot apply to endpoint {target!r}")
         with self._lock:
-            self._queue.extend([(fault, target)] * count)
+            self._queue.extend(_Queued(fault, target, after) for _ in range(count))
 
     def pending(self) -> list[tuple[str, str | None]]:
         """Queued faults not consumed yet, in order, as ``(kind, endpoint)``."""
         with self._lock:
-            return [(kind.value, endpoint) for kind, endpoint in self._queue]
+            return [(queued.kind.value, queued.endpoint) for queued in self._queue]
 
     def clear(self) -> None:
         """Drop every queued fault (the random rates are kept)."""
@@ -179,13 +195,19 @@ class FaultPlan:
         """Decide the fault for one request on ``endpoint``: a queued one first, else a random draw."""
         with self._lock:
             in_scope = self._endpoints is None or endpoint in self._endpoints
-            for index, (kind, target) in enumerate(self._queue):
-                if target is None and not in_scope:
+            chosen: _Queued | None = None
+            for queued in self._queue:
+                if queued.endpoint is None and not in_scope:
                     continue
-                if target not in (None, endpoint) or not applies_to(kind, endpoint):
+                if queued.endpoint not in (None, endpoint) or not applies_to(queued.kind, endpoint):
                     continue
-                del self._queue[index]
-                return kind
+                if queued.after > 0:
+                    queued.after -= 1  # this request is one of those it lets through
+                elif chosen is None:
+                    chosen = queued
+            if chosen is not None:
+                self._queue.remove(chosen)
+                return chosen.kind
             if not self._rates or not in_scope:
                 return None
             draw = self._rng.random()

@@ -846,13 +846,17 @@ class SandboxServer:
 
     # -- faults and stats --------------------------------------------------------------------
 
-    def inject(self, kind: str | FaultKind, count: int = 1, endpoint: str | None = None) -> None:
+    def inject(
+        self, kind: str | FaultKind, count: int = 1, endpoint: str | None = None, after: int = 0
+    ) -> None:
         """Queue ``count`` one-shot faults of ``kind`` for the next requests on ``endpoint``
-        (``None`` = any endpoint). Queued faults are used before any random draw.
+        (``None`` = any endpoint), once ``after`` of them went through: ``inject("rate_limit",
+        endpoint="stop-sms/add", after=20)`` answers the 21st add with a 429, mid-run. Queued
+        faults are used before any random draw.
 
-        :raises ValueError: on an unknown fault kind or endpoint.
+        :raises ValueError: on an unknown fault kind or endpoint, or a negative ``after``.
         """
-        self.faults.inject(kind, count=count, endpoint=endpoint)
+        self.faults.inject(kind, count=count, endpoint=endpoint, after=after)
 
     def pending_faults(self) -> list[tuple[str, str | None]]:
         """Queued faults not consumed yet, as ``(kind, endpoint)``."""

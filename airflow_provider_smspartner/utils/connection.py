@@ -86,6 +86,15 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "Base of the exponential backoff, in seconds.",
     ),
     ExtraField(
+        "max_retry_after",
+        "Max Retry-After wait (seconds)",
+        "seconds",
+        300.0,
+        "Longest `Retry-After` of a 429 that is waited out (every request of the connection pauses, "
+        "then retries); a longer one fails the request at once with the time to retry, and a bulk "
+        "run stops cleanly, recording the inputs left as `not_processed`.",
+    ),
+    ExtraField(
         "requests_per_second",
         "Requests per second (client throttle)",
         "rate",
@@ -131,6 +140,7 @@ class SmsPartnerSettings:
     timeout: float = float(cast(float, _EXTRAS["timeout"].default))
     max_retries: int = int(cast(int, _EXTRAS["max_retries"].default))
     retry_backoff: float = float(cast(float, _EXTRAS["retry_backoff"].default))
+    max_retry_after: float = float(cast(float, _EXTRAS["max_retry_after"].default))
     requests_per_second: float = float(cast(float, _EXTRAS["requests_per_second"].default))
     api_timezone: str = str(_EXTRAS["api_timezone"].default)
     rate_limit_redis_conn_id: str | None = None

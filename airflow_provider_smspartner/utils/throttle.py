@@ -16,14 +16,29 @@ HEADROOM = 0.98
 WINDOW = 1.0
 
 
+class PauseTooLong(Exception):
+    """``acquire`` refused to wait: the pause in force (a 429's ``Retry-After``) lasts longer than
+    the caller accepts. Nothing was reserved.
+
+    :param seconds: Seconds left in the pause.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"paused for {seconds:.3f} s more")
+        self.seconds = seconds
+
+
 class Throttle(Protocol):
     """What the hook needs of a throttle: per process (:class:`RequestThrottle`) or shared by a
     fleet (``rate_limit.SharedRateLimit``)."""
 
     rate: float
 
-    def acquire(self) -> float:
-        """Block until the caller may send a request; return the seconds waited."""
+    def acquire(self, max_pause: float | None = None) -> float:
+        """Block until the caller may send a request; return the seconds waited.
+
+        :raises PauseTooLong: a pause longer than ``max_pause`` seconds is in force.
+        """
         ...
 
     def pause(self, seconds: float) -> None:
@@ -58,7 +73,9 @@ class RequestThrottle:
 
     :meth:`pause` (a 429 with ``Retry-After``) holds every caller until the pause ends, also those
     already waiting for a slot reserved before it: a released caller re-checks the pause, and a
-    caller that finds one takes a new slot after it, so the pause does not end in a burst.
+    caller that finds one takes a new slot after it, so the pause does not end in a burst. A
+    caller that accepts shorter pauses only (``acquire(max_pause=...)``) gets
+    :class:`PauseTooLong` instead of waiting.
 
     :param rate: Requests per second (> 0).
     """
@@ -80,10 +97,15 @@ class RequestThrottle:
         self._next_slot = slot + self._interval
         return slot
 
-    def acquire(self) -> float:
-        """Block until this caller may send a request; return the seconds waited."""
+    def acquire(self, max_pause: float | None = None) -> float:
+        """Block until this caller may send a request; return the seconds waited.
+
+        :param max_pause: Longest pause to wait out, in seconds (``None``: any).
+        :raises PauseTooLong: a longer pause is in force, or begins while this caller waits.
+        """
         started = time.monotonic()
         with self._lock:
+            self._check_pause(started, max_pause)
             slot = self._reserve(started)
         while True:
             wait = slot - time.monotonic()
@@ -93,6 +115,7 @@ class RequestThrottle:
                 now = time.monotonic()
                 if now < self._paused_until:
                     # A pause began while this caller waited: its slot is void.
+                    self._check_pause(now, max_pause)
                     slot = self._reserve(now)
                     continue
                 while self._released and self._released[0] <= now - WINDOW:
@@ -101,6 +124,11 @@ class RequestThrottle:
                     self._released.append(now)
                     return now - started
                 slot = self._released[0] + WINDOW
+
+    def _check_pause(self, now: float, max_pause: float | None) -> None:
+        # Caller holds the lock.
+        if max_pause is not None and self._paused_until - now > max_pause:
+            raise PauseTooLong(self._paused_until - now)
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (a 429 with ``Retry-After`` applies to the whole client).

@@ -21,9 +21,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_smspartner.exceptions import SmsPartnerConfigError, SmsPartnerConnectionError
+from airflow_provider_smspartner.exceptions import (
+    SmsPartnerConfigError,
+    SmsPartnerConnectionError,
+    SmsPartnerRetryAfterTooLongError,
+)
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.sandbox import SandboxServer
+from airflow_provider_smspartner.utils import rate_limit
 from airflow_provider_smspartner.utils.rate_limit import redis_keys
 from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.utils.throttle import HEADROOM
@@ -255,6 +260,102 @@ class TestFleet:
         adds = [t for t, endpoint in stamps if endpoint == "stop-sms/add"]
         assert min(adds) < limited < limited + 1.0 <= max(adds)  # the worker was busy before and after
         assert sandbox.stats.adds_applied == 60
+
+
+class TestOneRatePerBudget:
+    """Issue 19: two connections on one ``rate_limit_key`` with different ``requests_per_second``
+    starved one of them (5 of 5 runs). The budget's rate lives in Redis; another rate is refused."""
+
+    def _use(self, monkeypatch, sandbox, budget, conn_id: str, rate: float) -> SmsPartnerHook:
+        use_connection(monkeypatch, _shared(sandbox, budget, requests_per_second=rate), conn_id)
+        return SmsPartnerHook(conn_id)
+
+    def test_another_rate_is_refused_before_any_request_naming_both_connections(
+        self, monkeypatch, sandbox, budget
+    ):
+        self._use(monkeypatch, sandbox, budget, "sms_fast", 20).get_account()
+        sent = sandbox.stats.total
+        with pytest.raises(SmsPartnerConfigError) as raised:
+            self._use(monkeypatch, sandbox, budget, "sms_slow", 5).get_account()
+        assert sandbox.stats.total == sent
+        message = str(raised.value)
+        for part in (
+            "connection 'sms_slow'",
+            "requests_per_second=5",
+            "connection 'sms_fast'",
+            "requests_per_second=20",
+            f"rate_limit_key {budget!r}",
+            "another rate_limit_key",
+        ):
+            assert part in message, (part, message)
+        assert re.search(r"expires in \d+ s", message), message
+        assert TEST_API_KEY not in message
+        # The same rate joins the budget.
+        self._use(monkeypatch, sandbox, budget, "sms_same", 20).get_account()
+
+    def test_the_connection_that_set_the_rate_may_change_it_at_once(self, monkeypatch, sandbox, budget):
+        running = self._use(monkeypatch, sandbox, budget, "sms_owner", 20)
+        running.get_account()
+        self._use(monkeypatch, sandbox, budget, "sms_other", 20).get_account()
+        # The owner's connection is edited: its next task runs at 10/s at once.
+        self._use(monkeypatch, sandbox, budget, "sms_owner", 10).get_account()
+        self._use(monkeypatch, sandbox, budget, "sms_joiner", 10).get_account()
+        sent = sandbox.stats.total
+        # A connection still at 20, and the task that started before the edit, are refused.
+        with pytest.raises(SmsPartnerConfigError, match=r"'sms_other'.*requests_per_second=20.*=10"):
+            self._use(monkeypatch, sandbox, budget, "sms_other", 20).get_account()
+        with pytest.raises(SmsPartnerConfigError, match=r"'sms_owner'.*requests_per_second=20.*=10"):
+            running.get_account()
+        assert sandbox.stats.total == sent
+
+    def test_a_changed_rate_takes_effect_once_the_old_one_expires(self, monkeypatch, sandbox, budget):
+        monkeypatch.setattr(rate_limit, "RATE_TTL", 1.0)
+        first = self._use(monkeypatch, sandbox, budget, "sms_first", 20)
+        first.get_account()
+        with pytest.raises(SmsPartnerConfigError):
+            self._use(monkeypatch, sandbox, budget, "sms_second", 5).get_account()
+        time.sleep(1.3)  # nobody used the budget for longer than its rate lives
+        self._use(monkeypatch, sandbox, budget, "sms_second", 5).get_account()
+        with pytest.raises(
+            SmsPartnerConfigError, match=r"'sms_first'.*=20.*=5, set by connection 'sms_second'"
+        ):
+            first.get_account()
+
+
+class TestLongRetryAfterStopsTheFleet:
+    def test_every_connection_of_the_budget_fails_at_once_without_a_request(
+        self, monkeypatch, sandbox, budget
+    ):
+        # Issue 19: a Retry-After of hours was capped at 60 s, so the fleet knocked again every
+        # minute. Beyond max_retry_after the pause is kept in Redis: every process (here another
+        # connection of the budget, whose limiter is its own) fails at once until it ends.
+        for conn_id in ("sms_met_it", "sms_other_task"):
+            use_connection(monkeypatch, _shared(sandbox, budget, requests_per_second=20), conn_id)
+        sandbox.retry_after = "7200"
+        sandbox.inject("rate_limit", endpoint="me")
+        with pytest.raises(SmsPartnerRetryAfterTooLongError):
+            SmsPartnerHook("sms_met_it").get_account()
+        sent = sandbox.stats.total
+        with pytest.raises(SmsPartnerRetryAfterTooLongError) as raised:
+            SmsPartnerHook("sms_other_task").add_stop("+33655443322")
+        assert sandbox.stats.total == sent
+        assert 7100 < raised.value.retry_after <= 7200
+        assert re.search(
+            r"max_retry_after=300 of connection 'sms_other_task'; retry after \S+Z", str(raised.value)
+        )
+
+    def test_a_connection_that_waits_longer_waits_it_out(self, monkeypatch, sandbox, budget):
+        for conn_id, max_retry_after in (("sms_short", 1), ("sms_patient", 5)):
+            extras = {"requests_per_second": 20, "max_retry_after": max_retry_after}
+            use_connection(monkeypatch, _shared(sandbox, budget, **extras), conn_id)
+        sandbox.retry_after = "2"
+        sandbox.inject("rate_limit", endpoint="me")
+        with pytest.raises(SmsPartnerRetryAfterTooLongError):
+            SmsPartnerHook("sms_short").get_account()
+        started = time.monotonic()
+        SmsPartnerHook("sms_patient").get_account()  # 2 s <= its max_retry_after: waits, then sends
+        assert time.monotonic() - started >= 1.5  # a lower bound: sleeps are never shorter
+        assert sandbox.stats.count("me") == 2
 
 
 class TestRedisProblemsFailClearly:

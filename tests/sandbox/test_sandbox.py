@@ -472,6 +472,22 @@ class TestFaults:
         assert sandbox.pending_faults() == []
         assert sandbox.stats.by_fault == {"server_error": 1, "bad_gateway": 1}
 
+    def test_a_fault_after_n_requests_lands_mid_run(self, sandbox, http):
+        sandbox.retry_after = "7200"
+        sandbox.inject("rate_limit", count=2, endpoint="stop-sms/add", after=3)
+        sandbox.inject("server_error", endpoint="stop-sms/add")
+
+        statuses = [add(http, sandbox, f"+3361{i:07d}").status_code for i in range(7)]
+        # The 429s skip 3 adds (the 500 hit one of them), then take the 4th and the 5th.
+        assert statuses == [500, 200, 200, 429, 429, 200, 200]
+        assert get(http, sandbox, "me", apiKey=API_KEY).status_code == 200  # other endpoints do not count
+        assert sandbox.pending_faults() == []
+
+    @pytest.mark.parametrize("after", [-1, 1.5, True], ids=["negative", "fraction", "bool"])
+    def test_after_must_be_a_whole_number(self, sandbox, after):
+        with pytest.raises(ValueError, match="after must be a whole number"):
+            sandbox.inject("drop", after=after)
+
     def test_faults_come_before_authentication(self, sandbox, http):
         sandbox.inject("server_error", count=2)
 

@@ -137,6 +137,8 @@ class TestConnectionSettings:
             ({"requests_per_second": 0}, "'requests_per_second' must be a number > 0"),
             ({"api_timezone": "Mars/Olympus"}, "'api_timezone' must be an IANA time zone"),
             ({"max_retry": 3}, "unknown extra.*'max_retry'"),
+            ({"max_retry_after": 0}, "'max_retry_after' must be a number of seconds > 0, got 0"),
+            ({"max_retry_after": "soon"}, "'max_retry_after' must be a number of seconds > 0"),
         ],
         ids=[
             "timeout-text",
@@ -147,6 +149,8 @@ class TestConnectionSettings:
             "rps-zero",
             "bad-timezone",
             "typo",
+            "max-retry-after-zero",
+            "max-retry-after-text",
         ],
     )
     def test_bad_extra_is_named(self, monkeypatch, extra, match):
@@ -160,6 +164,14 @@ class TestConnectionSettings:
         settings = SmsPartnerHook().settings
         assert (settings.timeout, settings.max_retries, settings.requests_per_second) == (12.5, 2, 10.0)
         assert settings.api_timezone == "UTC"
+
+    def test_max_retry_after_defaults_to_300_seconds(self, monkeypatch):
+        extras = ({}, 300.0), ({"max_retry_after": "7200"}, 7200.0), ({"max_retry_after": None}, 300.0)
+        for extra, expected in extras:
+            use_connection(
+                monkeypatch, json.dumps({"conn_type": "smspartner", "password": "k", "extra": extra})
+            )
+            assert SmsPartnerHook().settings.max_retry_after == expected
 
     def test_wrong_connection_type_is_refused(self, monkeypatch):
         use_connection(monkeypatch, json.dumps({"conn_type": "postgres", "host": "db", "password": "k"}))

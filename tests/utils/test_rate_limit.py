@@ -18,9 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_smspartner.exceptions import SmsPartnerConnectionError
-from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit, redis_keys
-from airflow_provider_smspartner.utils.throttle import HEADROOM
+from airflow_provider_smspartner.exceptions import SmsPartnerConfigError, SmsPartnerConnectionError
+from airflow_provider_smspartner.utils import rate_limit
+from airflow_provider_smspartner.utils.rate_limit import RATE_TTL, SharedRateLimit, redis_keys
+from airflow_provider_smspartner.utils.throttle import HEADROOM, PauseTooLong
 from tests.conftest import PROJECT_ROOT, require_server
 from tests.helpers import free_port
 
@@ -46,7 +47,7 @@ def budget(redis_client) -> Iterator[str]:
     redis_client.delete(*redis_keys(key))
 
 
-# A process of the fleet: says "ready" once it has a limiter, waits for a line on stdin, then
+# A process of the fleet: says "ready" once its limiter claimed the rate, waits for a line on stdin, then
 # takes `count` slots from `threads` threads and prints when each was released (wall clock,
 # comparable across processes on one machine).
 _CHILD = r"""
@@ -55,7 +56,7 @@ import redis
 from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit
 args = json.loads(sys.argv[1])
 limiter = SharedRateLimit(redis.Redis(port=6379, db=args["db"]), args["key"], args["rate"])
-limiter.check()
+limiter.claim()
 print("ready", flush=True)
 sys.stdin.readline()
 released, waited, lock = [], [], threading.Lock()
@@ -214,12 +215,97 @@ class TestSharedRateLimit:
         limiter = SharedRateLimit(redis_client, budget, 10)
         limiter.acquire()
         limiter.pause(0.5)
-        ttls = [redis_client.pttl(key) for key in redis_keys(budget)]
-        assert all(0 < ttl <= 3000 for ttl in ttls), ttls
+        *schedule_pause_window, rate = (redis_client.pttl(key) for key in redis_keys(budget))
+        assert all(0 < ttl <= 3000 for ttl in schedule_pause_window), schedule_pause_window
+        # The rate outlives the budget's activity (see TestOneRatePerBudget), not forever.
+        assert 0 < rate <= RATE_TTL * 1000
 
     def test_keys_share_one_hash_tag(self, budget):
-        # So the scripts, which touch all three, also run on Redis Cluster.
+        # So the scripts, which touch all four, also run on Redis Cluster.
         assert {key.split("}")[0] for key in redis_keys(budget)} == {"{" + budget}
+
+    def test_a_pause_longer_than_the_caller_accepts_is_refused_not_waited(self, redis_client, budget):
+        limiter = SharedRateLimit(redis_client, budget, 10)
+        limiter.pause(7200)
+        started = time.monotonic()
+        with pytest.raises(PauseTooLong) as refused:
+            limiter.acquire(max_pause=300)
+        assert time.monotonic() - started < 5  # no wait: one round trip (generous on a loaded box)
+        assert 7190 < refused.value.seconds <= 7200
+        assert redis_client.get(redis_keys(budget)[0]) is None  # no slot was reserved
+        limiter.pause(0)  # a shorter pause never shortens it
+        assert 7190 < limiter.paused_for() <= 7200
+
+    def test_a_pause_the_caller_accepts_is_waited_out(self, redis_client, budget):
+        limiter = SharedRateLimit(redis_client, budget, 10)
+        limiter.pause(0.3)
+        assert limiter.acquire(max_pause=300) >= 0.25
+
+
+class TestOneRatePerBudget:
+    """Issue 19: one budget, one rate, stored in Redis with the connection that set it."""
+
+    def _limiter(self, client, budget: str, rate: float, conn_id: str) -> SharedRateLimit:
+        return SharedRateLimit(client, budget, rate, conn_id=conn_id)
+
+    def test_the_rate_is_stored_with_who_set_it_and_a_time_to_live(self, redis_client, budget):
+        self._limiter(redis_client, budget, 20, "sms_a").claim()
+        rate_key = redis_keys(budget)[3]
+        assert redis_client.hgetall(rate_key) == {b"rate": b"20.0", b"conn": b"sms_a"}
+        assert RATE_TTL * 1000 - 5000 < redis_client.pttl(rate_key) <= RATE_TTL * 1000
+        # The same rate joins; who set it stays.
+        self._limiter(redis_client, budget, 20.0, "sms_b").claim()
+        assert redis_client.hget(rate_key, "conn") == b"sms_a"
+
+    def test_another_rate_is_refused_naming_both_connections_and_the_fix(self, redis_client, budget):
+        self._limiter(redis_client, budget, 20, "sms_a").claim()
+        with pytest.raises(SmsPartnerConfigError) as refused:
+            self._limiter(redis_client, budget, 5, "sms_b").claim()
+        message = str(refused.value)
+        assert message.startswith(
+            f"Shared rate limit: connection 'sms_b' has requests_per_second=5, but the budget of its "
+            f"rate_limit_key {budget!r} runs at requests_per_second=20, set by connection 'sms_a' "
+            "(that rate expires in "
+        )
+        assert "give 'sms_b' requests_per_second=20, or another rate_limit_key, or wait" in message.replace(
+            "Give", "give"
+        )
+        assert "'sms_a' may change it at once" in message
+        assert redis_client.hget(redis_keys(budget)[3], "rate") == b"20.0"
+
+    def test_the_connection_that_set_the_rate_may_change_it(self, redis_client, budget):
+        old = self._limiter(redis_client, budget, 20, "sms_a")
+        old.claim()
+        old.acquire()
+        self._limiter(redis_client, budget, 10, "sms_a").claim()
+        assert redis_client.hget(redis_keys(budget)[3], "rate") == b"10.0"
+        # A limiter at the old rate (a task that began before the change) is refused at its next
+        # request, with nothing reserved.
+        with pytest.raises(SmsPartnerConfigError, match=r"'sms_a' has requests_per_second=20.*=10"):
+            old.acquire()
+
+    def test_a_request_renews_the_rate_and_sets_it_when_it_expired(self, redis_client, budget, monkeypatch):
+        monkeypatch.setattr(rate_limit, "RATE_TTL", 1.0)
+        limiter = self._limiter(redis_client, budget, 20, "sms_a")
+        limiter.claim()
+        rate_key = redis_keys(budget)[3]
+        redis_client.pexpire(rate_key, 50)
+        limiter.acquire()
+        assert 900 < redis_client.pttl(rate_key) <= 1000  # renewed
+        redis_client.delete(rate_key)  # as if it expired while the budget was idle
+        self._limiter(redis_client, budget, 5, "sms_b").claim()
+        with pytest.raises(SmsPartnerConfigError, match="set by connection 'sms_b'"):
+            limiter.acquire()
+
+    def test_processes_are_refused_too(self, redis_client, budget):
+        self._limiter(redis_client, budget, 50, "sms_a").claim()
+        fleet = Fleet(1, key=budget, rate=10, count=1, threads=1)
+        try:
+            stdout, _ = fleet.children[0].communicate(timeout=120)
+        finally:
+            fleet.kill()
+        assert fleet.children[0].returncode != 0
+        assert "ready" not in stdout
 
     def test_unreachable_redis_fails_clearly(self):
         import redis

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_smspartner.utils.throttle import (
     HEADROOM,
+    PauseTooLong,
     RequestThrottle,
     shared_throttle,
     window_allowance,
@@ -54,6 +55,34 @@ class TestRequestThrottle:
         started = time.monotonic()
         throttle.acquire()
         assert time.monotonic() - started >= 0.25
+
+    def test_a_pause_longer_than_the_caller_accepts_is_refused_not_waited(self):
+        throttle = RequestThrottle(rate=1000)
+        throttle.pause(7200)
+        started = time.monotonic()
+        with pytest.raises(PauseTooLong) as refused:
+            throttle.acquire(max_pause=300)
+        assert time.monotonic() - started < 5  # no wait (generous on a loaded machine)
+        assert 7190 < refused.value.seconds <= 7200
+
+    def test_a_caller_already_waiting_when_a_long_pause_begins_is_refused(self):
+        throttle = RequestThrottle(rate=2)
+        throttle.acquire()  # the next slot is ~0.5 s out
+        refused: list[PauseTooLong] = []
+
+        def wait_for_a_slot() -> None:
+            try:
+                throttle.acquire(max_pause=300)
+            except PauseTooLong as exc:
+                refused.append(exc)
+
+        waiter = threading.Thread(target=wait_for_a_slot)
+        waiter.start()
+        time.sleep(0.1)
+        throttle.pause(7200)
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert len(refused) == 1 and refused[0].seconds > 7000
 
     @pytest.mark.parametrize(
         ("rate", "allowance"), [(7, 7), (25, 25), (200, 196), (28, 28), (0.5, 1), (1000, 980)]
