@@ -26,6 +26,7 @@ import gc
 import hashlib
 import hmac
 import os
+import resource
 import statistics
 import sys
 import time
@@ -81,6 +82,21 @@ def _hmac_copy(texts: list[str | None], key: bytes) -> list[str | None]:
     return out
 
 
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``; else None)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _line(label: str, seconds: float, timings: list[float], n: int, unit: str = "value") -> str:
     runs = ", ".join(f"{t:.2f}" for t in timings)
     return f"{label}: {seconds:.2f} s ({seconds / n * 1e6:.2f} us/{unit}; runs {runs} s)"
@@ -102,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     values = generate_corpus(n, seed=args.seed)
     print(
         f"corpus: {n:,} values (seed {args.seed}, {distinct_ratio(values):.1%} distinct), "
-        f"generated in {time.perf_counter() - started:.1f} s; median of {repeat} runs per measure; "
-        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+        f"generated in {time.perf_counter() - started:.1f} s; median of {repeat} runs per measure"
     )
+    # How busy the other processes kept the machine while the measures ran.
+    busy_start, own_start, wall_start = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
     # Warm-up: libphonenumber's lazy metadata and the first full-size allocations.
     hash_phone_numbers(values[: min(n, 20_000)], KEY, args.region)
     e164 = normalize_phone_numbers(values, args.region)["phone_e164"]
@@ -150,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         and hashed["reason"].equals(normalize_phone_numbers(values, args.region)["reason"])
     )
     print(f"hashes identical to the naive loop's: {'yes' if identical else 'NO'}")
-    print(
-        f"load average at the end: {os.getloadavg()[0]:.2f} (above 0.5: the figures are those of a busy machine)"
-    )
+    busy_end = _busy_cpu_seconds()
+    if busy_start is not None and busy_end is not None:
+        others = (busy_end - busy_start) - (_own_cpu_seconds() - own_start)
+        print(
+            f"other processes kept {max(others, 0.0) / (time.perf_counter() - wall_start):.2f} of "
+            f"{os.cpu_count()} CPUs busy on average during the measures (near 0: an idle machine)"
+        )
     return 0 if identical else 1
 
 
