@@ -518,14 +518,32 @@ class SmsPartnerHook(BaseHook):
     def get_stop_list_df(self) -> pd.DataFrame:
         """Fetch the stop list as a DataFrame.
 
-        :return: columns ``stop_id`` (int64), ``phone_number``, ``phone_e164`` (E.164, missing when
-            the API returned an unparsable number) and ``created_at`` (UTC).
+        The one list reader of every operator (extract, gate, bulk): ``phone_e164`` is made from
+        the stored number without its invisible characters (controls, format characters,
+        separators), and a row that still has no E.164 is logged (a warning naming its stop ids),
+        never dropped: each caller decides what to do with it.
+
+        :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it),
+            ``phone_e164`` (E.164, missing when no number could be made of it) and ``created_at``
+            (UTC).
         """
         from airflow_provider_smspartner.phone_numbers import stop_list_e164
-        from airflow_provider_smspartner.utils.stop_list import records_to_frame
+        from airflow_provider_smspartner.utils.stop_list import (
+            describe_stop_ids,
+            records_to_frame,
+            unreadable_stop_ids,
+        )
 
         frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
         frame.insert(2, "phone_e164", stop_list_e164(frame["phone_number"]).to_numpy())
+        unreadable = unreadable_stop_ids(frame)
+        if unreadable:
+            self.log.warning(
+                "%d stop(s) of the SMS Partner list hold no number that can be read as E.164 "
+                "(stop ids %s); they match no contact by E.164",
+                len(unreadable),
+                describe_stop_ids(unreadable),
+            )
         return frame
 
     def get_stop_list(self) -> list[StopEntry]:

@@ -7,17 +7,22 @@ phonenumbers and the bulk engine load inside ``execute``, not here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     check_choice,
     check_count,
+    check_flag,
+    check_fraction,
     check_one_source,
 )
+from airflow_provider_smspartner.utils.provider_tables import DEFAULT_RUN_LOG_TABLE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,8 +32,17 @@ if TYPE_CHECKING:
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
     from airflow_provider_smspartner.bulk.results import TryResults
     from airflow_provider_smspartner.bulk.sources import PhoneSource
+    from airflow_provider_smspartner.bulk.suppression import (
+        AuditLog,
+        ChunkSink,
+        StopListSnapshot,
+        SuppressionResult,
+    )
+    from airflow_provider_smspartner.utils.provider_tables import ListCheck
 
 OUTPUT_FORMATS = ("parquet", "csv")
+#: What the gate does with a stop-list row that has no E.164 (``on_unreadable_list_row``).
+UNREADABLE_LIST_ROW_CHOICES = ("fail", "warn")
 
 
 class SmsPartnerStopListOperator(BaseOperator):
@@ -460,9 +474,23 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
 
     Either way, with ``audit_table`` one row is appended (the table is created when missing, before
     the API is called): ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``,
-    ``checked_at`` (UTC, when the list was fetched), ``mode``, ``rows_in_list``, ``list_sha256``,
-    the counts and ``output`` (the table or path written). In check mode it is written before the
-    task fails.
+    ``checked_at`` (UTC, when the list was fetched), ``mode``, ``status`` (``accepted`` or
+    ``refused``), ``rows_in_list`` (of which ``matched`` by E.164 and ``unreadable``),
+    ``list_sha256``, the counts, ``output`` (the table or path written) and ``reason`` (why a list
+    was refused). In check mode it is written before the task fails.
+
+    The gate fails closed, as the extract does. Before any API call, every output, the audit table
+    and what is read (``source_path``, the tables ``sql`` reads as far as a parser tells,
+    ``stop_list_table``) must be distinct places (``ValueError`` naming both arguments). Then the
+    live list is refused (:class:`~airflow_provider_smspartner.exceptions.StopListGuardError`,
+    nothing written but a ``refused`` audit row) when it is empty (unless ``allow_empty_list``),
+    when it holds fewer than ``(1 - max_removed_fraction)`` of the stops of the reference, and,
+    with ``on_unreadable_list_row="fail"``, when a row holds no number readable as E.164 (invisible
+    characters, controls, format characters and separators, are removed first). The reference:
+    the latest accepted check of the same ``dag_id`` and ``task_id`` in ``audit_table``; else the
+    latest applied run in the run log of ``stop_list_table``; else none (only the empty list is
+    refused). Files are written to a temporary sibling and renamed into place once both outputs
+    are complete, so a killed run leaves the previous file or none, never a partial one.
 
     Exactly one source:
 
@@ -489,14 +517,28 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
     :param audit_table: Table with one row per run, appended. (templated)
     :param audit_conn_id: Connection of ``audit_table`` (default ``output_conn_id``, else
         ``sql_conn_id``). (templated)
+    :param stop_list_table: The warehouse stop-list table the extract keeps: its run log's last
+        applied run is the guard's reference when the audit table has none. (templated)
+    :param stop_list_conn_id: Connection of ``stop_list_table`` (default ``output_conn_id``, else
+        ``sql_conn_id``, else ``audit_conn_id``). (templated)
+    :param stop_list_run_log_table: Its run log, as the extract's ``run_log_table`` (default
+        ``{table}_runs``). (templated)
+    :param max_removed_fraction: Largest share (0 to 1) of the reference's stops that may be gone
+        from the live list; ``None`` disables the check. Default 0.2, as the extract.
+    :param allow_empty_list: Accept an empty live list (every audience number then passes).
+    :param on_unreadable_list_row: ``fail`` (default): refuse a list with a row that holds no
+        number readable as E.164. ``warn``: match such a row on the digits of its number (as
+        ``+digits``) and log its stop id.
     :param chunk_size: Audience rows read, checked and written at a time.
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
-    :return: ``{"audience", "valid", "invalid", "duplicate", "stopped", "kept", "output"}``
-        (``audience = kept + invalid + duplicate + stopped``; ``valid = audience - invalid``;
-        ``output`` is the table or path written, ``None`` in check mode).
+    :return: ``{"audience", "valid", "invalid", "duplicate", "stopped", "kept", "rows_in_list",
+        "matched", "unreadable", "output"}`` (``audience = kept + invalid + duplicate + stopped``;
+        ``valid = audience - invalid``; ``rows_in_list = matched + unreadable``; ``output`` is the
+        table or path written, ``None`` in check mode).
     :raises ValueError: on bad arguments (no or two sources, filter without exactly one output,
         check with an output, a bad table name or file extension, a missing or unknown
         ``phone_column``...), raised before any API call.
+    :raises StopListGuardError: when the guard refuses the live list (audit row written first).
     :raises AirflowException: in check mode, when any audience number is on the list (audit row
         written first).
     """
@@ -512,6 +554,9 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
         "excluded_path",
         "audit_table",
         "audit_conn_id",
+        "stop_list_table",
+        "stop_list_conn_id",
+        "stop_list_run_log_table",
         "smspartner_conn_id",
     )
 
@@ -527,10 +572,22 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
         excluded_path: str | None = None,
         audit_table: str | None = None,
         audit_conn_id: str | None = None,
+        stop_list_table: str | None = None,
+        stop_list_conn_id: str | None = None,
+        stop_list_run_log_table: str = DEFAULT_RUN_LOG_TABLE,
+        max_removed_fraction: float | None = 0.2,
+        allow_empty_list: bool = False,
+        on_unreadable_list_row: str = "fail",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.stop_list_table = stop_list_table
+        self.stop_list_conn_id = stop_list_conn_id
+        self.stop_list_run_log_table = stop_list_run_log_table
+        self.max_removed_fraction = max_removed_fraction
+        self.allow_empty_list = allow_empty_list
+        self.on_unreadable_list_row = on_unreadable_list_row
         self.mode = mode
         self.output_table = output_table
         self.output_conn_id = output_conn_id
@@ -552,6 +609,10 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
     def _audit_conn(self) -> str | None:
         return self.audit_conn_id or self.output_conn_id or self.sql_conn_id
 
+    @property
+    def _stop_list_conn(self) -> str | None:
+        return self.stop_list_conn_id or self._output_conn or self._audit_conn
+
     def _check_arguments(self) -> None:
         """The checks that need no data (at parse time, and again once the templates are rendered).
 
@@ -560,6 +621,14 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
         check_choice("mode", self.mode, SUPPRESSION_MODES)
         check_one_source(self.phone_numbers, self.sql, self.sql_conn_id, self.source_path)
         check_count("chunk_size", self.chunk_size, minimum=1)
+        check_fraction("max_removed_fraction", self.max_removed_fraction, allow_none=True)
+        check_flag("allow_empty_list", self.allow_empty_list)
+        check_choice("on_unreadable_list_row", self.on_unreadable_list_row, UNREADABLE_LIST_ROW_CHOICES)
+        if self.stop_list_table and not self._stop_list_conn:
+            raise ValueError(
+                f"stop_list_table {self.stop_list_table!r} needs a database: set stop_list_conn_id (or "
+                "output_conn_id, or sql_conn_id)."
+            )
         if self.output_format is not None:
             check_choice("output_format", self.output_format, OUTPUT_FORMATS)
         outputs = {
@@ -600,32 +669,47 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
 
         return self.output_format or file_format(path, argument)
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Check the arguments and the outputs, open the source, fetch the list, check the audience.
+    def _check_targets(self) -> None:
+        """Every output, the audit table and what is read must be distinct places.
 
-        :return: the counts and ``output`` (see the class docstring).
-        :raises ValueError: on unusable arguments or data, before any API call.
-        :raises AirflowException: in check mode when audience numbers are on the list.
+        :raises ValueError: naming the two arguments that name one place (before any API call).
         """
-        from airflow.exceptions import AirflowException
-
-        from airflow_provider_smspartner.bulk.suppression import (
-            E164_COLUMN,
-            AuditLog,
-            ChunkSink,
-            FileSink,
-            TableSink,
-            fetch_stop_list,
-            mask_phone_number,
-            suppress_audience,
-            utc_now,
+        from airflow_provider_smspartner.bulk.targets import (
+            Place,
+            check_distinct,
+            file_place,
+            query_places,
+            table_place,
         )
 
-        self._check_arguments()  # templated values, rendered
+        output_conn = str(self._output_conn)
+        places: list[Place] = []
+        for argument in ("output_path", "excluded_path"):
+            if path := getattr(self, argument):
+                places.append(file_place(argument, path))
+        if self.source_path:
+            places.append(file_place("source_path", self.source_path, written=False))
+        for argument in ("output_table", "excluded_table"):
+            if table := getattr(self, argument):
+                places.append(table_place(argument, output_conn, table))
+        if self.audit_table:
+            places.append(table_place("audit_table", str(self._audit_conn), self.audit_table))
+        if self.stop_list_table:
+            places.append(
+                table_place("stop_list_table", str(self._stop_list_conn), self.stop_list_table, written=False)
+            )
+        if self.sql and any(place.identity[0] == "table" for place in places):
+            places.extend(query_places(str(self.sql_conn_id), self.sql))
+        check_distinct(places)
+
+    def _sinks(self) -> tuple[ChunkSink | None, ChunkSink | None]:
+        """The kept and excluded outputs, checked (names, extensions, connections); nothing is
+        written until the audience is checked."""
+        from airflow_provider_smspartner.bulk.suppression import E164_COLUMN, FileSink, TableSink
+
         output_conn = str(self._output_conn)
         kept: ChunkSink | None = None
         excluded: ChunkSink | None = None
-        # Before any API call: bad names, extensions, connections and the audit table fail here.
         if self.output_path:
             kept = FileSink(self.output_path, self._file_format(self.output_path, "output_path"))  # type: ignore[arg-type]
         elif self.output_table:
@@ -641,9 +725,127 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
                 chunk_size=self.chunk_size,
                 spill=True,
             )
+        return kept, excluded
+
+    def _check_output_columns(self, columns: Sequence[Any]) -> None:
+        """The output tables' columns (the audience's, plus ``phone_e164``, plus ``reason`` for the
+        excluded rows) must be names the database stores as given: checked before any API call.
+
+        :raises ValueError: naming the columns, the database and the rule.
+        """
+        from airflow_provider_smspartner.bulk.suppression import E164_COLUMN, REASON_COLUMN
+        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.utils.table_spec import check_column_names
+
+        names = [str(column) for column in columns]
+        for table, added in (
+            (self.output_table, (E164_COLUMN,)),
+            (self.excluded_table, (E164_COLUMN, REASON_COLUMN)),
+        ):
+            if table:
+                dialect = resolve_dbapi_hook(str(self._output_conn)).dialect_name
+                check_column_names(list(dict.fromkeys([*names, *added])), dialect, table=table)
+
+    def _guard_reference(self, context: Context, audit: AuditLog | None) -> ListCheck | None:
+        """What the live list is compared with: the last accepted check of this task in the audit
+        table, else the extract's last applied run of ``stop_list_table``, else nothing."""
+        from airflow_provider_smspartner.utils.provider_tables import last_applied_run
+
+        identity = task_identity(context, self.task_id)
+        reference = audit.latest_accepted(identity["dag_id"], identity["task_id"]) if audit else None
+        if reference is None and self.stop_list_table:
+            reference = last_applied_run(
+                str(self._stop_list_conn), self.stop_list_table, self.stop_list_run_log_table
+            )
+        if reference is None:
+            self.log.info(
+                "Guard: no earlier check or extract to compare the list with; only an empty list is refused"
+            )
+        else:
+            self.log.info(
+                "Guard: the list is compared with %s: %d stops", reference.source, reference.rows_in_list
+            )
+        return reference
+
+    def _fetch_checked_list(
+        self, context: Context, audit: AuditLog | None, reference: ListCheck | None
+    ) -> tuple[datetime, StopListSnapshot]:
+        """Fetch the live list and pass it through the guard; a refused list leaves a ``refused``
+        audit row and raises :class:`StopListGuardError`."""
+        from airflow_provider_smspartner.bulk.suppression import fetch_stop_list, utc_now
+        from airflow_provider_smspartner.bulk.suppression_guard import check_live_list
+        from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
+
+        hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
+        try:
+            checked_at = utc_now()
+            stop_list = fetch_stop_list(hook, match_unreadable_digits=self.on_unreadable_list_row == "warn")
+        finally:
+            hook.close()
+        self.log.info(
+            "Fetched the stop list: %d stops, %d matched by E.164, %d unreadable (list_sha256 %s)",
+            stop_list.rows_in_list,
+            stop_list.matched,
+            stop_list.unreadable,
+            stop_list.list_sha256,
+        )
+        try:
+            check_live_list(
+                stop_list,
+                reference,
+                max_removed_fraction=self.max_removed_fraction,
+                allow_empty_list=self.allow_empty_list,
+                on_unreadable_list_row=self.on_unreadable_list_row,
+            )
+        except StopListGuardError as refused:
+            if audit is not None:
+                audit.append(
+                    self._audit_row(context, checked_at, stop_list, "refused") | {"reason": str(refused)}
+                )
+                self.log.info("Refused list recorded in %s", audit.table)
+            raise
+        if stop_list.unreadable:
+            self.log.warning(
+                "%d stop(s) with no E.164 are matched on their digits (stop ids %s)",
+                stop_list.unreadable,
+                describe_stop_ids(stop_list.unreadable_stop_ids),
+            )
+        return checked_at, stop_list
+
+    def _audit_row(
+        self, context: Context, checked_at: datetime, stop_list: StopListSnapshot, status: str
+    ) -> dict[str, Any]:
+        return {
+            **task_identity(context, self.task_id),
+            "checked_at": checked_at,
+            "mode": self.mode,
+            "status": status,
+            "rows_in_list": stop_list.rows_in_list,
+            "matched": stop_list.matched,
+            "unreadable": stop_list.unreadable,
+            "list_sha256": stop_list.list_sha256,
+        }
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Check the arguments and the outputs, open the source, fetch and guard the list, check
+        the audience.
+
+        :return: the counts, the list's ``rows_in_list``, ``matched`` and ``unreadable``, and
+            ``output`` (see the class docstring).
+        :raises ValueError: on unusable arguments or data, before any API call.
+        :raises StopListGuardError: when the live list is refused (nothing written but the audit row).
+        :raises AirflowException: in check mode when audience numbers are on the list.
+        """
+        from airflow_provider_smspartner.bulk.suppression import AuditLog, suppress_audience
+
+        self._check_arguments()  # templated values, rendered
+        # Before any API call: bad names, extensions, connections, clashes and the audit table fail here.
+        self._check_targets()
+        kept, excluded = self._sinks()
         audit = AuditLog(str(self._audit_conn), self.audit_table) if self.audit_table else None
         if audit is not None:
             audit.prepare()
+        reference = self._guard_reference(context, audit)
         source = self._phone_source()
         with source.open_rows(self.chunk_size) as rows:
             self.log.info(
@@ -653,23 +855,36 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
                 len(rows.columns),
                 self.chunk_size,
             )
-            hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
-            try:
-                checked_at = utc_now()
-                stop_list = fetch_stop_list(hook)
-            finally:
-                hook.close()
-            self.log.info(
-                "Fetched the stop list: %d stops (list_sha256 %s)",
-                stop_list.rows_in_list,
-                stop_list.list_sha256,
-            )
+            self._check_output_columns(rows.columns)
+            checked_at, stop_list = self._fetch_checked_list(context, audit, reference)
             result = suppress_audience(
                 rows, stop_list, default_region=self.default_region, kept=kept, excluded=excluded
             )
+        return self._report(context, checked_at, stop_list, result, kept, excluded, audit)
+
+    def _report(
+        self,
+        context: Context,
+        checked_at: datetime,
+        stop_list: StopListSnapshot,
+        result: SuppressionResult,
+        kept: ChunkSink | None,
+        excluded: ChunkSink | None,
+        audit: AuditLog | None,
+    ) -> dict[str, Any]:
+        """Log, audit and return the run; in check mode, fail when audience numbers are listed."""
+        from airflow.exceptions import AirflowException
+
+        from airflow_provider_smspartner.bulk.suppression import mask_phone_number
+
         counts = result.counts.as_dict()
         output = kept.target if kept is not None else None
-        summary: dict[str, Any] = {**counts, "output": output}
+        listed = {
+            "rows_in_list": stop_list.rows_in_list,
+            "matched": stop_list.matched,
+            "unreadable": stop_list.unreadable,
+        }
+        summary: dict[str, Any] = {**counts, **listed, "output": output}
         self._lineage = {"counts": summary, "rows_in_list": stop_list.rows_in_list}
         self.log.info(
             "Audience %s: %s%s",
@@ -681,15 +896,7 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
             self.log.info("Excluded rows written to %s", excluded.target)
         if audit is not None:
             audit.append(
-                {
-                    **task_identity(context, self.task_id),
-                    "checked_at": checked_at,
-                    "mode": self.mode,
-                    "rows_in_list": stop_list.rows_in_list,
-                    "list_sha256": stop_list.list_sha256,
-                    **counts,
-                    "output": output,
-                }
+                self._audit_row(context, checked_at, stop_list, "accepted") | counts | {"output": output}
             )
             self.log.info("Audit row appended to %s", audit.table)
         if self.mode == "check" and counts["stopped"]:
