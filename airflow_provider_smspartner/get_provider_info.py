@@ -34,6 +34,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_smspartner.operators.smspartner"],
             }
         ],
+        "triggers": [
+            {
+                "integration-name": "SMS Partner",
+                "python-modules": ["airflow_provider_smspartner.triggers.smspartner"],
+            }
+        ],
         "transfers": [
             {
                 "source-integration-name": "SMS Partner",

@@ -98,6 +98,43 @@ class FakeClock:
         return self.now
 
 
+class _StopTrigger(Exception):
+    """Ends a driven trigger loop (raised from its sleep, outside the trigger's error handling)."""
+
+
+def drive_trigger(trigger: Any, polls: int) -> list[Any]:
+    """Run an event trigger's ``run()`` for ``polls`` polls; return the payloads it yielded.
+
+    The trigger's sleep (``_sleep``) advances its clock (``_monotonic``, set to a
+    :class:`FakeClock` when it is not one already) instead of waiting, so a poll interval or a
+    back-off of hours takes no real time. Call again to go on where it stopped.
+    """
+    import asyncio
+
+    if not isinstance(trigger._monotonic, FakeClock):
+        trigger._monotonic = FakeClock()
+    clock = trigger._monotonic
+    slept = 0
+
+    async def sleep(seconds: float) -> None:
+        nonlocal slept
+        slept += 1
+        clock.now += seconds
+        if slept >= polls:
+            raise _StopTrigger
+
+    trigger._sleep = sleep
+    payloads: list[Any] = []
+
+    async def main() -> None:
+        async for event in trigger.run():
+            payloads.append(event.payload)
+
+    with pytest.raises(_StopTrigger):
+        asyncio.run(main())
+    return payloads
+
+
 class RecordingLogger:
     def __init__(self) -> None:
         self.lines: list[str] = []

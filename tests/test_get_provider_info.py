@@ -55,7 +55,7 @@ class TestProviderInfo:
     def test_version(self):
         assert get_provider_info()["versions"] == [__version__]
 
-    @pytest.mark.parametrize("module", ["hooks", "operators"])
+    @pytest.mark.parametrize("module", ["hooks", "operators", "triggers"])
     def test_listed_modules_import(self, module):
         import importlib
 

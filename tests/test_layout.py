@@ -36,6 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "bulk": {"exceptions", "hooks", "phone_numbers", "utils"},
     "operators": {"exceptions", "hooks", "bulk", "phone_numbers", "utils"},
     "transfers": {"exceptions", "hooks", "phone_numbers", "utils"},
+    # The event trigger polls through the hook and reads the extract's run log (sql, utils).
+    "triggers": {"exceptions", "hooks", "sql", "utils"},
 }
 #: Loaded at DAG-parse time by nothing but execute(): the DAG processor must not pay for them.
 HEAVY = ("pandas", "numpy", "pyarrow", "phonenumbers", "sqlalchemy")
@@ -45,6 +47,7 @@ PARSE_TIME_MODULES = (
     f"{PACKAGE}.operators.smspartner",
     f"{PACKAGE}.transfers.smspartner_to_sql",
     f"{PACKAGE}.transfers.phone_numbers_to_sql",
+    f"{PACKAGE}.triggers.smspartner",
 )
 
 

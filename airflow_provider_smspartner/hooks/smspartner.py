@@ -515,6 +515,20 @@ class SmsPartnerHook(BaseHook):
         body = self._request("GET", LIST_ENDPOINT, fast_parse=parse_stop_list_body)
         return stop_list_array(body.get("data"))
 
+    def get_stop_list_fingerprint(self) -> tuple[int, str]:
+        """Fetch the stop list and return only its size and fingerprint, for change detection.
+
+        Hashed from the Arrow columns (no DataFrame, no Python object per row); nothing of the
+        list outlives the call. One ``stop-sms/list`` call, through the throttle and the retries.
+
+        :return: ``(rows_in_list, list_sha256)``, the same fingerprint as the extract's run log
+            (:func:`~airflow_provider_smspartner.utils.api.list_sha256`).
+        """
+        from airflow_provider_smspartner.utils.api import list_sha256
+
+        records = self._fetch_stop_list()
+        return len(records), list_sha256(records.field("id"), records.field("phoneNumber"))
+
     def get_stop_list_df(self) -> pd.DataFrame:
         """Fetch the stop list as a DataFrame.
 

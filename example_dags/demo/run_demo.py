@@ -130,6 +130,7 @@ def main() -> None:
         join = run_dag(dagbag, "smspartner_taskflow_join", output_dir=str(OUTPUT))
         mapped = run_dag(dagbag, "smspartner_bulk_add_mapped", chunk_size=3)
         gate = run_dag(dagbag, "smspartner_campaign_gate")
+        events = run_dag(dagbag, "smspartner_stop_list_events")
         stops_after = len(sandbox.state)
 
     with sqlite3.connect(WAREHOUSE) as warehouse:
@@ -161,6 +162,12 @@ def main() -> None:
         f"  campaign gate against the live list: audience {counts['audience']}, kept {counts['kept']}, "
         f"stopped {counts['stopped']}, invalid {counts['invalid']}, duplicate {counts['duplicate']} "
         "(safe audience in campaign_audience_safe, audit row in smspartner_suppression_audit)"
+    )
+    refreshed = events["refresh_suppressed_audience"]
+    print(
+        f"  event-driven refresh (the run a stale-copy event starts): stop list upserted, suppressed "
+        f"audience rewritten: kept {refreshed['kept']} of {refreshed['audience']} "
+        "(marketing_audience_suppressed)"
     )
     join_summary = join["write_safe_contacts"]
     print(
