@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers  # noqa: E402
-from airflow_provider_smspartner.phone_numbers.reference import reference_normalize  # noqa: E402
 from benchmarks.phone_corpus import distinct_ratio, generate_corpus  # noqa: E402
+from tests.phone_numbers.reference import reference_normalize  # noqa: E402
 
 TARGET_RATIO = 20.0
 MIB = 1024 * 1024

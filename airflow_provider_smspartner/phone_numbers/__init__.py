@@ -1,13 +1,13 @@
 """E.164 normalisation of phone numbers, vectorised, stop-list matching and keyed hashing.
 
 Pure package: no Airflow import and nothing from the rest of the provider (pandas, numpy,
-``phonenumbers``; the fast path in ``_fast_path`` also uses pyarrow, the engine behind pandas'
-string dtype).
+``phonenumbers``; the fast path in the ``_fast_path`` package also uses pyarrow, the engine behind
+pandas' string dtype).
 
 The truth is libphonenumber: for every value, :func:`normalize_phone_numbers` returns exactly what
-``phonenumbers.parse`` + ``is_valid_number`` + ``format_number(..., E164)`` say;
-:func:`~.reference.reference_normalize` is that plain per-value loop, kept as the baseline and
-the oracle.
+``phonenumbers.parse`` + ``is_valid_number`` + ``format_number(..., E164)`` say, one value at a
+time (the plain per-value loop the tests and the benchmark compare with lives in
+``tests/phone_numbers/reference.py``, outside the wheel).
 The speed comes from converting each value to text once, de-duplicating the texts, and deciding
 them column-wise with libphonenumber's own metadata and patterns (``_fast_path``); the few
 texts it does not decide (about 5 per 1,000 distinct texts in the benchmark corpus: unusual
@@ -25,7 +25,21 @@ import pandas as pd
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+from airflow_provider_smspartner.phone_numbers._fast_path import fast_normalize
+from airflow_provider_smspartner.phone_numbers._fast_path.columns import factorize, texts_at, to_arrow
+from airflow_provider_smspartner.phone_numbers._fast_path.metadata import supported_region
+from airflow_provider_smspartner.phone_numbers._fast_path.result import (
+    EMPTY,
+    INVALID_COUNTRY_CODE,
+    INVALID_NUMBER,
+    NOT_A_NUMBER,
+    TOO_LONG,
+    TOO_SHORT,
+    UNDECIDED,
+    VALID,
+    FastResult,
+    e164_strings,
+)
 from airflow_provider_smspartner.phone_numbers.hashing import hash_e164, key_bytes
 from airflow_provider_smspartner.phone_numbers.list_numbers import clean_list_numbers
 
@@ -49,11 +63,11 @@ REASONS: tuple[str, ...] = (
 )
 
 _PARSE_ERROR_CODES = {
-    NumberParseException.NOT_A_NUMBER: fast.NOT_A_NUMBER,
-    NumberParseException.TOO_SHORT_NSN: fast.TOO_SHORT,
-    NumberParseException.TOO_SHORT_AFTER_IDD: fast.TOO_SHORT,
-    NumberParseException.TOO_LONG: fast.TOO_LONG,
-    NumberParseException.INVALID_COUNTRY_CODE: fast.INVALID_COUNTRY_CODE,
+    NumberParseException.NOT_A_NUMBER: NOT_A_NUMBER,
+    NumberParseException.TOO_SHORT_NSN: TOO_SHORT,
+    NumberParseException.TOO_SHORT_AFTER_IDD: TOO_SHORT,
+    NumberParseException.TOO_LONG: TOO_LONG,
+    NumberParseException.INVALID_COUNTRY_CODE: INVALID_COUNTRY_CODE,
 }
 
 # Output dtype of phone_e164 and reason: pandas' nullable string dtype (missing = pd.NA).
@@ -64,7 +78,7 @@ _INT64_LIMIT = 2.0**63
 
 
 # ---------------------------------------------------------------------------------------------
-# Text conversion: one definition, used by the reference and the fast path alike.
+# Text conversion: one definition, used by the fast path and the per-value path alike.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -117,7 +131,7 @@ def _is_blank(text: str | None) -> bool:
 
 def _check_region(default_region: str) -> str:
     region = default_region.upper() if isinstance(default_region, str) else default_region
-    if not isinstance(region, str) or not fast.supported_region(region):
+    if not isinstance(region, str) or not supported_region(region):
         raise ValueError(
             f"default_region {default_region!r} is not a region libphonenumber knows; "
             "use an ISO 3166-1 alpha-2 code such as 'FR'"
@@ -125,17 +139,17 @@ def _check_region(default_region: str) -> str:
     return region
 
 
-def _reference_code(text: str | None, region: str) -> tuple[str | None, int]:
+def _per_value_code(text: str | None, region: str) -> tuple[str | None, int]:
     """libphonenumber on one text: ``(e164 or None, reason code)``."""
     if text is None or _is_blank(text):
-        return None, fast.EMPTY
+        return None, EMPTY
     try:
         number = phonenumbers.parse(text, region)
     except NumberParseException as exc:
         return None, _PARSE_ERROR_CODES[exc.error_type]
     if not phonenumbers.is_valid_number(number):
-        return None, fast.INVALID_NUMBER
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164), fast.VALID
+        return None, INVALID_NUMBER
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164), VALID
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,30 +188,30 @@ def _object_values(values: np.ndarray | pd.Series) -> np.ndarray:
 def _texts(values: np.ndarray | pd.Series) -> tuple[np.ndarray, Any]:
     """Convert to text once and de-duplicate: ``(codes, unique texts)``; code -1 = missing.
 
-    The unique texts come back as an Arrow string array (see ``_fast_path.to_arrow``).
+    The unique texts come back as an Arrow string array (see ``_fast_path.columns.to_arrow``).
     """
     dtype = values.dtype
     if isinstance(dtype, pd.StringDtype):
         # Already text (pyarrow or python storage): no Python-level conversion at all.
-        return fast.factorize(fast.to_arrow(pd.Series(values, copy=False).array))
+        return factorize(to_arrow(pd.Series(values, copy=False).array))
     raw = values.to_numpy() if isinstance(values, pd.Series) and dtype.kind in "iuf" else values
     if isinstance(raw, np.ndarray) and raw.dtype.kind in "iu":
         # str(int) is numpy's integer-to-text conversion; factorize the numbers first (cheaper).
         codes, unique_numbers = pd.factorize(raw)
-        return np.asarray(codes), fast.to_arrow(np.asarray(unique_numbers).astype(str).astype(object))
+        return np.asarray(codes), to_arrow(np.asarray(unique_numbers).astype(str).astype(object))
     if isinstance(raw, np.ndarray) and raw.dtype.kind == "f":
         number_codes, unique_numbers = pd.factorize(raw)  # NaN -> -1
         # Distinct floats can share a text (-0.0 and 0.0): de-duplicate the texts again.
         text_codes, unique_texts = pd.factorize(_float_texts(np.asarray(unique_numbers)))
         codes = np.where(number_codes >= 0, np.asarray(text_codes)[np.maximum(number_codes, 0)], -1)
-        return codes, fast.to_arrow(np.asarray(unique_texts, dtype=object))
+        return codes, to_arrow(np.asarray(unique_texts, dtype=object))
     objects = _object_values(values)
     if pd.api.types.infer_dtype(objects, skipna=True) in ("string", "empty"):
         # Only str and missing values (None, NaN, pd.NA): phone_text would change nothing.
-        return fast.factorize(fast.to_arrow(objects))
+        return factorize(to_arrow(objects))
     # The hot loop: most cells are already str, so test the exact type before calling phone_text.
     converted = [v if v.__class__ is str else _CONVERTERS.get(v.__class__, phone_text)(v) for v in objects]
-    return fast.factorize(fast.to_arrow(converted))
+    return factorize(to_arrow(converted))
 
 
 def _float_texts(numbers: np.ndarray) -> np.ndarray:
@@ -211,21 +225,21 @@ def _float_texts(numbers: np.ndarray) -> np.ndarray:
     return texts
 
 
-def _parse_the_rest(result: fast.FastResult, uniques: Any, region: str) -> None:
+def _parse_the_rest(result: FastResult, uniques: Any, region: str) -> None:
     """Hand the texts the fast path could not decide to ``phonenumbers.parse``, one by one."""
-    undecided = np.flatnonzero(result.reason == fast.UNDECIDED)
+    undecided = np.flatnonzero(result.reason == UNDECIDED)
     if not len(undecided):
         return
     positions: list[int] = []
     e164_values: list[str] = []
-    for position, text in zip(undecided.tolist(), fast.texts_at(uniques, undecided), strict=True):
-        e164, code = _reference_code(text, region)
+    for position, text in zip(undecided.tolist(), texts_at(uniques, undecided), strict=True):
+        e164, code = _per_value_code(text, region)
         result.reason[position] = code
         if e164 is not None:
             positions.append(position)
             e164_values.append(e164)
     if positions:
-        result.set_valid(np.asarray(positions, dtype=np.int64), fast.to_arrow(e164_values))
+        result.set_valid(np.asarray(positions, dtype=np.int64), to_arrow(e164_values))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +272,9 @@ def _normalize_with_unencodable(data: np.ndarray | pd.Series, index: pd.Index, r
         e164[regular] = decided["phone_e164"].array
         reasons[regular] = decided["reason"].array
     for position in np.flatnonzero(odd).tolist():
-        number, code = _reference_code(texts[position], region)
+        number, code = _per_value_code(texts[position], region)
         e164[position] = number if number is not None else pd.NA
-        reasons[position] = pd.NA if code == fast.VALID else REASONS[code - 1]
+        reasons[position] = pd.NA if code == VALID else REASONS[code - 1]
     return pd.DataFrame(
         {
             "input": pd.Series(objects, index=index, dtype=object, copy=False),
@@ -300,16 +314,16 @@ def normalize_phone_numbers(values: Any, default_region: str = "FR") -> pd.DataF
         # Arrow holds UTF-8 only; a Python string may not encode (a lone surrogate such as
         # "\ud83d" from a badly decoded file). Rare: those values take the per-value path.
         return _normalize_with_unencodable(data, index, region)
-    result = fast.fast_normalize(uniques, region)
+    result = fast_normalize(uniques, region)
 
     _parse_the_rest(result, uniques, region)
 
     # Map the per-text results back to the rows without materialising Python strings.
-    e164_values, slot = fast.e164_strings(result, len(uniques))
+    e164_values, slot = e164_strings(result, len(uniques))
     missing = codes < 0
     safe_codes = np.where(missing, 0, codes)
     row_slot = np.where(missing, -1, slot[safe_codes] if len(slot) else -1)
-    row_reason = np.where(missing, fast.EMPTY, result.reason[safe_codes] if len(slot) else fast.EMPTY)
+    row_reason = np.where(missing, EMPTY, result.reason[safe_codes] if len(slot) else EMPTY)
     return pd.DataFrame(
         {
             "input": pd.Series(_object_values(data), index=index, dtype=object, copy=False),

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+from airflow_provider_smspartner.phone_numbers._fast_path.columns import factorize
 
 __all__ = ["E164_TEXT", "hash_e164", "key_bytes"]
 
@@ -122,7 +122,7 @@ def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
     raw_key = key_bytes(key)
     index = e164_values.index if isinstance(e164_values, pd.Series) else None
     texts = _as_texts(e164_values)
-    codes, uniques = fast.factorize(texts)
+    codes, uniques = factorize(texts)
     malformed = np.flatnonzero(~pc.match_substring_regex(uniques, E164_TEXT).to_numpy(zero_copy_only=False))
     if len(malformed):
         position = int(np.flatnonzero(codes == malformed[0])[0])

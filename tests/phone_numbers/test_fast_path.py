@@ -1,4 +1,4 @@
-"""Guards of phone_numbers._fast_path's use of private names of ``phonenumbers``.
+"""Guards of the phone_numbers._fast_path package's use of private names of ``phonenumbers``.
 
 The fast path imports a few private helpers of ``phonenumbers.phonenumberutil``; each import
 falls back silently to ``phonenumbers.parse`` (exact, but slower) when a release renames it.
@@ -13,9 +13,11 @@ from pathlib import Path
 import phonenumbers
 from phonenumbers import phonenumberutil
 
+from airflow_provider_smspartner import phone_numbers
 from airflow_provider_smspartner.phone_numbers import _fast_path
+from airflow_provider_smspartner.phone_numbers._fast_path import national, rescue
 
-PACKAGE = Path(_fast_path.__file__).parent
+PACKAGE = Path(phone_numbers.__file__).parent
 
 
 def _private_names_used() -> dict[str, list[str]]:
@@ -23,7 +25,7 @@ def _private_names_used() -> dict[str, list[str]]:
     modules (``from phonenumbers.x import _name``) or read as an attribute of something imported
     from it (``phonenumberutil._name``, ``phonenumbers._name``)."""
     found: dict[str, list[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         roots: set[str] = set()  # local names bound to phonenumbers modules or objects
         for node in ast.walk(tree):
@@ -34,7 +36,7 @@ def _private_names_used() -> dict[str, list[str]]:
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "phonenumbers":
                 for alias in node.names:
                     if alias.name.startswith("_"):
-                        found.setdefault(alias.name, []).append(f"{path.name}:{node.lineno}")
+                        found.setdefault(alias.name, []).append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
                     else:
                         roots.add(alias.asname or alias.name)
         for node in ast.walk(tree):
@@ -47,7 +49,7 @@ def _private_names_used() -> dict[str, list[str]]:
                 while isinstance(base, ast.Attribute):
                     base = base.value
                 if isinstance(base, ast.Name) and base.id in roots:
-                    found.setdefault(node.attr, []).append(f"{path.name}:{node.lineno}")
+                    found.setdefault(node.attr, []).append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     return found
 
 
@@ -57,7 +59,7 @@ def test_private_helpers_exist_in_this_phonenumbers_release():
         f"phonenumbers {phonenumbers.__version__} no longer has {missing} in phonenumberutil: the "
         "phone fast path silently sends the texts that need them to phonenumbers.parse (exact, "
         "but slower). Find what replaced them in phonenumbers/phonenumberutil.py, adapt "
-        "airflow_provider_smspartner/phone_numbers/_fast_path.py and PRIVATE_HELPERS, run "
+        "airflow_provider_smspartner/phone_numbers/_fast_path/ and PRIVATE_HELPERS, run "
         "tests/phone_numbers and benchmarks/bench_phone_numbers.py; until then, pin phonenumbers "
         "below this release in pyproject.toml."
     )
@@ -65,10 +67,10 @@ def test_private_helpers_exist_in_this_phonenumbers_release():
 
 def test_the_fast_path_actually_uses_them():
     # The imports fall back silently: check that none did.
-    assert _fast_path._STRIP_NATIONAL_PREFIX is not None, (
+    assert national._STRIP_NATIONAL_PREFIX is not None, (
         "_maybe_strip_national_prefix_carrier_code was not imported: see the test above"
     )
-    assert _fast_path._RESCUE, "the rescue's private patterns were not imported: see the test above"
+    assert rescue._RESCUE, "the rescue's private patterns were not imported: see the test above"
 
 
 def test_private_helpers_lists_every_private_name_used():

@@ -15,13 +15,13 @@ from phonenumbers import phonenumberutil
 from airflow_provider_smspartner import phone_numbers as module
 from airflow_provider_smspartner.phone_numbers import (
     REASONS,
-    _fast_path,
     flag_stopped,
     normalize_phone_numbers,
     phone_text,
 )
-from airflow_provider_smspartner.phone_numbers.reference import reference_normalize
+from airflow_provider_smspartner.phone_numbers._fast_path import rescue, scan
 from benchmarks.phone_corpus import JUNK, distinct_ratio, generate_corpus
+from tests.phone_numbers.reference import reference_normalize
 
 CORPUS_SIZE = 200_000
 CORPUS_SEED = 20240601
@@ -458,21 +458,21 @@ class TestExactness:
         about 0.5 % of the distinct texts of this corpus; any other text is held to 0.1 %.
         """
         calls = []
-        original = module._reference_code
+        original = module._per_value_code
 
         def counting(text, region):
             calls.append(text)
             return original(text, region)
 
-        monkeypatch.setattr(module, "_reference_code", counting)
+        monkeypatch.setattr(module, "_per_value_code", counting)
         normalize_phone_numbers(corpus)
         distinct = len({phone_text(v) for v in corpus})
         by_design = [
             text
             for text in calls
             if not text.isascii()
-            or len(text) > _fast_path._MAX_FAST_TEXT_LENGTH
-            or re.search(_fast_path._NOT_RESCUED, text)
+            or len(text) > scan.MAX_FAST_TEXT_LENGTH
+            or re.search(rescue._NOT_RESCUED, text)
         ]
         assert len(calls) - len(by_design) < 0.001 * distinct
         assert len(calls) < 0.01 * distinct
@@ -481,7 +481,7 @@ class TestExactness:
         # The fast path rewrites these to spaces: that is only exact for characters that
         # libphonenumber treats as punctuation, and that are not extension labels.
         punctuation = phonenumberutil._SEPARATOR_PATTERN  # "[" + _VALID_PUNCTUATION + "]+"
-        for char in _fast_path.UNICODE_SEPARATORS:
+        for char in scan.UNICODE_SEPARATORS:
             assert punctuation.fullmatch(char), hex(ord(char))
             assert (
                 phonenumbers.parse(f"06{char}12{char}34{char}56{char}78", "FR").national_number == 612345678

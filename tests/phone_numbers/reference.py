@@ -1,6 +1,7 @@
 """The reference oracle: libphonenumber called once per value, the way a user would write it.
 
-Kept as the baseline of the benchmarks and the oracle of the exactness tests of the fast path.
+The oracle of the exactness tests of the fast path and the baseline of
+``benchmarks/bench_phone_numbers.py``; a test helper, so it stays out of the wheel.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from airflow_provider_smspartner.phone_numbers import (
     _as_input,
     _check_region,
     _object_values,
-    _reference_code,
+    _per_value_code,
     phone_text,
 )
-from airflow_provider_smspartner.phone_numbers import _fast_path as fast
+from airflow_provider_smspartner.phone_numbers._fast_path.result import VALID
 
 
 def reference_normalize(values: Any, default_region: str = "FR") -> pd.DataFrame:
@@ -33,9 +34,9 @@ def reference_normalize(values: Any, default_region: str = "FR") -> pd.DataFrame
     e164: list[str | None] = []
     reasons: list[str | None] = []
     for value in objects:
-        number, code = _reference_code(phone_text(value), region)
+        number, code = _per_value_code(phone_text(value), region)
         e164.append(number)
-        reasons.append(None if code == fast.VALID else REASONS[code - 1])
+        reasons.append(None if code == VALID else REASONS[code - 1])
     return pd.DataFrame(
         {
             "input": pd.Series(objects, index=index, dtype=object, copy=False),
