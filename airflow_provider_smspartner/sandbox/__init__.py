@@ -27,6 +27,7 @@ on exit, so a fleet set-up (several workers sharing one rate limit) can be rehea
 Run it from a shell with ``python -m airflow_provider_smspartner.sandbox --help``.
 """
 
+from airflow_provider_smspartner.sandbox.endpoints import ERROR_STYLES
 from airflow_provider_smspartner.sandbox.faults import (
     ENDPOINTS,
     FAULT_KINDS,
@@ -35,18 +36,13 @@ from airflow_provider_smspartner.sandbox.faults import (
     ResponseScript,
     ScriptedResponse,
 )
-from airflow_provider_smspartner.sandbox.server import (
-    ERROR_STYLES,
-    STATS_PATH,
-    SandboxServer,
-    SandboxStats,
-    is_loopback_host,
-)
+from airflow_provider_smspartner.sandbox.server import SandboxServer, is_loopback_host
 from airflow_provider_smspartner.sandbox.state import (
     StopListState,
     StopRecord,
     normalize_documented,
 )
+from airflow_provider_smspartner.sandbox.stats import STATS_PATH, SandboxStats
 
 __all__ = [
     "ENDPOINTS",

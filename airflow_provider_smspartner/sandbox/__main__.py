@@ -24,8 +24,9 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from airflow_provider_smspartner.sandbox.endpoints import ERROR_STYLES
 from airflow_provider_smspartner.sandbox.faults import ENDPOINTS, FAULT_KINDS, normalize_endpoint
-from airflow_provider_smspartner.sandbox.server import ERROR_STYLES, SandboxServer, is_loopback_host
+from airflow_provider_smspartner.sandbox.server import SandboxServer, is_loopback_host
 
 
 def _fault_rate(text: str) -> tuple[str, float]:
@@ -74,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_server_options(parser)
+    _add_fault_options(parser)
+    _add_script_options(parser)
+    parser.add_argument(
+        "--stats-file",
+        metavar="PATH",
+        help="write what the sandbox saw (requests per endpoint, status counts incl. 429, busiest "
+        "second, faults, adds applied) as JSON to PATH on exit; also served at GET /_sandbox/stats",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the numbers and the fault draws")
+    parser.add_argument(
+        "--allow-remote", action="store_true", help="allow binding a non-loopback address (no real security!)"
+    )
+    return parser
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for a free one (default: 8765)")
     parser.add_argument(
@@ -92,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="http_4xx",
         help="http_4xx: API errors as HTTP 400/401/404; http_200: as HTTP 200 with success=false",
     )
+
+
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-rate",
         type=_fault_rate,
@@ -115,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="pause between two bytes of the 'trickle' fault's body (default: 0.5)",
     )
+
+
+def _add_script_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--respond",
         nargs=3,
@@ -133,17 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer every request on ENDPOINT with a redirect (STATUS 300-399, e.g. 302 or 307) to "
         "URL; a client that follows it takes the API key there; repeatable",
     )
-    parser.add_argument(
-        "--stats-file",
-        metavar="PATH",
-        help="write what the sandbox saw (requests per endpoint, status counts incl. 429, busiest "
-        "second, faults, adds applied) as JSON to PATH on exit; also served at GET /_sandbox/stats",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the numbers and the fault draws")
-    parser.add_argument(
-        "--allow-remote", action="store_true", help="allow binding a non-loopback address (no real security!)"
-    )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,18 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seed-stops, --latency-ms and --rate-limit must not be negative")
     if not args.trickle_seconds > 0:
         parser.error("--trickle-seconds must be > 0")
-    scripted: list[tuple[str, int, str, bool]] = []
-    for option, values, low, high in (
-        ("--respond", args.respond, 200, 599),
-        ("--redirect", args.redirect, 300, 399),
-    ):
-        for endpoint, status, text in values:
-            try:
-                scripted.append(
-                    (_endpoint(endpoint), _status(status, low, high), text, option == "--redirect")
-                )
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"{option}: {exc}")
+    scripted = _scripted_answers(parser, args)
 
     stop_requested = threading.Event()
 
@@ -177,21 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    sandbox = SandboxServer(
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        seed_stops=args.seed_stops,
-        latency=args.latency_ms / 1000.0,
-        rate_limit=args.rate_limit or None,
-        error_style=args.error_style,
-        fault_rates=dict(args.fault_rate),
-        fault_endpoints=args.fault_endpoint,
-        seed=args.seed,
-        slow_seconds=args.slow_seconds,
-        trickle_seconds=args.trickle_seconds,
-        allow_remote=args.allow_remote,
-    )
+    sandbox = _sandbox(args)
     for endpoint, status, text, is_redirect in scripted:
         try:
             if is_redirect:
@@ -215,6 +203,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stats_file:
             write_stats(args.stats_file, sandbox.stats.as_dict())
     return 0
+
+
+def _scripted_answers(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[tuple[str, int, str, bool]]:
+    """``--respond`` and ``--redirect`` as ``(endpoint, status, body or URL, is a redirect)``."""
+    scripted: list[tuple[str, int, str, bool]] = []
+    for option, values, low, high in (
+        ("--respond", args.respond, 200, 599),
+        ("--redirect", args.redirect, 300, 399),
+    ):
+        for endpoint, status, text in values:
+            try:
+                scripted.append(
+                    (_endpoint(endpoint), _status(status, low, high), text, option == "--redirect")
+                )
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{option}: {exc}")
+    return scripted
+
+
+def _sandbox(args: argparse.Namespace) -> SandboxServer:
+    return SandboxServer(
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        seed_stops=args.seed_stops,
+        latency=args.latency_ms / 1000.0,
+        rate_limit=args.rate_limit or None,
+        error_style=args.error_style,
+        fault_rates=dict(args.fault_rate),
+        fault_endpoints=args.fault_endpoint,
+        seed=args.seed,
+        slow_seconds=args.slow_seconds,
+        trickle_seconds=args.trickle_seconds,
+        allow_remote=args.allow_remote,
+    )
 
 
 def write_stats(path: str, stats: dict) -> None:

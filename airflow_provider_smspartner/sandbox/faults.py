@@ -53,6 +53,18 @@ class FaultKind(str, Enum):
 #: Every fault name, as plain strings.
 FAULT_KINDS: frozenset[str] = frozenset(kind.value for kind in FaultKind)
 
+#: What the faults that answer in place of the API send: ``(status, body, content type)``.
+#: (``drop`` sends nothing; ``rate_limit`` sends the sandbox's own 429, with ``Retry-After``.)
+CANNED_ANSWERS: dict[FaultKind, tuple[int, bytes, str]] = {
+    FaultKind.SERVER_ERROR: (
+        500,
+        b"<html><body><h1>500 Internal Server Error</h1></body></html>",
+        "text/html",
+    ),
+    FaultKind.BAD_GATEWAY: (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+    FaultKind.MALFORMED: (200, b'{"success": tru', "application/json"),
+}
+
 # Faults that only make sense on some endpoints; the others apply to every endpoint.
 _ONLY_ON: dict[FaultKind, frozenset[str]] = {FaultKind.TRUNCATED_LIST: frozenset({"stop-sms/list"})}
 

@@ -806,7 +806,7 @@ class TestStatsEndpoint:
         assert http.get(sandbox.stats_url, timeout=5).json()["requests_total"] == 0
 
     def test_busiest_second_is_the_most_requests_in_any_sliding_second(self):
-        from airflow_provider_smspartner.sandbox.server import _BusiestSecond
+        from airflow_provider_smspartner.sandbox.stats import _BusiestSecond
 
         rng = random.Random(5)
         times = [*sorted(rng.uniform(0, 10) for _ in range(400)), 10.5, 10.5, 11.4999]
