@@ -1,16 +1,30 @@
-"""Shared fixtures: an isolated Airflow home, the sandbox API, and warehouse connections.
+"""Shared fixtures: an isolated Airflow home, the sandbox API, and warehouse connections; the tiers.
 
 Airflow reads its configuration when first imported, so the environment is set here, at the top of
-the first module pytest loads, before any test module imports airflow.
+the first module pytest loads, before any test module imports airflow. Every process that loads
+this module (the pytest process, each pytest-xdist worker) gets an Airflow home and a SQLite
+metadata database of its own, removed when it exits; the child interpreters a test starts inherit
+them, and the Fernet key, so they can read what the test process encrypted (a trigger's kwargs).
+
+The tiers are pytest markers (pyproject.toml), applied here from the fixtures a test uses
+(:data:`TIER_FIXTURES`, :func:`pytest_collection_modifyitems`) and from where it lives
+(:data:`TIER_FOLDERS`: ``tests/system``, the whole DAG runs, is slow; ``tests/deployment`` and
+``tests/ui`` are deployment): ``make test`` runs every tier but ``slow`` and ``deployment``.
+A test that starts a child interpreter is marked ``slow`` by hand, and fails if it is not.
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
 import importlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,7 +35,12 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="smspartner-tests-airflow-"))
+# Removed when this process exits: its child interpreters have ended by then.
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+# Without a configured key each process draws its own, and a child interpreter (a DAG run of its
+# own) could not decrypt what this process stored in the metadata database.
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "example_dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
@@ -35,6 +54,108 @@ STOPPED = ["+33612345678", "+33698765432"]
 CONTACTS = [(1, "06 12 34 56 78"), (2, "0033 6 98 76 54 32"), (3, "+33 6 11 11 11 11"), (4, "junk")]
 UNSUBSCRIBES = ["06 55 44 33 22", "+33655443322", "0612345678", "+41 79 123 45 67", "nope"]
 IN_CI = bool(os.environ.get("CI"))
+
+#: The fixtures that put a test in a tier (a test using any of them, directly or through another
+#: fixture, gets the marker).
+TIER_FIXTURES = {
+    "db": {"postgres_conn", "mysql_conn"},
+    "redis": {"redis_server"},
+    "slow": {"airflow_db", "example_dagbag", "smspartner_pool"},
+}
+#: Parameter values by which a test picks a server at run time, e.g. ``warehouse_conn``'s
+#: ``postgres`` or ``request.getfixturevalue(f"{server}_conn")``: such a test is in the db tier.
+DB_PARAMETERS = {"postgres", "postgresql", "mysql", "mariadb", "postgres_conn", "mysql_conn"}
+#: Folders whose tests are in a tier: whole DAG runs; deployments and the browser.
+TIER_FOLDERS = {
+    "slow": (PROJECT_ROOT / "tests" / "system",),
+    "deployment": (PROJECT_ROOT / "tests" / "deployment", PROJECT_ROOT / "tests" / "ui"),
+}
+#: What the deployment tier needs beyond the dev extra: the deployment extra (``make test-all``).
+DEPLOYMENT_MODULES = ("celery", "airflow.providers.celery", "playwright", "uv")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the tiers its fixtures, parameters and folder put it in."""
+    for item in items:
+        for tier in tiers_of(item):
+            item.add_marker(tier)
+
+
+def tiers_of(item: pytest.Item) -> set[str]:
+    """The tiers ``item`` belongs to by its fixtures, parameters and folder (its own markers aside)."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    tiers = {tier for tier, names in TIER_FIXTURES.items() if fixtures & names}
+    callspec = getattr(item, "callspec", None)
+    values = {v for v in (callspec.params.values() if callspec else ()) if isinstance(v, str)}
+    if "request" in fixtures and values & DB_PARAMETERS:
+        tiers.add("db")
+    parents = Path(item.path).parents
+    tiers.update(tier for tier, folders in TIER_FOLDERS.items() if any(f in parents for f in folders))
+    return tiers
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failure report a pytest-xdist worker can send: its text with any lone surrogate (the
+    unencodable-text tests' inputs) escaped, where execnet would otherwise crash the worker."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and hasattr(item.config, "workerinput"):
+        text = str(report.longrepr)
+        safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        if safe != text:
+            report.longrepr = safe
+        report.sections = [
+            (title, body.encode("utf-8", "backslashreplace").decode("utf-8"))
+            for title, body in report.sections
+        ]
+
+
+def _in_tier(request: pytest.FixtureRequest, tier: str) -> None:
+    """Fail a test that reached a tier's fixture without its marker (asked for it at run time
+    under a parameter :data:`DB_PARAMETERS` does not know): ``-m`` would select it wrongly."""
+    if request.node.get_closest_marker(tier) is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses {request.fixturename} but is not marked {tier}: "
+            f"take the fixture as an argument or mark the test @pytest.mark.{tier}"
+        )
+
+
+def _is_python(program: object) -> bool:
+    """Whether ``program`` (a command's first word) starts a Python interpreter of this environment."""
+    path = os.fspath(program) if isinstance(program, (str, os.PathLike)) else ""
+    if not path:
+        return False
+    name = os.path.basename(path)
+    return name.startswith("python") or os.path.dirname(os.path.abspath(path)) == os.path.dirname(
+        sys.executable
+    )
+
+
+@pytest.fixture(autouse=True)
+def _tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment test needs the deployment extra (skipped on a laptop without it, failed in CI);
+    a test outside the slow and deployment tiers must not start a child interpreter."""
+    node = request.node
+    if node.get_closest_marker("deployment"):
+        for module in DEPLOYMENT_MODULES:
+            require_module(module, "the deployment tests need the deployment extra: make test-all")
+        return
+    if node.get_closest_marker("slow"):
+        return
+    real_init = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen, args: Any, *more: Any, **kwargs: Any) -> None:
+        command = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
+        program = command.split()[0] if isinstance(command, str) and kwargs.get("shell") else command
+        if _is_python(program):
+            pytest.fail(
+                f"{node.nodeid} starts a child interpreter ({program}): mark it @pytest.mark.slow",
+                pytrace=False,
+            )
+        real_init(self, args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
 
 
 def _server_reachable(host: str, port: int) -> bool:
@@ -114,8 +235,9 @@ def sqlite_conn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+def postgres_conn(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """The PostgreSQL of the build machines (database ``test``); return its connection id."""
+    _in_tier(request, "db")
     require_server("PostgreSQL", "127.0.0.1", 5432)
     monkeypatch.setenv(
         "AIRFLOW_CONN_WAREHOUSE_POSTGRES",
@@ -133,8 +255,9 @@ def postgres_conn(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def mysql_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+def mysql_conn(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """The MariaDB of the build machines (database ``test``, root without password); return its id."""
+    _in_tier(request, "db")
     require_server("MariaDB", "127.0.0.1", 3306)
     monkeypatch.setenv(
         "AIRFLOW_CONN_WAREHOUSE_MYSQL",
@@ -143,6 +266,14 @@ def mysql_conn(monkeypatch: pytest.MonkeyPatch) -> str:
         ),
     )
     return "warehouse_mysql"
+
+
+@pytest.fixture
+def redis_server(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """The Redis of the build machines: ``(host, port)``. Each test keeps to keys of its own."""
+    _in_tier(request, "redis")
+    require_server("Redis", "127.0.0.1", 6379)
+    return "127.0.0.1", 6379
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mysql"])

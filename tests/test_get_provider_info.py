@@ -64,6 +64,7 @@ class TestProviderInfo:
                 importlib.import_module(name)
 
 
+@pytest.mark.slow  # a child interpreter
 class TestAirflowCli:
     def test_providers_list_shows_package(self):
         packages = {row["package_name"]: row for row in _cli_json("providers", "list")}

@@ -145,6 +145,7 @@ def _new_modules_after(module: str, baseline: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a child interpreter
 class TestDagParseCost:
     @pytest.mark.parametrize("module", PARSE_TIME_MODULES, ids=lambda m: m.rsplit(".", 2)[-2])
     def test_no_heavy_imports_beyond_the_task_sdk(self, module):

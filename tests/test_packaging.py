@@ -20,6 +20,8 @@ PACKAGE = "airflow_provider_smspartner"
 FLOOR_AIRFLOW = "apache-airflow==3.2.2"
 FLOOR_CONSTRAINTS = PROJECT_ROOT / ".ci" / "floor-constraints.txt"
 
+pytestmark = pytest.mark.slow  # every test reads the distributions `python -m build` makes
+
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:

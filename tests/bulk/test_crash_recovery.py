@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 
 from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity, final_outcomes_sql
 from airflow_provider_smspartner.operators.smspartner import (
@@ -169,6 +170,7 @@ def _kill_when(process: subprocess.Popen[str], api: Any, adds: int, timeout: flo
     return api.stats.adds_applied
 
 
+@pytest.mark.slow  # a child interpreter
 class TestSigkill:
     def test_killed_three_times_then_the_next_try(self, sandbox, monkeypatch, tmp_path, results_db):
         """3,000 numbers at ~800 adds/s with 20 ms latency and 1 % lost answers; the task process is
@@ -233,6 +235,7 @@ print("@@state", run.state, run.run_id, flush=True)
 
 
 class TestExecutionTimeout:
+    @pytest.mark.slow  # a child interpreter
     def test_timed_out_try_then_its_retry_under_dag_test(self, sandbox, monkeypatch, tmp_path, sqlite_conn):
         """Airflow's own ``execution_timeout`` (4 s) stops try 1 mid-run under a real ``dag.test()``;
         the record is there and Airflow's retry completes it."""

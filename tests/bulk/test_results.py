@@ -254,6 +254,7 @@ def _start_child(conn_id: str, map_index: int) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow  # a child interpreter
 class TestConcurrentCreation:
     def test_two_processes_create_the_same_table_at_once(self, warehouse_conn):
         """Two mapped tasks' first run: both prepare a missing table at the same instant, several times."""

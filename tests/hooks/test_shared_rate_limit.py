@@ -32,7 +32,7 @@ from airflow_provider_smspartner.utils import rate_limit
 from airflow_provider_smspartner.utils.rate_limit import redis_keys
 from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.utils.throttle import HEADROOM
-from tests.conftest import PROJECT_ROOT, TEST_API_KEY, require_server, smspartner_connection_json
+from tests.conftest import PROJECT_ROOT, TEST_API_KEY, smspartner_connection_json
 from tests.helpers import free_port, max_in_window, use_connection
 
 #: The Redis database of these tests (Celery's broker uses 0).
@@ -45,9 +45,8 @@ def _redis_connection(port: int = 6379, conn_type: str = "redis") -> str:
 
 
 @pytest.fixture
-def budget(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def budget(monkeypatch: pytest.MonkeyPatch, redis_server: tuple[str, int]) -> Iterator[str]:
     """A shared budget name of its own, and the Redis connection; its keys are deleted afterwards."""
-    require_server("Redis", "127.0.0.1", 6379)
     import redis
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{REDIS_CONN_ID.upper()}", _redis_connection())
@@ -201,6 +200,7 @@ class TestRateAccuracy:
 
 
 class TestFleet:
+    @pytest.mark.slow  # a child interpreter
     def test_worker_processes_share_one_budget(self, monkeypatch, budget):
         # Three processes with 4 threads each, 28/s between them (alone, each would send 28/s),
         # against a server limited to 30/s, as the deployment test runs it: the margin absorbs the
@@ -239,6 +239,7 @@ class TestFleet:
         # Not 2 x 20/s: one budget.
         assert _slope(times) == pytest.approx(20 * HEADROOM, rel=0.03)
 
+    @pytest.mark.slow  # a child interpreter
     def test_a_429_pauses_every_process(self, monkeypatch, budget):
         with SandboxServer(api_key=TEST_API_KEY, retry_after="1") as sandbox:
             use_connection(monkeypatch, _shared(sandbox, budget, requests_per_second=20))

@@ -311,6 +311,7 @@ def test_distinct_targets_still_run(api, tables, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ killed runs
+@pytest.mark.slow  # a child interpreter
 class TestKilledWhileWriting:
     """A kill left a truncated, well-formed safe file in place of the previous one (2 of 3 kills)."""
 

@@ -992,6 +992,7 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a child interpreter
 class TestCli:
     def test_serves_and_exits_on_sigterm_without_leaking_the_key(self, cli_env, http):
         secret = "cli-secret-key-4f9a"

@@ -545,7 +545,9 @@ class TestPoisonRows:
         _operator(warehouse_conn, unique_table).execute({})
         before = _table(warehouse_conn, unique_table)
         listed = [(i, phone, CREATED) for i, phone, _ in sandbox.state.list_entries()]
-        serve_list_rows(monkeypatch, sandbox, [*listed, (90, "+33612345690", CREATED), (90, "+33612345691", CREATED)])
+        serve_list_rows(
+            monkeypatch, sandbox, [*listed, (90, "+33612345690", CREATED), (90, "+33612345691", CREATED)]
+        )
         with pytest.raises(
             DuplicateStopIdError, match=r"1 stop id\(s\) more than once with different numbers: 90\. "
         ):
@@ -554,6 +556,7 @@ class TestPoisonRows:
         assert issubclass(DuplicateStopIdError, SmsPartnerResponseError)
 
 
+@pytest.mark.slow  # a child interpreter
 @pytest.mark.usefixtures("smspartner_conn", "drop_after")
 class TestStagingLeftovers:
     def test_killed_upsert_leaves_at_most_one_staging_table_and_the_next_run_drops_it(
@@ -582,16 +585,22 @@ class TestStagingLeftovers:
         assert set(zip(table["stop_id"], table["phone_number"], strict=True)) == _current_list(sandbox)
 
 
+@pytest.mark.slow  # a child interpreter
 @pytest.mark.usefixtures("smspartner_conn", "drop_after")
 class TestConcurrency:
-    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    """The table's write lock, taken the same way in every keyed mode (``SqlTableWriter._locked``,
+    one kind per database), so one mode per database: upsert, whose staging table (one fixed name
+    per table, outside the transaction on MySQL) the lock guards too."""
+
     def test_two_extracts_at_once_apply_one_after_the_other(
-        self, sandbox, warehouse_conn, unique_table, tmp_path, mode
+        self, sandbox, warehouse_conn, unique_table, tmp_path
     ):
         sandbox.state.seed_random(1995, random.Random(5))
         go = tmp_path / "go"
         flags = ("--chunk-size", "100", "--chunk-delay", "0.03", "--go", str(go))
-        children = [_spawn(tmp_path, f"child{i}", warehouse_conn, unique_table, mode, *flags) for i in (1, 2)]
+        children = [
+            _spawn(tmp_path, f"child{i}", warehouse_conn, unique_table, "upsert", *flags) for i in (1, 2)
+        ]
         try:
             for child, events in children:
                 _wait_for(child, events, "ready")

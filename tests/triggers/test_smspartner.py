@@ -189,6 +189,7 @@ class TestSerialize:
         assert BaseEventTrigger.hash(*one) == BaseEventTrigger.hash(*same)
         assert BaseEventTrigger.hash(*one) != BaseEventTrigger.hash(*other)
 
+    @pytest.mark.slow  # a child interpreter
     def test_equal_kwargs_in_two_interpreters(self):
         """What Airflow hashes (the kwargs as its serializer writes them) is the same bytes in two
         fresh interpreters with different hash seeds."""

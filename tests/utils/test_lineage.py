@@ -381,6 +381,7 @@ class TestReadyMadeLineage:
             lineage.source_datasets(source)
 
 
+@pytest.mark.slow  # a child interpreter
 def test_nothing_of_openlineage_is_imported_until_lineage_is_asked_for():
     """The provider stays optional: importing the module (or an operator) loads none of it (Airflow
     itself reads the installed providers' info when it starts: that is the baseline)."""

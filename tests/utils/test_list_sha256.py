@@ -74,6 +74,7 @@ class TestListSha256:
         phones = pd.Series([f"+3361{i:07d}" for i in range(1_000_000)], dtype="str")
         assert list_sha256(ids, phones) == _reference(ids.tolist(), phones.tolist())
 
+    @pytest.mark.slow  # a child interpreter
     def test_importing_the_module_loads_no_heavy_library(self):
         code = (
             "import sys; import airflow_provider_smspartner.utils.api; "

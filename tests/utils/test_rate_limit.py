@@ -22,7 +22,7 @@ from airflow_provider_smspartner.exceptions import SmsPartnerConfigError, SmsPar
 from airflow_provider_smspartner.utils import rate_limit
 from airflow_provider_smspartner.utils.rate_limit import RATE_TTL, SharedRateLimit, redis_keys
 from airflow_provider_smspartner.utils.throttle import HEADROOM, PauseTooLong
-from tests.conftest import PROJECT_ROOT, require_server
+from tests.conftest import PROJECT_ROOT
 from tests.helpers import free_port
 
 #: The Redis database of these tests (Celery's broker uses 0).
@@ -30,11 +30,11 @@ REDIS_DB = 11
 
 
 @pytest.fixture
-def redis_client():
-    require_server("Redis", "127.0.0.1", 6379)
+def redis_client(redis_server):
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    host, port = redis_server
+    client = redis.Redis(host=host, port=port, db=REDIS_DB)
     yield client
     client.close()
 
@@ -123,6 +123,7 @@ class Fleet:
                 child.wait()
 
 
+@pytest.mark.slow  # a child interpreter
 class TestOneBudgetForSeveralProcesses:
     def test_processes_never_exceed_the_rate_together(self, redis_client, budget):
         fleet = Fleet(4, key=budget, rate=50, count=45, threads=3)
@@ -297,6 +298,7 @@ class TestOneRatePerBudget:
         with pytest.raises(SmsPartnerConfigError, match="set by connection 'sms_b'"):
             limiter.acquire()
 
+    @pytest.mark.slow  # a child interpreter
     def test_processes_are_refused_too(self, redis_client, budget):
         self._limiter(redis_client, budget, 50, "sms_a").claim()
         fleet = Fleet(1, key=budget, rate=10, count=1, threads=1)

@@ -66,6 +66,7 @@ class TestParseStopListBody:
         with pytest.raises(SmsPartnerResponseError):
             parse_response(LIST_ENDPOINT, 200, {}, content)
 
+    @pytest.mark.slow  # a child interpreter
     @pytest.mark.parametrize(
         "content", [b"null", b"  null", b"null {}"], ids=["null", "spaced", "then-object"]
     )
