@@ -12,7 +12,7 @@
 The task that calls SMS Partner runs in the ``smspartner_api`` Pool, which every example shares:
 its slots bound how many tasks call the API at once (``airflow pools set smspartner_api 1 "SMS
 Partner API"``, as in the other examples; more slots once the connection shares its rate limit
-through Redis: see the README, "Scale-out: one API budget for the fleet").
+through Redis: see docs/scale-out.md).
 
 Connections: ``smspartner_default`` and ``warehouse`` (any SQL database; SQLite in the demo).
 The warehouse needs a ``marketing_contacts`` table with ``contact_id``, ``phone`` and an integer

@@ -30,8 +30,8 @@ def _config_error(message: str) -> SmsPartnerConfigError:
 class ExtraField:
     """One optional extra of the ``smspartner`` connection: the ONE definition of it.
 
-    The provider info's connection form (``conn-fields``), the validation below and the README's
-    extras table are all read from :data:`EXTRA_FIELDS`.
+    The provider info's connection form (``conn-fields``), the validation below and the extras
+    table of ``docs/connection.md`` are all read from :data:`EXTRA_FIELDS`.
 
     :param name: Key in the connection's extra JSON.
     :param label: Label in the connection form.
@@ -39,7 +39,7 @@ class ExtraField:
         whole number >= 0), ``timezone`` (an IANA zone name), ``conn_id`` (an Airflow connection
         id) or ``redis_key`` (a Redis key name).
     :param default: Used when the extra is absent (``None``: the feature is off).
-    :param description: What it does, for the form and the README.
+    :param description: What it does, for the form and ``docs/connection.md``.
     """
 
     name: str
