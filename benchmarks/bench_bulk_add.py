@@ -157,7 +157,7 @@ def run_operator(
         return summary, time.perf_counter() - started
     finally:
         if results:
-            from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+            from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
             resolve_dbapi_hook(table_args["results_conn_id"]).run(
                 f"DROP TABLE IF EXISTS {table_args['results_table']}"

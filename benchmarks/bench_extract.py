@@ -59,16 +59,17 @@ def _connections(base_url: str) -> None:
 # ------------------------------------------------------------------------------ measured children
 def child_provider(base_url: str, table: str, mode: str) -> None:
     _connections(base_url)
+    from airflow_provider_smspartner.sql import postgres
+    from airflow_provider_smspartner.sql.writer import SqlTableWriter
     from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
-    from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter
 
     # How long readers wait on replace: from TRUNCATE (ACCESS EXCLUSIVE) to the commit.
     locked: dict[str, float] = {}
-    reload, write = SqlTableWriter._reload_postgres, SqlTableWriter._write_locked
+    reload, write = postgres.reload, SqlTableWriter._write_locked
 
-    def timed_reload(self, conn, frame):  # type: ignore[no-untyped-def]
+    def timed_reload(conn, table, fill):  # type: ignore[no-untyped-def]
         locked["from"] = time.perf_counter()
-        return reload(self, conn, frame)
+        return reload(conn, table, fill)
 
     def timed_write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         summary = write(self, *args, **kwargs)
@@ -76,7 +77,7 @@ def child_provider(base_url: str, table: str, mode: str) -> None:
             locked["seconds"] = time.perf_counter() - locked["from"]
         return summary
 
-    SqlTableWriter._reload_postgres = timed_reload  # type: ignore[method-assign]
+    postgres.reload = timed_reload
     SqlTableWriter._write_locked = timed_write  # type: ignore[method-assign]
     operator = SmsPartnerStopListToSqlOperator(
         task_id="bench", sql_conn_id="bench_pg", table=table, mode=mode
@@ -190,14 +191,13 @@ def build_csvs(base_url: str, workdir: Path, yesterday: str) -> dict[str, object
     import pandas as pd
 
     from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-    from airflow_provider_smspartner.utils.provider_tables import stop_list_table_spec
-    from airflow_provider_smspartner.utils.sql_writer import (
+    from airflow_provider_smspartner.sql.copy_encoding import (
         BINARY_SIGNATURE,
         BINARY_TRAILER,
-        TableSpec,
         copy_binary,
         copy_csv,
     )
+    from airflow_provider_smspartner.sql.tables import TableSpec, stop_list_table_spec
 
     today = SmsPartnerHook().get_stop_list_df().sort_values("stop_id").reset_index(drop=True)
     now = pd.Timestamp.now(tz="UTC").floor("s")
@@ -247,8 +247,9 @@ def prepare(table: str, yesterday_csv: Path | None) -> None:
     """``table`` (the provider's shape) holding yesterday's list, vacuumed and checkpointed."""
     import psycopg
 
-    from airflow_provider_smspartner.utils.provider_tables import stop_list_table_spec
-    from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
+    from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+    from airflow_provider_smspartner.sql.tables import stop_list_table_spec
+    from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
     drop(table, f"{table}_runs")
     if yesterday_csv is not None:

@@ -61,7 +61,7 @@ def national(e164: str) -> str:
 
 def query_frame(conn_id: str, sql: str) -> pd.DataFrame:
     """The result of ``sql`` on connection ``conn_id``, column names lower-cased."""
-    from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+    from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
     frame = resolve_dbapi_hook(conn_id).get_df(sql)
     frame.columns = [str(c).lower() for c in frame.columns]
@@ -75,7 +75,7 @@ def read_results(conn_id: str, table: str) -> pd.DataFrame:
 
 def drop_table(conn_id: str, table: str) -> None:
     """Drop ``table`` if it exists."""
-    from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+    from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
     resolve_dbapi_hook(conn_id).run(f"DROP TABLE IF EXISTS {table}")
 

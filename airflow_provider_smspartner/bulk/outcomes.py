@@ -2,7 +2,7 @@
 
 Before any API call the inputs are normalised to E.164, invalid values and repeats are settled,
 and the rest is matched against the stop list; after the calls, their outcomes are merged in.
-Pure pandas: no Airflow, no HTTP.
+Pure pandas: no Airflow, no HTTP, no database.
 """
 
 from __future__ import annotations
@@ -16,19 +16,13 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
+from airflow_provider_smspartner.sql.tables import RESULT_COLUMNS, RESULT_KEY
 
-#: Columns of the outcome table; a results table holds them with the task instance and try
-#: (``bulk.results``). Its position in the table is the input row.
-OUTCOME_COLUMNS = (
-    "input_value",
-    "phone_e164",
-    "status",
-    "stop_id",
-    "error_code",
-    "error_message",
-    "note",
-    "decided_at",
-)
+#: Columns of the outcome table (``input_value``, ``phone_e164``, ``status``, ``stop_id``,
+#: ``error_code``, ``error_message``, ``note``, ``decided_at``): a results table holds them with
+#: the task instance and try (``sql.tables.results_table_spec``). Its position in the table is
+#: the input row.
+OUTCOME_COLUMNS = RESULT_COLUMNS[len(RESULT_KEY) :]
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,20 @@ outcome. So a later try of the same task instance finds what an earlier one may 
 Every value is made storable on SQLite, PostgreSQL and MySQL/MariaDB before it is sent: NUL
 characters and unpaired surrogates become U+FFFD, and text longer than its column is cut with a
 visible ``...[truncated: N characters]`` marker. The identifiers are Airflow's (at most 250
-characters, never cut: they are the key). With ``utf8mb4`` the key takes 3 x 250 x 4 + 16 = 3,016
-bytes, under InnoDB's 3,072-byte limit (``ROW_FORMAT=DYNAMIC``, the default since MariaDB 10.2 and
-MySQL 5.7).
+characters, never cut: they are the key).
 
-The table is built with SQLAlchemy Core on the connection's engine (any ``DbApiHook``): created
+The table's shape is :func:`~airflow_provider_smspartner.sql.tables.results_table_spec`; it is
+created and written through the provider's one writer
+(:class:`~airflow_provider_smspartner.sql.writer.SqlTableWriter`, any ``DbApiHook``): created
 when missing, tolerating a concurrent creator (mapped tasks start together), and checked, with a
-rolled-back probe row, before the first API call of a run.
+rolled-back probe row, before the first API call of a run. What is here is the results table's
+own: its rows, its reads and the final-outcome query.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -33,33 +32,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
-from sqlalchemy.schema import CreateIndex, CreateTable
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.schema import CreateIndex
 
-from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, OUTCOME_COLUMNS, PENDING
+from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook, timestamp_values
-from airflow_provider_smspartner.utils.table_spec import TableName
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook, unpooled_engine
+from airflow_provider_smspartner.sql.ddl import TableShapeError
+from airflow_provider_smspartner.sql.names import TableName
+from airflow_provider_smspartner.sql.tables import (
+    ID_LENGTH,
+    INPUT_LENGTH,
+    MESSAGE_LENGTH,
+    NOTE_LENGTH,
+    PHONE_LENGTH,
+    RESULT_COLUMNS,
+    RESULT_KEY,
+    STATUS_LENGTH,
+    results_table_spec,
+)
+from airflow_provider_smspartner.sql.types import MYSQL, timestamp_param, timestamp_values
+from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
 log = logging.getLogger(__name__)
 
-#: Airflow's limit for dag ids, task ids and run ids (``ID_LEN``).
-ID_LENGTH = 250
-#: Characters kept of an input value (longer ones are cut, with the marker).
-INPUT_LENGTH = 255
-PHONE_LENGTH = 32
-STATUS_LENGTH = 32
-#: Characters kept of an error message (the API's or a transport error's, redacted).
-MESSAGE_LENGTH = 1000
-NOTE_LENGTH = 500
-
-#: The key of a results table: one row per input of each try of a task instance.
-KEY_COLUMNS = ("dag_id", "run_id", "task_id", "map_index", "try_number", "input_row")
-#: Every column, in table order.
-RESULT_COLUMNS = (*KEY_COLUMNS, *OUTCOME_COLUMNS)
 #: Rows per statement of a write (executemany chunk, ``IN`` list).
 WRITE_CHUNK = 1000
 #: Outcome rows buffered before a write, and seconds between two writes at most (see the recorder).
@@ -67,13 +63,9 @@ DEFAULT_FLUSH_ROWS = 500
 DEFAULT_FLUSH_SECONDS = 2.0
 #: Inputs recorded ``pending`` per write-ahead block.
 DEFAULT_BLOCK_ROWS = 500
-_CREATE_ATTEMPTS = 4
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _INT32 = 2**31
 _INT64 = 2**63
-_MYSQL = ("mysql", "mariadb")
-#: ``decided_at`` on SQLite: ISO text to the microsecond, which sorts chronologically.
-_SQLITE_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class ResultsTableError(RuntimeError):
@@ -142,65 +134,12 @@ def _storable_int(value: Any, bound: int) -> int | None:
     return number if -bound <= number < bound else None
 
 
-def _timestamp_param(value: Any, dialect: str) -> Any:
-    """A UTC instant as the ``decided_at`` column of ``dialect`` takes it from the driver."""
-    if value is None or value is pd.NaT or value is pd.NA:
-        return None
-    stamp = pd.Timestamp(value).floor("us")  # what every database keeps
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    if dialect == "sqlite":
-        return stamp.strftime(_SQLITE_STAMP)
-    moment = stamp.to_pydatetime()
-    return moment.replace(tzinfo=None) if dialect in _MYSQL else moment
-
-
 def _cells(series: pd.Series) -> list[Any]:
     """A column's values with ``None`` for every kind of missing value."""
     return [None if v is None or v is pd.NA or v is pd.NaT else v for v in series.astype(object)]
 
 
-# ------------------------------------------------------------------------------------- schema
-def _decided_at_type() -> sa.types.TypeEngine[Any]:
-    # SQLite has no timestamp type: ISO-8601 UTC text. MySQL/MariaDB: DATETIME(6) holding UTC
-    # (TIMESTAMP ends in 2038). PostgreSQL: timestamptz.
-    return (
-        sa.DateTime(timezone=True)
-        .with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
-        .with_variant(sa.Text(), "sqlite")
-    )
-
-
-def define_results_table(name: TableName, metadata: sa.MetaData | None = None) -> sa.Table:
-    """The results table ``name`` as a SQLAlchemy ``Table`` (key, index on ``phone_e164``)."""
-    table = sa.Table(
-        name.name,
-        metadata if metadata is not None else sa.MetaData(),
-        sa.Column("dag_id", sa.String(ID_LENGTH), primary_key=True),
-        sa.Column("run_id", sa.String(ID_LENGTH), primary_key=True),
-        sa.Column("task_id", sa.String(ID_LENGTH), primary_key=True),
-        sa.Column("map_index", sa.Integer(), primary_key=True, autoincrement=False),
-        sa.Column("try_number", sa.Integer(), primary_key=True, autoincrement=False),
-        sa.Column("input_row", sa.BigInteger(), primary_key=True, autoincrement=False),
-        sa.Column("input_value", sa.String(INPUT_LENGTH)),
-        sa.Column("phone_e164", sa.String(PHONE_LENGTH)),
-        sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),
-        sa.Column("stop_id", sa.BigInteger()),
-        sa.Column("error_code", sa.Integer()),
-        sa.Column("error_message", sa.String(MESSAGE_LENGTH)),
-        sa.Column("note", sa.String(NOTE_LENGTH)),
-        sa.Column("decided_at", _decided_at_type(), nullable=False),
-        schema=name.schema,
-        # Any text, case-sensitive ids (Airflow's are), and the 3,072-byte key limit of DYNAMIC rows.
-        mysql_engine="InnoDB",
-        mysql_charset="utf8mb4",
-        mysql_collate="utf8mb4_bin",
-        mysql_row_format="DYNAMIC",
-    )
-    digest = hashlib.sha256(str(name).encode()).hexdigest()[:8]
-    sa.Index(f"ix_{name.name[:40]}_{digest}_phone", table.c.phone_e164)
-    return table
-
-
+# ------------------------------------------------------------------------------------- views
 def final_outcomes_sql(table: str) -> str:
     """One final outcome per input of every task instance in results table ``table``.
 
@@ -269,7 +208,7 @@ class ResultsTable:
     def create_final_view(self, view: str) -> None:
         """Create (or replace) view ``view`` over :func:`final_outcomes_sql` of this table."""
         name = TableName.parse(view)
-        engine = _engine(self.conn_id)
+        engine = unpooled_engine(resolve_dbapi_hook(self.conn_id))
         try:
             verb = (
                 "CREATE VIEW IF NOT EXISTS" if engine.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
@@ -278,12 +217,6 @@ class ResultsTable:
                 conn.exec_driver_sql(f"{verb} {name} AS {final_outcomes_sql(self.table)}")
         finally:
             engine.dispose()
-
-
-def _engine(conn_id: str) -> Engine:
-    # No pool: a run writes every few seconds at most, and each write stands alone.
-    engine: Engine = resolve_dbapi_hook(conn_id).get_sqlalchemy_engine(engine_kwargs={"poolclass": NullPool})
-    return engine
 
 
 @dataclass
@@ -318,12 +251,20 @@ class TryResults:
         return TableName.parse(self.config.table)
 
     @cached_property
-    def engine(self) -> Engine:
-        return _engine(self.config.conn_id)
+    def writer(self) -> SqlTableWriter:
+        """The table's writer: its engine (no pool: a run writes every few seconds at most, and
+        each write stands alone), its ``Table``, its inserts."""
+        return SqlTableWriter(
+            resolve_dbapi_hook(self.config.conn_id), self.name, results_table_spec(), chunk_size=WRITE_CHUNK
+        )
 
-    @cached_property
+    @property
+    def engine(self) -> Engine:
+        return self.writer.engine
+
+    @property
     def sql_table(self) -> sa.Table:
-        return define_results_table(self.name)
+        return self.writer.sql_table
 
     @property
     def dialect(self) -> str:
@@ -336,8 +277,14 @@ class TryResults:
     def connect(self) -> None:
         """Create or check the table, probe a write, settle the try, read the earlier tries."""
         try:
-            self.created = self._ensure_table()
-            self._check_shape()
+            try:
+                self.created = self.writer.ensure_table()
+                missing: list[str] = []
+                if self.created:
+                    log.info("Created %s", self.describe())
+            except TableShapeError as exc:
+                missing = exc.missing
+            self._check_shape(missing)
             self._ensure_index()
             self._settle_try()
             self._probe()
@@ -351,42 +298,16 @@ class TryResults:
                 "SELECT, INSERT, UPDATE and DELETE)."
             ) from exc
 
-    def _ensure_table(self) -> bool:
-        """Create the table unless it exists; True if this call created it.
-
-        Mapped tasks reach this at the same moment: a creator that loses the race sees an error
-        (PostgreSQL: a duplicate ``pg_type`` row; SQLite: a locked database) and finds the table
-        on its next look. An error that persists (no schema, no privilege) is raised.
-        """
-        last: sa.exc.DBAPIError | None = None
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                with self.engine.begin() as conn:
-                    if sa.inspect(conn).has_table(self.name.name, schema=self.name.schema):
-                        return False
-                    conn.execute(CreateTable(self.sql_table, if_not_exists=True))
-                log.info("Created %s", self.describe())
-                return True
-            except sa.exc.DBAPIError as exc:
-                last = exc
-                time.sleep(0.1 * (attempt + 1))
-        assert last is not None
-        raise last
-
-    def _check_shape(self) -> None:
+    def _check_shape(self, missing: list[str]) -> None:
+        """Refuse a table lacking the ``missing`` columns, or keyed otherwise than :data:`RESULT_KEY`."""
         with self.engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            columns = {
-                str(c["name"]).lower() for c in inspector.get_columns(self.name.name, schema=self.name.schema)
-            }
-            key = inspector.get_pk_constraint(self.name.name, schema=self.name.schema)
-        missing = [c for c in RESULT_COLUMNS if c not in columns]
+            key = sa.inspect(conn).get_pk_constraint(self.name.name, schema=self.name.schema)
         key_columns = sorted(str(c).lower() for c in key.get("constrained_columns") or ())
         problems = []
         if missing:
             problems.append(f"lacks column(s) {missing}")
-        if key_columns != sorted(KEY_COLUMNS):
-            problems.append(f"has the key {key_columns or 'none'} instead of {list(KEY_COLUMNS)}")
+        if key_columns != sorted(RESULT_KEY):
+            problems.append(f"has the key {key_columns or 'none'} instead of {list(RESULT_KEY)}")
         if problems:
             raise ResultsTableError(
                 f"{self.describe()} exists with another shape: it {' and '.join(problems)}. It may come from "
@@ -403,7 +324,7 @@ class TryResults:
         try:
             with self.engine.begin() as conn:
                 # MySQL (not MariaDB) has no CREATE INDEX IF NOT EXISTS.
-                plain_mysql = conn.dialect.name in _MYSQL and not getattr(conn.dialect, "is_mariadb", False)
+                plain_mysql = conn.dialect.name in MYSQL and not getattr(conn.dialect, "is_mariadb", False)
                 conn.execute(CreateIndex(index, if_not_exists=not plain_mysql))
         except sa.exc.DBAPIError as exc:
             # Lookups by number get slower without it; the outcomes are recorded all the same.
@@ -460,7 +381,7 @@ class TryResults:
         with self.engine.connect() as conn:
             transaction = conn.begin()
             try:
-                conn.exec_driver_sql(self._insert_sql, self._driver_rows([self._row_tuple(**probe)]))
+                self.writer.insert_driver_rows(conn, [self._row_tuple(**probe)])
                 conn.execute(sa.update(t).where(key).values(status=PENDING))
                 conn.execute(sa.delete(t).where(key))
             finally:
@@ -521,7 +442,7 @@ class TryResults:
             _storable_int(error_code, _INT32),
             storable_text(error_message, MESSAGE_LENGTH),
             storable_text(note, NOTE_LENGTH),
-            decided_at if stamp_ready else _timestamp_param(decided_at, self.dialect),
+            decided_at if stamp_ready else timestamp_param(decided_at, self.dialect, self._stamp_format),
         )
 
     def rows(
@@ -539,7 +460,7 @@ class TryResults:
             _cells(part[c])
             for c in ("phone_e164", "status", "stop_id", "error_code", "error_message", "note")
         ]
-        stamps = timestamp_values(part["decided_at"], self.dialect, _SQLITE_STAMP)
+        stamps = timestamp_values(part["decided_at"], self.dialect, self._stamp_format)
         return [
             self._row_tuple(
                 int(row), inputs[row], phone, status, stop, code, message, note, stamp, stamp_ready=True
@@ -549,29 +470,11 @@ class TryResults:
             )
         ]
 
-    # ------------------------------------------------------------------ writes
-    @cached_property
-    def _insert_compiled(self) -> SQLCompiler:
-        compiled = sa.insert(self.sql_table).compile(
-            dialect=self.engine.dialect, column_keys=list(RESULT_COLUMNS)
-        )
-        assert isinstance(compiled, SQLCompiler)
-        return compiled
-
     @property
-    def _insert_sql(self) -> str:
-        return str(self._insert_compiled)
+    def _stamp_format(self) -> str:
+        return self.writer.spec.sqlite_timestamp_format
 
-    def _driver_rows(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Rows as ``exec_driver_sql`` takes them for this dialect's parameter style."""
-        compiled = self._insert_compiled
-        if not compiled.positional:
-            return [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in rows]
-        order = [RESULT_COLUMNS.index(name) for name in (compiled.positiontup or ())]
-        if order == list(range(len(RESULT_COLUMNS))):
-            return list(rows)
-        return [tuple(row[i] for i in order) for row in rows]
-
+    # ------------------------------------------------------------------ writes
     def _chunks(self, rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
         for start in range(0, len(rows), WRITE_CHUNK):
             yield rows[start : start + WRITE_CHUNK]
@@ -581,8 +484,7 @@ class TryResults:
         if not rows:
             return
         with self.engine.begin() as conn:
-            for chunk in self._chunks(rows):
-                conn.exec_driver_sql(self._insert_sql, self._driver_rows(chunk))
+            self.writer.insert_driver_rows(conn, rows)
 
     def replace(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write rows of this try over the ones with the same key (a ``pending`` row becomes its
@@ -604,7 +506,7 @@ class TryResults:
                         t.c.input_row.in_(keys),
                     )
                 )
-                conn.exec_driver_sql(self._insert_sql, self._driver_rows(chunk))
+                self.writer.insert_driver_rows(conn, chunk)
 
     def update_earlier(self, updates: pd.DataFrame) -> None:
         """Settle rows of earlier tries: ``updates`` has ``try_number``, ``input_row``, ``status``,
@@ -655,7 +557,7 @@ class TryResults:
         return pd.DataFrame([tuple(r) for r in rows], columns=list(RESULT_COLUMNS))
 
     def close(self) -> None:
-        if "engine" in self.__dict__:
+        if "writer" in self.__dict__ and "engine" in self.writer.__dict__:
             self.engine.dispose()
 
 

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.stream import stream_query
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE, check_one_source, pick_column
-from airflow_provider_smspartner.utils.sql_stream import stream_query
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from airflow_provider_smspartner.utils.storage import file_format, to_storage_path
 
 _NESTED = (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.DataFrame)
@@ -186,7 +186,7 @@ def rows_from_sql(
 ) -> Iterator[RowChunks]:
     """Whole rows of ``sql`` on connection ``sql_conn_id`` (any DbApiHook), ``chunk_size`` at a time.
 
-    The rows come from a streaming cursor (:func:`~airflow_provider_smspartner.utils.sql_stream.stream_query`:
+    The rows come from a streaming cursor (:func:`~airflow_provider_smspartner.sql.stream.stream_query`:
     server-side on PostgreSQL, unbuffered on MySQL/MariaDB), so memory holds one chunk. The
     query runs (and the phone column is checked) when the context is entered; the connection
     stays open until it exits.

@@ -37,19 +37,18 @@ import pandas as pd
 
 from airflow_provider_smspartner.bulk.sources import RowChunks
 from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers, phone_text
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.tables import COUNT_KEYS, audit_table_spec
+from airflow_provider_smspartner.sql.writer import SqlTableWriter
 from airflow_provider_smspartner.utils.api import list_sha256
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
-from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 from airflow_provider_smspartner.utils.storage import FileFormat, to_storage_path
-from airflow_provider_smspartner.utils.table_spec import TableSpec
 
 if TYPE_CHECKING:
-    from airflow_provider_smspartner.utils.provider_tables import ListCheck
+    from airflow_provider_smspartner.sql.list_checks import ListCheck
 
 log = logging.getLogger(__name__)
 
-#: The counts of a run, in the order they are reported; ``audience = kept + invalid + duplicate + stopped``.
-COUNT_KEYS = ("audience", "valid", "invalid", "duplicate", "stopped", "kept")
 #: Stopped numbers quoted (masked) in a failed check.
 MAX_EXAMPLES = 5
 #: The column the normalised number is written to (it replaces an audience column of that name).
@@ -461,9 +460,10 @@ class TableSink:
         now: datetime | None = None,
         spill: bool | None = None,
     ) -> None:
-        from airflow_provider_smspartner.utils.table_spec import TableName
+        from airflow_provider_smspartner.sql.names import TableName
 
-        self.target = str(TableName.parse(table))
+        self.table = TableName.parse(table)
+        self.target = str(self.table)
         self.hook = resolve_dbapi_hook(conn_id)
         self.key = key
         self.indexes = indexes
@@ -478,10 +478,10 @@ class TableSink:
         self._error: BaseException | None = None
 
     def _writer(self, first: pd.DataFrame) -> SqlTableWriter:
-        from airflow_provider_smspartner.utils.table_spec import table_spec_for
+        from airflow_provider_smspartner.sql.tables import table_spec_for
 
         spec = table_spec_for(first, key=self.key, indexes=self.indexes)
-        return SqlTableWriter(self.hook, self.target, spec, self.chunk_size)
+        return SqlTableWriter(self.hook, self.table, spec, self.chunk_size)
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.spill:
@@ -651,42 +651,6 @@ def suppress_audience(
 
 
 # ------------------------------------------------------------------------------------ audit
-#: ``status`` of an audit row: the list was used (``accepted``), or the run stopped before the
-#: audience was checked (``refused``: ``reason`` says why).
-AUDIT_STATUSES = ("accepted", "refused")
-
-
-def audit_table_spec() -> TableSpec:
-    """The audit table: one row per run (filter or check), appended.
-
-    The task instance and try, ``checked_at`` (UTC: when the list was fetched), ``mode``,
-    ``status`` (:data:`AUDIT_STATUSES`) and ``reason`` (why a list was refused), the list
-    (``rows_in_list``, of which ``matched`` by E.164 and ``unreadable``, and ``list_sha256``), the
-    counts and ``output`` (the table or path written; empty in check mode and when refused).
-    """
-    from airflow_provider_smspartner.utils.table_spec import Column, TableSpec
-
-    return TableSpec(
-        columns=(
-            Column("dag_id", "text"),
-            Column("run_id", "text"),
-            Column("task_id", "text"),
-            Column("map_index", "int"),
-            Column("try_number", "int"),
-            Column("checked_at", "timestamp"),
-            Column("mode", "short_text"),
-            Column("status", "short_text"),
-            Column("rows_in_list", "bigint"),
-            Column("matched", "bigint"),
-            Column("unreadable", "bigint"),
-            Column("list_sha256", "short_text"),
-            *(Column(key, "bigint") for key in COUNT_KEYS),
-            Column("output", "long_text"),
-            Column("reason", "long_text"),
-        )
-    )
-
-
 class AuditLog:
     """The audit table of the suppression runs, on connection ``conn_id``.
 
@@ -710,7 +674,7 @@ class AuditLog:
     def latest_accepted(self, dag_id: str | None, task_id: str) -> ListCheck | None:
         """The newest accepted check of task ``task_id`` of DAG ``dag_id`` (any run, any map
         index), or ``None``."""
-        from airflow_provider_smspartner.utils.provider_tables import latest_row
+        from airflow_provider_smspartner.sql.list_checks import latest_row
 
         return latest_row(
             self.writer,

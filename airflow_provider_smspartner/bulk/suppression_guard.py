@@ -19,7 +19,7 @@ from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
 
 if TYPE_CHECKING:
     from airflow_provider_smspartner.bulk.suppression import StopListSnapshot
-    from airflow_provider_smspartner.utils.provider_tables import ListCheck
+    from airflow_provider_smspartner.sql.list_checks import ListCheck
 
 
 def check_live_list(

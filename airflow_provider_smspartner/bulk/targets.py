@@ -92,7 +92,7 @@ def _qualified(conn_id: str, table: str) -> tuple[str, str]:
     Described by the lineage code (the connection's namespace and default schema) when the
     OpenLineage provider is installed; else by the connection's own fields, with the name as given.
     """
-    from airflow_provider_smspartner.utils.table_spec import TableName
+    from airflow_provider_smspartner.sql.names import TableName
 
     name = TableName.parse(table)
     try:
@@ -100,7 +100,7 @@ def _qualified(conn_id: str, table: str) -> tuple[str, str]:
 
         database = sql_database(conn_id)
     except ImportError:
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_connection
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_connection
 
         connection, hook = resolve_dbapi_connection(conn_id)
         dialect = str(getattr(hook, "dialect_name", None) or connection.conn_type)
@@ -109,7 +109,7 @@ def _qualified(conn_id: str, table: str) -> tuple[str, str]:
             location = str(Path(location).expanduser().resolve())
         namespace = f"{dialect}://{location}:{connection.port or ''}/{connection.schema or ''}"
         return namespace, _fold(dialect, str(name))
-    return database.namespace, _fold(database.dialect, database.table_name(str(name)))
+    return database.namespace, _fold(database.dialect, database.table_name(name.name, name.schema))
 
 
 def _fold(dialect: str, name: str) -> str:

@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.sql.tables import DEFAULT_RUN_LOG_TABLE
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     check_choice,
@@ -22,7 +23,6 @@ from airflow_provider_smspartner.utils.arguments import (
     check_fraction,
     check_one_source,
 )
-from airflow_provider_smspartner.utils.provider_tables import DEFAULT_RUN_LOG_TABLE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         StopListSnapshot,
         SuppressionResult,
     )
-    from airflow_provider_smspartner.utils.provider_tables import ListCheck
+    from airflow_provider_smspartner.sql.list_checks import ListCheck
 
 OUTPUT_FORMATS = ("parquet", "csv")
 #: What the gate does with a stop-list row that has no E.164 (``on_unreadable_list_row``).
@@ -734,8 +734,8 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
         :raises ValueError: naming the columns, the database and the rule.
         """
         from airflow_provider_smspartner.bulk.suppression import E164_COLUMN, REASON_COLUMN
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
-        from airflow_provider_smspartner.utils.table_spec import check_column_names
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.names import check_column_names
 
         names = [str(column) for column in columns]
         for table, added in (
@@ -749,7 +749,7 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
     def _guard_reference(self, context: Context, audit: AuditLog | None) -> ListCheck | None:
         """What the live list is compared with: the last accepted check of this task in the audit
         table, else the extract's last applied run of ``stop_list_table``, else nothing."""
-        from airflow_provider_smspartner.utils.provider_tables import last_applied_run
+        from airflow_provider_smspartner.sql.list_checks import last_applied_run
 
         identity = task_identity(context, self.task_id)
         reference = audit.latest_accepted(identity["dag_id"], identity["task_id"]) if audit else None

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_smspartner.sql.stream import stream_query
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     check_choice,
     check_count,
     pick_column,
 )
-from airflow_provider_smspartner.utils.sql_stream import stream_query
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,8 +136,10 @@ class PhoneNumbersToSqlOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
-        from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
-        from airflow_provider_smspartner.utils.table_spec import TableName, table_spec_for
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.names import TableName
+        from airflow_provider_smspartner.sql.tables import table_spec_for
+        from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
         # Templated arguments, checked once rendered and before any I/O.
         check_choice("mode", self.mode, PHONE_WRITE_MODES)
@@ -153,7 +155,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
             key, first = next(chunks)  # the key's name and type come from the data
             writer = SqlTableWriter(
                 destination,
-                str(table),
+                table,
                 table_spec_for(first, key=key, indexes=("phone_e164",)),
                 chunk_size=self.chunk_size,
             )
@@ -219,7 +221,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
                 yield key, frame
 
     def _normalised(
-        self, rows: list[Any], positions: tuple[int, int], key: str, normalize: Any
+        self, rows: Sequence[Any], positions: tuple[int, int], key: str, normalize: Any
     ) -> pd.DataFrame:
         """One chunk of result rows as the table's rows: key, ``phone_e164``, ``reason``."""
         import pandas as pd

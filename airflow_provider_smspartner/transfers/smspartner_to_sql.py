@@ -27,6 +27,12 @@ from airflow_provider_smspartner.exceptions import (
     StopListGuardError,
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.sql.tables import (
+    DEFAULT_RUN_LOG_TABLE,
+    run_log_table_name,
+    run_log_table_spec,
+    stop_list_table_spec,
+)
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     WRITE_MODES,
@@ -34,12 +40,6 @@ from airflow_provider_smspartner.utils.arguments import (
     check_count,
     check_flag,
     check_fraction,
-)
-from airflow_provider_smspartner.utils.provider_tables import (
-    DEFAULT_RUN_LOG_TABLE,
-    run_log_table_name,
-    run_log_table_spec,
-    stop_list_table_spec,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from sqlalchemy.engine import Connection
 
-    from airflow_provider_smspartner.utils.sql_writer import RemovalCounts, SqlTableWriter, WriteSummary
+    from airflow_provider_smspartner.sql.apply import RemovalCounts, WriteSummary
+    from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
 #: Characters removed from ``phoneNumber``: C0 controls (NUL included), DEL and C1 controls.
 #: PostgreSQL cannot store NUL in text, and none of them belongs in a phone number.
@@ -75,7 +76,8 @@ def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
         with ``at`` written in as a literal of the column type (no parameters to bind).
     :raises ValueError: an invalid table name.
     """
-    from airflow_provider_smspartner.utils.table_spec import ISO_FORMAT, TableName
+    from airflow_provider_smspartner.sql.names import TableName
+    from airflow_provider_smspartner.sql.tables import ISO_FORMAT
 
     name = TableName.parse(table)
     parts = [name.schema, name.name] if name.schema else [name.name]
@@ -283,8 +285,9 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import pandas as pd
 
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.writer import SqlTableWriter
         from airflow_provider_smspartner.utils.api import list_sha256
-        from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter, resolve_dbapi_hook
 
         started_at = datetime.now(timezone.utc)
         check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered

@@ -29,9 +29,9 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerServerError,
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-from airflow_provider_smspartner.utils.provider_tables import DEFAULT_RUN_LOG_TABLE, run_log_table_name
+from airflow_provider_smspartner.sql.names import TableName
+from airflow_provider_smspartner.sql.tables import DEFAULT_RUN_LOG_TABLE, run_log_table_name
 from airflow_provider_smspartner.utils.redaction import redact
-from airflow_provider_smspartner.utils.table_spec import TableName
 
 T = TypeVar("T")
 
@@ -265,7 +265,7 @@ class SmsPartnerStopListTrigger(BaseEventTrigger):
 
     def _warehouse_fingerprint(self) -> str | None:
         """The ``list_sha256`` of the last applied extract in the run log (``None``: none yet)."""
-        from airflow_provider_smspartner.utils.provider_tables import last_applied_run
+        from airflow_provider_smspartner.sql.list_checks import last_applied_run
 
         assert self.sql_conn_id is not None and self.table is not None
         last = last_applied_run(self.sql_conn_id, self.table, self.run_log_table or DEFAULT_RUN_LOG_TABLE)

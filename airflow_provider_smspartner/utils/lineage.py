@@ -94,10 +94,13 @@ def sql_table_dataset(
     :param table: The table as the operator was given it.
     :param rows: Rows the task wrote, when known.
     :param columns: Column name -> type, in order, when known (a ``SchemaDatasetFacet``).
-    :raises ValueError: when the connection's hook is not a SQL hook.
+    :raises ValueError: when the connection's hook is not a SQL hook, or ``table`` is not a valid name.
     """
+    from airflow_provider_smspartner.sql.names import TableName
+
+    name = TableName.parse(table)
     database = _SqlDatabase.of(conn_id)
-    return _dataset(database.namespace, database.table_name(table), rows, columns)
+    return _dataset(database.namespace, database.table_name(name.name, name.schema), rows, columns)
 
 
 def sql_database(conn_id: str) -> _SqlDatabase:
@@ -388,7 +391,7 @@ class _SqlDatabase:
         connection); the key is the connection's content, so a changed connection is described
         again.
         """
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_connection
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_connection
 
         connection, hook = resolve_dbapi_connection(conn_id)
         key = (conn_id, hashlib.sha256(connection.get_uri().encode()).hexdigest())
@@ -430,17 +433,11 @@ class _SqlDatabase:
             hook, namespace, "generic", connection.schema or None, hook.get_openlineage_default_schema()
         )
 
-    def table_name(self, table: str, schema: str | None = None, database: str | None = None) -> str:
-        """``database.schema.table`` of a table named ``name``, ``schema.name`` or ``db.schema.name``."""
-        parts = [part.strip().strip('"`[]') for part in table.strip().split(".")]
-        name = parts[-1]
-        if len(parts) >= 2:
-            schema = parts[-2]
-        if len(parts) >= 3:
-            database = parts[-3]
-        qualified = ".".join(
-            part for part in (database or self.database, schema or self.default_schema, name) if part
-        )
+    def table_name(self, name: str, schema: str | None = None, database: str | None = None) -> str:
+        """``database.schema.name`` of table ``name``, the connection's database and default schema
+        filling what is not given; quotes around a part (as a SQL parser may keep them) dropped."""
+        parts = (database or self.database, schema or self.default_schema, name)
+        qualified = ".".join(part.strip().strip('"`[]') for part in parts if part)
         return qualified.upper() if self.uppercase else qualified
 
     def tables_read(self, sql: str) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 def drop_results(conn_id: str, *names: str) -> None:
     """Drop views and tables ``names`` if they exist (views first)."""
-    from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+    from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
     hook = resolve_dbapi_hook(conn_id)
     for name in names:

@@ -16,11 +16,6 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_smspartner.bulk.results import (
-    ID_LENGTH,
-    INPUT_LENGTH,
-    KEY_COLUMNS,
-    MESSAGE_LENGTH,
-    RESULT_COLUMNS,
     ResultsTable,
     ResultsTableError,
     TaskIdentity,
@@ -28,7 +23,9 @@ from airflow_provider_smspartner.bulk.results import (
     storable_text,
 )
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.tables import ID_LENGTH, INPUT_LENGTH, MESSAGE_LENGTH, RESULT_COLUMNS
+from airflow_provider_smspartner.sql.tables import RESULT_KEY as KEY_COLUMNS
 from tests.bulk.conftest import drop_results
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import new_numbers, query_frame, read_results, ti_context

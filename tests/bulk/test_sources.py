@@ -108,7 +108,7 @@ class TestPhoneColumn:
         assert values.empty and values.dtype == object
 
     def test_sql_on_every_warehouse(self, warehouse_conn):
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
         table = f"audience_{uuid.uuid4().hex[:8]}"
         hook = resolve_dbapi_hook(warehouse_conn)
@@ -160,7 +160,7 @@ class TestRowChunks:
         assert whole["id"].astype(int).tolist() == list(range(1, 8))
 
     def test_sql_in_chunks(self, sqlite_conn):
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
         hook = resolve_dbapi_hook(sqlite_conn)
         hook.run("CREATE TABLE audience (id INTEGER, phone TEXT, zip TEXT)")
@@ -174,7 +174,7 @@ class TestRowChunks:
         assert pd.concat(chunks, ignore_index=True)["phone"].tolist() == self.FRAME["phone"].tolist()
 
     def test_empty_sources_yield_one_empty_chunk_with_the_columns(self, tmp_path, sqlite_conn):
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
         path = tmp_path / "empty.csv"
         path.write_text("id,phone\n")

@@ -20,7 +20,7 @@ from airflow_provider_smspartner.operators.smspartner import (
     SmsPartnerRemoveStopsOperator,
     SmsPartnerStopListOperator,
 )
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from tests.conftest import TEST_API_KEY
 from tests.helpers import (
     API_REJECTED,
@@ -524,7 +524,7 @@ class TestRemove:
         assert rows.loc[rows["status"] == "removed", "stop_id"].notna().all()
 
     def test_same_sources_as_add(self, api, sqlite_conn):
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
         listed = sorted(api.state.phone_numbers())[:2]
         hook = resolve_dbapi_hook(sqlite_conn)

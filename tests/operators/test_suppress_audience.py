@@ -21,8 +21,8 @@ from airflow.exceptions import AirflowException
 from airflow_provider_smspartner.bulk import suppression
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressAudienceOperator
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.utils.api import list_sha256
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from tests.conftest import TEST_API_KEY
 from tests.helpers import (
     CONTEXT,

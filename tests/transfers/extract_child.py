@@ -35,8 +35,8 @@ def main() -> None:
         with args.events.open("a") as out:
             out.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
 
+    from airflow_provider_smspartner.sql.writer import SqlTableWriter
     from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
-    from airflow_provider_smspartner.utils.sql_writer import SqlTableWriter
 
     real_chunks, real_load = SqlTableWriter._chunks, SqlTableWriter._load
 

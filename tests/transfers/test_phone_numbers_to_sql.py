@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 import airflow_provider_smspartner.phone_numbers as phone_numbers_module
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.transfers.phone_numbers_to_sql import PhoneNumbersToSqlOperator
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
 from benchmarks.phone_corpus import generate_corpus
 from tests.helpers import oracle_e164
 

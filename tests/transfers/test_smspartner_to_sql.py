@@ -26,21 +26,19 @@ from airflow_provider_smspartner.exceptions import (
     StopListGuardError,
 )
 from airflow_provider_smspartner.phone_numbers import stop_list_e164
+from airflow_provider_smspartner.sql.apply import RemovalCounts
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.tables import (
+    run_log_table_name,
+    run_log_table_spec,
+    stop_list_table_spec,
+)
+from airflow_provider_smspartner.sql.writer import SqlTableWriter
 from airflow_provider_smspartner.transfers.smspartner_to_sql import (
     SmsPartnerStopListToSqlOperator,
     check_removals,
     stop_list_as_of_sql,
     task_identity,
-)
-from airflow_provider_smspartner.utils.provider_tables import (
-    run_log_table_name,
-    run_log_table_spec,
-    stop_list_table_spec,
-)
-from airflow_provider_smspartner.utils.sql_writer import (
-    RemovalCounts,
-    SqlTableWriter,
-    resolve_dbapi_hook,
 )
 from tests.conftest import PROJECT_ROOT, smspartner_connection_json
 from tests.helpers import live_sha256, serve_list_rows

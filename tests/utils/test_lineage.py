@@ -131,7 +131,7 @@ class TestSqlTable:
     def test_a_connection_is_described_once_per_content(self, postgres_conn, smspartner_conn, monkeypatch):
         """The default schema costs a database round trip: once for the four tables of one
         suppression task, and again only when the connection changes."""
-        from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 
         monkeypatch.setattr(lineage, "_DESCRIBED", {})
         hook_class = type(resolve_dbapi_hook(postgres_conn))

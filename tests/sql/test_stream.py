@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from airflow_provider_smspartner.utils.sql_stream import stream_query, streaming_cursor
-from airflow_provider_smspartner.utils.sql_writer import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.stream import stream_query
 
 
 @pytest.fixture
@@ -49,39 +51,54 @@ def test_a_statement_without_rows_names_the_connection(sqlite_conn):
         _read(resolve_dbapi_hook(sqlite_conn), "CREATE TABLE nothing_here (id INTEGER)", 3)
 
 
+@pytest.fixture
+def cursors() -> Iterator[list[Any]]:
+    """The DBAPI cursor of every statement SQLAlchemy runs while the test does."""
+    seen: list[Any] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(cursor)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
 @pytest.mark.parametrize(("fixture", "kind"), [("postgres_conn", "ServerCursor"), ("mysql_conn", "SSCursor")])
-def test_servers_keep_the_result_on_their_side(request, fixture, kind):
+def test_servers_keep_the_result_on_their_side(request, cursors, fixture, kind):
     """PostgreSQL: a named (server-side) cursor; MySQL/MariaDB: an unbuffered one."""
-    conn = resolve_dbapi_hook(request.getfixturevalue(fixture)).get_conn()
-    try:
-        cursor = streaming_cursor(conn)
-        assert type(cursor).__name__ == kind
-        cursor.close()
-    finally:
-        conn.close()
+    _read(resolve_dbapi_hook(request.getfixturevalue(fixture)), "SELECT 1 AS one", 10)
+    assert [type(cursor).__name__ for cursor in cursors] == [kind]
 
 
-def test_psycopg2_streams_too_although_its_named_cursor_describes_late(postgres_conn):
+def test_psycopg2_streams_too_although_its_named_cursor_describes_late(postgres_conn, cursors):
     """psycopg2 (still the driver of older Postgres providers) gives a named cursor's column
-    names only after the first fetch; the first chunk is read early to learn them."""
-    import psycopg2
-
+    names only after the first fetch."""
+    url = "postgresql+psycopg2://postgres@127.0.0.1/test"
     hook = SimpleNamespace(
-        get_conn=lambda: psycopg2.connect(host="127.0.0.1", user="postgres", dbname="test")
+        get_sqlalchemy_engine=lambda engine_kwargs=None: sa.create_engine(url, **engine_kwargs)
     )
     sql = "SELECT n AS id, 'x' || n AS phone FROM generate_series(1, 7) AS n"
     names, batches = _read(hook, sql, 3)
     assert names == ["id", "phone"]
     assert [len(batch) for batch in batches] == [3, 3, 1]
     assert batches[0][0] == (1, "x1")
+    (cursor,) = cursors
+    assert cursor.name  # a named cursor: the result stays on the server
 
 
-def test_the_read_ends_its_transaction_once_the_rows_are_read(postgres_conn):
+def test_the_read_ends_its_transaction_once_the_rows_are_read(postgres_conn, cursors):
     """Locks a read took are released before the caller writes anywhere else."""
     hook = resolve_dbapi_hook(postgres_conn)
-    conn = hook.get_conn()
-    seen = SimpleNamespace(get_conn=lambda: conn)
-    with stream_query(seen, "SELECT 1 AS one", 10, "source") as (_, batches):
+    with stream_query(hook, "SELECT 1 AS one", 10, "source") as (_, batches):
         assert list(batches) == [[(1,)]]
+        conn = cursors[0].connection
         assert conn.info.transaction_status.name == "IDLE"  # not INTRANS: the read was ended
     assert conn.closed
+
+
+def test_percent_signs_and_colons_are_plain_sql(warehouse_conn):
+    """The text goes to the driver without parameters: no placeholder is read into it."""
+    names, batches = _read(resolve_dbapi_hook(warehouse_conn), "SELECT '50%' AS rate, ':name' AS tag", 10)
+    assert [name.lower() for name in names] == ["rate", "tag"]
+    assert [tuple(row) for row in batches[0]] == [("50%", ":name")]

@@ -14,15 +14,12 @@ import pytest
 import sqlalchemy as sa
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-from airflow_provider_smspartner.utils.sql_writer import (
-    RemovalCounts,
-    SqlTableWriter,
-    TableName,
-    TableSpec,
-    resolve_dbapi_hook,
-    staging_name,
-)
-from airflow_provider_smspartner.utils.table_spec import Column, table_spec_for
+from airflow_provider_smspartner.sql.apply import RemovalCounts
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+from airflow_provider_smspartner.sql.ddl import staging_name
+from airflow_provider_smspartner.sql.names import TableName
+from airflow_provider_smspartner.sql.tables import Column, TableSpec, table_spec_for
+from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
 SPEC = TableSpec(
     columns=(
@@ -743,7 +740,7 @@ class TestCopyCsv:
 
     @pytest.mark.parametrize("fraction", [False, True], ids=["seconds", "microseconds"])
     def test_timestamps_match_numpy(self, fraction):
-        from airflow_provider_smspartner.utils.copy_encoding import _timestamps_as_text
+        from airflow_provider_smspartner.sql.copy_encoding import _timestamps_as_text
 
         rng = np.random.default_rng(7)
         micros = rng.integers(-62_135_596_800_000_000, 253_402_300_799_000_000, 20_000)
@@ -759,7 +756,7 @@ class TestCopyCsv:
         assert _timestamps_as_text(stamps).to_pylist() == expected
 
     def test_constant_empty_and_out_of_range_columns(self):
-        from airflow_provider_smspartner.utils.copy_encoding import _timestamps_as_text
+        from airflow_provider_smspartner.sql.copy_encoding import _timestamps_as_text
 
         constant = np.array(["2024-01-01T10:00:00"] * 3, dtype="datetime64[us]")
         assert _timestamps_as_text(constant).to_pylist() == ["2024-01-01 10:00:00.000000"] * 3
@@ -775,7 +772,7 @@ class TestCopyCsv:
         ]
 
     def test_copy_csv_row(self):
-        from airflow_provider_smspartner.utils.sql_writer import copy_csv
+        from airflow_provider_smspartner.sql.copy_encoding import copy_csv
 
         frame = _frame((1, "a"), (2, 'say "hi"'))
         frame.loc[1, "note"] = None
@@ -826,7 +823,7 @@ class TestBinaryCopy:
         _drop_like(resolve_dbapi_hook(postgres_conn), name)
 
     def test_round_trip(self, postgres_conn, table, monkeypatch):
-        from airflow_provider_smspartner.utils import sql_writer
+        from airflow_provider_smspartner.sql import postgres
 
         spec = TableSpec(
             columns=(
@@ -853,9 +850,9 @@ class TestBinaryCopy:
         )
         calls: list[str] = []
         for name in ("copy_binary", "copy_csv"):
-            real = getattr(sql_writer, name)
+            real = getattr(postgres, name)
             monkeypatch.setattr(
-                sql_writer,
+                postgres,
                 name,
                 lambda chunk, spec, real=real, name=name: calls.append(name) or real(chunk, spec),
             )
@@ -872,7 +869,7 @@ class TestBinaryCopy:
         assert [None if pd.isna(v) else v for v in stamps] == [None if pd.isna(v) else v for v in frame["at"]]
 
     def test_other_column_types_get_csv(self, postgres_conn, table, monkeypatch):
-        from airflow_provider_smspartner.utils import sql_writer
+        from airflow_provider_smspartner.sql import postgres
 
         hook = resolve_dbapi_hook(postgres_conn)
         hook.run(
@@ -880,10 +877,8 @@ class TestBinaryCopy:
             "seen_at timestamp, removed_at timestamptz)"
         )
         used: list[str] = []
-        real = sql_writer.copy_csv
-        monkeypatch.setattr(
-            sql_writer, "copy_csv", lambda chunk, spec: used.append("csv") or real(chunk, spec)
-        )
+        real = postgres.copy_csv
+        monkeypatch.setattr(postgres, "copy_csv", lambda chunk, spec: used.append("csv") or real(chunk, spec))
         writer = SqlTableWriter(hook, table, SPEC)
         writer.write(_frame((1, "a"), (2, "b")), "replace")
         assert used and sorted(_rows(writer)) == [1, 2]

@@ -1,7 +1,7 @@
 """PostgreSQL COPY payloads for a DataFrame chunk: CSV (``copy_csv``) and binary (``copy_binary``).
 
 Column-wise and in Arrow's C++ kernels, not row by row in Python: the extract of a million stops
-spends about 30 ms per 50,000 rows here. Used by :mod:`~airflow_provider_smspartner.utils.sql_writer`.
+spends about 30 ms per 50,000 rows here. Used by :mod:`~airflow_provider_smspartner.sql.postgres`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from airflow_provider_smspartner.utils.table_spec import ColumnType, TableSpec
-
-
-def naive_utc(values: Any) -> np.ndarray:
-    """Instants (any form ``pandas.to_datetime`` reads; naive ones taken as UTC) as naive UTC
-    ``datetime64[us]``, NaT for missing: the form the COPY encoders and the writer compare."""
-    return pd.to_datetime(pd.Series(values), utc=True).dt.tz_convert(None).to_numpy("datetime64[us]")
-
+from airflow_provider_smspartner.sql.tables import TEXT_TYPES, ColumnType, TableSpec
+from airflow_provider_smspartner.sql.types import naive_utc
 
 _MICROS_PER_DAY = 86_400_000_000
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896  # 0001-01-01 and 9999-12-31, in days since 1970
@@ -40,7 +34,7 @@ def copy_csv(chunk: pd.DataFrame, spec: TableSpec) -> bytes:
         if column.type == "timestamp":
             stamps = naive_utc(values)
             arrays[column.name] = _timestamps_as_text(stamps)
-        elif column.type in ("short_text", "text", "long_text"):
+        elif column.type in TEXT_TYPES:
             arrays[column.name] = _text_array(values)
         else:
             arrays[column.name] = pa.array(values, from_pandas=True)
