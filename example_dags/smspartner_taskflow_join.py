@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from airflow.sdk import Param, dag, task
 
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerStopListOperator
-from airflow_provider_smspartner.phone_numbers import flag_stopped
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SAMPLE_CONTACTS = [
     {"contact_id": 1, "name": "Alice", "phone": "06 12 34 56 78"},
@@ -54,6 +56,9 @@ def smspartner_taskflow_join():
 
     @task
     def load_contacts(params: dict | None = None) -> pd.DataFrame:
+        # pandas (and phonenumbers below) load when the task runs, not at every DAG parse.
+        import pandas as pd
+
         path = (params or {}).get("contacts_path")
         return pd.read_csv(path, dtype={"phone": "str"}) if path else pd.DataFrame(SAMPLE_CONTACTS)
 
@@ -61,6 +66,8 @@ def smspartner_taskflow_join():
     def write_safe_contacts(
         stop_list: pd.DataFrame, contacts: pd.DataFrame, params: dict | None = None
     ) -> dict:
+        from airflow_provider_smspartner.phone_numbers import flag_stopped
+
         flagged = flag_stopped(contacts, stop_list, phone_column="phone")
         output_dir = Path((params or {})["output_dir"])
         output_dir.mkdir(parents=True, exist_ok=True)

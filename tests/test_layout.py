@@ -157,6 +157,26 @@ class TestDagParseCost:
         heavy = sorted(name for name in new if name.split(".")[0] in HEAVY)
         assert not heavy, f"importing {module} loads {heavy[:8]}: import them inside execute()"
 
+    @pytest.mark.parametrize(
+        "dag_file", sorted((PROJECT_ROOT / "example_dags").glob("*.py")), ids=lambda path: path.stem
+    )
+    def test_example_dags_parse_without_heavy_imports(self, dag_file):
+        # smspartner_taskflow_join loaded pandas, pyarrow and phonenumbers at parse time (616 ms).
+        script = (
+            "import json, runpy, sys\n"
+            "import airflow.sdk\n"
+            "before = set(sys.modules)\n"
+            f"runpy.run_path({str(dag_file)!r})\n"
+            "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        new = json.loads(result.stdout.strip().splitlines()[-1])
+        heavy = sorted(name for name in new if name.split(".")[0] in HEAVY)
+        assert not heavy, f"parsing {dag_file.name} loads {heavy[:8]}: import them inside the tasks"
+
     def test_provider_info_does_not_import_airflow(self):
         # Airflow imports get_provider_info while it is itself being imported (provider discovery).
         new = _new_modules_after(f"{PACKAGE}.get_provider_info", "json")["new"]

@@ -238,6 +238,8 @@ class SmsPartnerHook(BaseHook):
         self._session_lock = threading.Lock()
         self._session: requests.Session | None = None
         self._activity = RetrySummaryLog(smspartner_conn_id)
+        #: Attempts per call when set (``test_connection``: one); else ``max_retries + 1``.
+        self._max_attempts: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(smspartner_conn_id={self.smspartner_conn_id!r})"
@@ -334,9 +336,10 @@ class SmsPartnerHook(BaseHook):
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
             # RedisHook sets no timeouts: an unreachable host would hang every request forever.
+            # The connection's own timeout bounds it too: the UI's Test button waits for it.
             for name in ("socket_connect_timeout", "socket_timeout"):
                 if pool.connection_kwargs.get(name) is None:
-                    pool.connection_kwargs[name] = CONNECT_TIMEOUT
+                    pool.connection_kwargs[name] = min(self.settings.timeout, CONNECT_TIMEOUT)
         db = conn.extra_dejson.get("db") or 0
         return client, f"Redis connection {redis_conn_id!r} ({conn.host}:{conn.port or 6379}, db {db})"
 
@@ -384,7 +387,7 @@ class SmsPartnerHook(BaseHook):
         """
         settings = self.settings
         retrying = Retrying(
-            stop=stop_after_attempt(settings.max_retries + 1),
+            stop=stop_after_attempt(self._max_attempts or settings.max_retries + 1),
             wait=self._wait,
             retry=retry_if_exception(is_retryable),
             before_sleep=self._log_retry,
@@ -608,11 +611,16 @@ class SmsPartnerHook(BaseHook):
         return {k: v for k, v in body.items() if k not in ("success", "code")}
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the key with ``GET /me``. Never raises; the message never contains the key."""
+        """Check the key with ``GET /me``, one attempt, no retry: the answer (or the failure of the
+        API or of the shared budget's Redis) comes within the connection's ``timeout``, since the
+        UI's Test button waits for it. Never raises; the message never contains the key."""
+        self._max_attempts = 1
         try:
             account = self.get_account()
         except Exception as exc:
             return False, redact(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._max_attempts = None
         user = account.get("user") if isinstance(account.get("user"), dict) else {}
         username = user.get("username") if user else None
         who = f" as {username}" if username else ""

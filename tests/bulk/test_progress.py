@@ -35,13 +35,30 @@ class TestProgressReporter:
 
     def test_rate_is_current_not_overall(self):
         clock, logger = FakeClock(), RecordingLogger()
-        progress = ProgressReporter(100, "x", logger, clock=clock)
-        clock.now += 10.0
-        progress.advance(10)  # 1/s over the first 10 s
-        clock.now += 1.0
-        progress.advance(10)  # then 10/s
-        assert "10.0 req/s" in logger.lines[-1]
-        assert "ETA 8 s" in logger.lines[-1]
+        progress = ProgressReporter(200, "x", logger, clock=clock, window=10.0)
+        for _ in range(20):  # 1/s for 20 s
+            clock.now += 1.0
+            progress.advance()
+        for _ in range(100):  # then 10/s for 10 s
+            clock.now += 0.1
+            progress.advance()
+        rate = float(logger.lines[-1].split(", ")[1].split()[0])
+        assert rate == pytest.approx(10.0, rel=0.1)  # the last 10 s, not the 4/s since the start
+
+    def test_two_lines_a_moment_apart_agree(self):
+        # Lines came 0.2 s apart at 2.9 then 22.4 req/s: a burst of answers after a slow patch.
+        clock, logger = FakeClock(), RecordingLogger()
+        progress = ProgressReporter(1000, "x", logger, clock=clock, window=10.0)
+        for _ in range(99):  # 10/s
+            clock.now += 0.1
+            progress.advance()
+        clock.now += 2.0  # a slow patch, then a burst of 5 answers within 0.2 s crossing 10 %
+        progress.advance(1)
+        clock.now += 0.2
+        progress.advance(5)
+        rates = [float(line.split(", ")[1].split()[0]) for line in logger.lines]
+        assert 7.0 <= rates[-1] <= 10.0  # about (105 - 20 done 10 s before) / 10 s
+        assert max(rates) / min(rates) < 1.5  # was 0.5 then 25 req/s: the rate since the line before
 
     @pytest.mark.parametrize(
         ("seconds", "text"),

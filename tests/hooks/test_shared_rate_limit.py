@@ -470,3 +470,56 @@ class TestNoDeprecationWarnings:
             hook.add_stop("+33655443322")
             hook.close()
         assert sandbox.stats.count("me") == 5
+
+
+class TestTestButtonWithASilentRedis:
+    """The UI's Test button blocked 58 s when the shared budget's Redis did not answer."""
+
+    def test_one_attempt_bounded_by_the_connection_timeout(self, monkeypatch, sandbox):
+        import socket
+        import threading
+
+        accepted: list[socket.socket] = []
+        server = socket.create_server(("127.0.0.1", 0))
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept_and_say_nothing() -> None:  # a Redis that takes connections and never answers
+            while not stop.is_set():
+                try:
+                    accepted.append(server.accept()[0])
+                except TimeoutError:
+                    continue
+
+        thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+        thread.start()
+        try:
+            monkeypatch.setenv("AIRFLOW_CONN_REDIS_SILENT", _redis_connection(server.getsockname()[1]))
+            use_connection(
+                monkeypatch,
+                smspartner_connection_json(
+                    sandbox.base_url,
+                    timeout=1,
+                    max_retries=5,
+                    retry_backoff=1,
+                    rate_limit_redis_conn_id="redis_silent",
+                ),
+            )
+            hook = SmsPartnerHook()
+            ok, message = hook.test_connection()
+            assert ok is False and "redis_silent" in message and "Timeout" in message
+            # What bounds the wait: one attempt (no retry of the call), and Redis timeouts of 1 s.
+            assert len(accepted) == 1
+            pool = hook._connect_redis()[0].connection_pool
+            assert (
+                pool.connection_kwargs["socket_timeout"]
+                == pool.connection_kwargs["socket_connect_timeout"]
+                == 1
+            )
+            assert sandbox.stats.total == 0
+        finally:
+            stop.set()
+            thread.join()
+            for conn in accepted:
+                conn.close()
+            server.close()
