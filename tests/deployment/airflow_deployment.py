@@ -26,6 +26,8 @@ from typing import IO, Any, TypeVar
 import psutil
 
 AIRFLOW = [sys.executable, "-m", "airflow"]
+#: The PostgreSQL server of the build machines (trust auth), as ``user@host:port``.
+POSTGRES = "postgres@127.0.0.1:5432"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 T = TypeVar("T")
 
@@ -50,6 +52,9 @@ class Service:
     proc: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    #: What :meth:`AirflowDeployment.restart` starts again: ``airflow <args>`` with ``env`` added.
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -81,9 +86,12 @@ class AirflowDeployment:
             raise DeploymentError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{tail(log_path)}")
         return log_path.read_text(errors="replace")
 
-    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Service:
-        """Start ``airflow <args>`` in the background, in a session of its own."""
-        log_path = self.home / "logs" / f"{name}.log"
+    def start(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None, log_name: str | None = None
+    ) -> Service:
+        """Start ``airflow <args>`` in the background, in a session of its own; its output goes to
+        ``<home>/logs/<log_name or name>.log``."""
+        log_path = self.home / "logs" / f"{log_name or name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("wb")
         proc = subprocess.Popen(
@@ -94,9 +102,41 @@ class AirflowDeployment:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        service = Service(name=name, proc=proc, log_path=log_path, log_file=log_file)
+        service = Service(name=name, proc=proc, log_path=log_path, log_file=log_file, args=args, env=env)
         self.services.append(service)
         return service
+
+    def service(self, name: str) -> Service:
+        """The running service called ``name``."""
+        found = [service for service in self.services if service.name == name]
+        if not found:
+            raise DeploymentError(f"no service {name!r}; running: {[s.name for s in self.services]}")
+        return found[-1]
+
+    def kill(self, name: str) -> list[int]:
+        """Crash a service: SIGKILL to it and every descendant, by pid (no clean-up runs, as when a
+        machine dies); return the pids killed. The service leaves :attr:`services` (so
+        :meth:`check_alive` does not report it); its log stays."""
+        service = self.service(name)
+        processes = [psutil.Process(service.proc.pid)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes += processes[0].children(recursive=True)
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        service.proc.wait(timeout=10)
+        service.log_file.close()
+        self.services.remove(service)
+        # The descendants are orphans now: gone once init reaps them (a zombie has stopped anyway).
+        self.wait_for(f"the processes of {name} to end", lambda: not _running(processes[1:]), 10, 0.1)
+        return [process.pid for process in processes]
+
+    def restart(self, service: Service) -> Service:
+        """Start what ``service`` ran again (after :meth:`kill`), under the same name, with the same
+        arguments and environment; the new log is ``<name>-<n>.log`` (n = 2, 3, ...)."""
+        logs = self.home / "logs"
+        n = 1 + len([*logs.glob(f"{service.name}.log"), *logs.glob(f"{service.name}-*.log")])
+        return self.start(service.name, *service.args, env=service.env, log_name=f"{service.name}-{n}")
 
     def check_alive(self) -> None:
         """Raise, with its log, if a service has exited."""
@@ -187,6 +227,19 @@ class AirflowDeployment:
     def health(self) -> dict[str, Any]:
         return self.api("GET", "/monitor/health")
 
+    def wait_healthy(
+        self,
+        timeout: float,
+        parts: tuple[str, ...] = ("metadatabase", "scheduler", "triggerer", "dag_processor"),
+    ) -> None:
+        """Wait until every one of ``parts`` reports healthy at ``/monitor/health``."""
+
+        def healthy() -> bool:
+            health = self.health()
+            return all(health.get(part, {}).get("status") == "healthy" for part in parts)
+
+        self.wait_for(f"{', '.join(parts)} to report healthy", healthy, timeout)
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.api("PATCH", f"/dags/{dag_id}", {"is_paused": paused})
 
@@ -229,6 +282,85 @@ class AirflowDeployment:
                     for log in sorted((self.home / "logs").glob(pattern)):
                         report.append(f"--- {log}:\n{tail(log, 30)}")
         return "\n".join(report)
+
+
+def celery_env(
+    home: Path, base_url: str, metadata_db: str, broker_url: str, key_prefix: str, **settings: str
+) -> dict[str, str]:
+    """The environment of every process of a CeleryExecutor deployment on loopback.
+
+    Nothing comes from the test process's own Airflow settings (``AIRFLOW__*``, ``AIRFLOW_CONN_*``,
+    ``AIRFLOW_VAR_*``): DAGs in ``<home>/dags``, no examples, metadata database ``metadata_db`` on
+    :data:`POSTGRES` (also the Celery result backend), broker ``broker_url`` with every key under
+    ``key_prefix``, every admin logged in (simple auth manager), fresh Fernet, API and JWT secrets.
+    ``settings`` (variable names in full, e.g. ``AIRFLOW_CONN_WAREHOUSE``) are added last.
+    """
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{POSTGRES}/{metadata_db}",
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CELERY__BROKER_URL": broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{POSTGRES}/{metadata_db}",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{key_prefix}:",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    env.update(settings)
+    return env
+
+
+def delete_redis_keys(db: int, prefix: str) -> None:
+    """Delete every key containing ``prefix`` from database ``db`` of the Redis on 127.0.0.1:6379."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    try:
+        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def psql(sql: str, dbname: str = "postgres", params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    """Run ``sql`` (autocommit) on database ``dbname`` of :data:`POSTGRES`; return its rows."""
+    import psycopg
+
+    with psycopg.connect(f"postgresql://{POSTGRES}/{dbname}", autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (neither gone nor a zombie)."""
+    running = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+    return running
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
