@@ -163,16 +163,17 @@ def _note_earlier(
 def _recording(
     results: TryResults | None, outcomes: pd.DataFrame, logger: Any
 ) -> Iterator[RunRecorder | None]:
-    """The run's recorder (``None`` without a results table); on an interruption, what is known is
-    written (briefly), then the interruption propagates."""
+    """The run's recorder (``None`` without a results table); when the run is stopped
+    (``execution_timeout``, SIGTERM, any exception), every input is recorded on the way out (briefly),
+    then the interruption propagates."""
     if results is None:
         yield None
         return
     recorder = RunRecorder(results, outcomes, logger)
     try:
         yield recorder
-    except BaseException:
-        recorder.abort()
+    except BaseException as exc:
+        recorder.abort(outcomes, reason=type(exc).__name__)
         raise
 
 

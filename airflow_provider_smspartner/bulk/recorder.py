@@ -8,15 +8,18 @@ Order of writes for one try (each in a transaction of its own, on one writer thr
    block is written while the current one is being sent, so the calls never wait for it);
 3. while the calls run: their outcomes, in batches (every ``flush_rows`` outcomes or
    ``flush_seconds``, whichever comes first), over the ``pending`` rows;
-4. at the end: the outcomes settled by the reconciliation, and the inputs never sent.
+4. at the end: the outcomes settled by the reconciliation, and the inputs never sent;
+   or, when the try is stopped (``execution_timeout``, SIGTERM, any exception), on the way out
+   (:meth:`RunRecorder.abort`): the outcomes known, then ``not_processed`` for the inputs never sent.
 
 A write that failed on a database error is tried again (``WRITE_ATTEMPTS``), as a replacement of
 this try's rows by key (a delete and an insert in one transaction), which is safe to repeat.
 
-A SIGKILL therefore loses at most the outcomes of the last ``flush_seconds`` (their rows stay
-``pending``, which tells the next try to check them against the list), and never a row of an
-input that may have been sent. A write that fails stops the run: no call is sent that could not
-be recorded.
+Only a SIGKILL leaves ``pending`` rows: at most the outcomes of the last ``flush_seconds`` and the
+write-ahead rows of calls never sent (the next try checks them against the list), and never a
+missing row of an input that may have been sent. (A call still unanswered when a stopped try ends
+is ``pending`` too: whether it landed, only the list can tell.) A write that fails stops the run:
+no call is sent that could not be recorded.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from airflow_provider_smspartner.bulk.outcomes import PENDING, CallOutcome, merge_row_outcomes
+from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome, merge_row_outcomes
 from airflow_provider_smspartner.bulk.results import TryResults, db_error, storable_inputs
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,8 @@ class RunRecorder:
         #: What the table holds (or will, once queued writes end) of each row: ``_state`` of it,
         #: ``None`` before its first write.
         self.written: list[tuple[Any, ...] | None] = [None] * size
+        #: Rows whose calls have all ended (their outcome is buffered or written).
+        self._decided = np.zeros(size, dtype=bool)
         self._item_rows = np.zeros(0, dtype=np.int64)
         self._item_stop_ids: list[int | None] = []
         self._row_calls: dict[int, list[int]] = {}
@@ -114,13 +119,13 @@ class RunRecorder:
         self, item_rows: Sequence[int] | np.ndarray, item_stop_ids: Sequence[int | None] | None = None
     ) -> None:
         """Tell which row each call belongs to (several calls may share a row), in call order."""
-        self._item_rows = np.asarray(item_rows, dtype=np.int64)
-        self._item_stop_ids = (
-            list(item_stop_ids) if item_stop_ids is not None else [None] * len(self._item_rows)
-        )
-        self._row_calls = {}
-        for index, row in enumerate(self._item_rows.tolist()):
-            self._row_calls.setdefault(row, []).append(index)
+        rows = np.asarray(item_rows, dtype=np.int64)
+        row_calls: dict[int, list[int]] = {}
+        for index, row in enumerate(rows.tolist()):
+            row_calls.setdefault(row, []).append(index)
+        self._item_stop_ids = list(item_stop_ids) if item_stop_ids is not None else [None] * len(rows)
+        self._row_calls = row_calls
+        self._item_rows = rows  # last: until it is set, abort() sees no call planned
 
     # ------------------------------------------------------------------ the runner's journal
     def reserve(self, count: int) -> None:
@@ -137,29 +142,24 @@ class RunRecorder:
             self._wait(self._blocks.popleft()[1])
 
     def record(self, index: int, outcome: CallOutcome) -> None:
-        """Take the outcome of call ``index``; its row is buffered once all its calls have ended."""
+        """Take the outcome of call ``index``; its row is buffered once all its calls have ended.
+
+        A call told again (the runner does when interrupted while telling it) changes nothing.
+        """
         row = int(self._item_rows[index])
+        if self._decided[row]:
+            return
         done = self._row_results.setdefault(row, {})
         done[index] = outcome
         calls = self._row_calls.get(row, [index])
         if len(done) < len(calls):
             return
         merged = merge_row_outcomes([done[i] for i in calls], [self._item_stop_ids[i] for i in calls])
+        # In this order, an interruption (a signal's exception) landing anywhere leaves the outcome
+        # in the buffer or in ``_row_results`` for abort() to write; at worst it is written twice.
+        self._buffer.append(self._outcome_row(row, merged))
+        self._decided[row] = True
         del self._row_results[row]
-        decided = pd.Timestamp(merged.finished_at or time.time(), unit="s", tz="UTC")
-        self._buffer.append(
-            self.results._row_tuple(
-                row,
-                self.inputs[row],
-                self.phones[row],
-                merged.status,
-                merged.stop_id,
-                merged.error_code,
-                merged.error_message,
-                merged.note,
-                decided,
-            )
-        )
         if len(self._buffer) >= self.flush_rows:
             self.flush()
 
@@ -173,12 +173,10 @@ class RunRecorder:
     def flush(self) -> None:
         """Queue the buffered outcomes for writing (over their ``pending`` rows)."""
         self._last_flush = self.clock()
-        if not self._buffer:
-            return
-        rows, self._buffer = self._buffer, []
-        for row in rows:
-            self.written[row[5]] = _state(row)
-        self._submit(self.results.replace, rows)
+        if self._buffer:
+            # One row per key (a row can be buffered twice after an interruption; see record()).
+            self._queue(self.results.replace, list({row[5]: row for row in self._buffer}.values()))
+            self._buffer = []  # after: an interruption in between leaves it for abort() to write
 
     def check(self) -> None:
         """Raise :class:`ResultsWriteError` if a write failed."""
@@ -201,20 +199,38 @@ class RunRecorder:
         final = self.results.rows(outcomes, sorted(candidates), self.inputs)
         new = [row for row in final if self.written[row[5]] is None]
         changed = [row for row in final if self.written[row[5]] not in (None, _state(row))]
-        if new:
-            self._submit(self.results.insert, new)
-        if changed:
-            self._submit(self.results.replace, changed)
-        for row in (*new, *changed):
-            self.written[row[5]] = _state(row)
+        self._queue(self.results.insert, new)
+        self._queue(self.results.replace, changed)
         self._drain()
         self.close()
         return sum(state is not None for state in self.written)
 
-    def abort(self) -> None:
-        """After an interruption: write the outcomes already known, wait a little, never raise."""
+    def abort(self, outcomes: pd.DataFrame, reason: str = "an error") -> None:
+        """On the way out of a stopped try: record every input, wait a little, never raise.
+
+        Queued in this order, so that a SIGKILL during the writes loses the least: the outcomes of
+        the calls that ended, then ``not_processed`` for the inputs whose calls were never sent (over
+        their ``pending`` rows first, then the rows not written yet), with the rows settled without
+        a call that were not written yet.
+
+        :param outcomes: The run's outcome table (the statuses settled without a call).
+        :param reason: What stopped the try, for the notes (an exception's type name).
+        """
         try:
             self.flush()
+            rows = self._unsent_rows(outcomes, f"not sent: the try stopped ({reason}) before this call")
+            over = [row for row in rows if self.written[row[5]] is not None]
+            new = [row for row in rows if self.written[row[5]] is None]
+            if over:
+                self._queue(self.results.replace, over)
+            if new:
+                self._queue(self.results.insert, new)
+            self.logger.info(
+                "Stopped by %s: %d inputs recorded not_processed in %s",
+                reason,
+                sum(row[8] == NOT_PROCESSED for row in rows),
+                self.results.describe(),
+            )
             pending = [f for f in self._writes if not f.done()]
             _, late = wait_futures(pending, timeout=ABORT_WAIT_SECONDS)
             if late:
@@ -235,6 +251,43 @@ class RunRecorder:
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------------ helpers
+    def _outcome_row(self, row: int, outcome: CallOutcome) -> tuple[Any, ...]:
+        decided = pd.Timestamp(outcome.finished_at or time.time(), unit="s", tz="UTC")
+        return self.results._row_tuple(
+            row,
+            self.inputs[row],
+            self.phones[row],
+            outcome.status,
+            outcome.stop_id,
+            outcome.error_code,
+            outcome.error_message,
+            outcome.note,
+            decided,
+        )
+
+    def _unsent_rows(self, outcomes: pd.DataFrame, note: str) -> list[tuple[Any, ...]]:
+        """The rows a stopped try has not recorded yet, with their final outcome: a row with calls
+        not all ended takes the outcomes of those that did and ``not_processed`` for the others
+        (the most alarming wins, as for any row); a row without a call its settled status, or
+        ``not_processed`` when the try stopped before planning its call."""
+        unsent = CallOutcome(NOT_PROCESSED, note=note, finished_at=time.time())
+        call_rows = np.unique(self._item_rows)
+        rows = []
+        for row in call_rows[~self._decided[call_rows]].tolist():
+            calls = self._row_calls[row]
+            done = self._row_results.get(row, {})
+            merged = merge_row_outcomes(
+                [done.get(i, unsent) for i in calls], [self._item_stop_ids[i] for i in calls]
+            )
+            rows.append(self._outcome_row(row, merged))
+        without_call = np.ones(len(self.written), dtype=bool)
+        without_call[call_rows] = False
+        unwritten = np.flatnonzero(without_call & np.array([w is None for w in self.written], dtype=bool))
+        settled = outcomes["status"].notna().to_numpy()[unwritten]
+        rows += self.results.rows(outcomes, unwritten[settled], self.inputs)
+        rows += [self._outcome_row(row, unsent) for row in unwritten[~settled].tolist()]
+        return rows
+
     def _write_pending(self, start: int, stop: int) -> Future[None]:
         rows = [r for r in dict.fromkeys(self._item_rows[start:stop].tolist()) if self.written[r] is None]
         now = pd.Timestamp.now(tz="UTC")
@@ -252,15 +305,19 @@ class RunRecorder:
             )
             for row in rows
         ]
-        for record in records:
-            self.written[record[5]] = _state(record)
-        return self._submit(self.results.insert, records)
+        return self._queue(self.results.insert, records)
 
     def _insert_rows(self, outcomes: pd.DataFrame, positions: np.ndarray) -> Future[None]:
-        rows = self.results.rows(outcomes, positions, self.inputs)
+        return self._queue(self.results.insert, self.results.rows(outcomes, positions, self.inputs))
+
+    def _queue(self, write: Callable[[Any], None], rows: list[tuple[Any, ...]]) -> Future[None]:
+        """Queue ``write`` of ``rows``, then note what the table will hold of them. (Noted after: an
+        interruption in between makes abort() write them again, which is harmless: a repeated write
+        replaces rows by key.)"""
+        future = self._submit(write, rows)
         for row in rows:
             self.written[row[5]] = _state(row)
-        return self._submit(self.results.insert, rows)
+        return future
 
     def _submit(self, write: Callable[[Any], None], payload: Any) -> Future[None]:
         while len(self._writes) >= MAX_QUEUED_WRITES:

@@ -11,14 +11,15 @@ interrupted (Airflow's ``execution_timeout``, SIGTERM), no further call is sent.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, CallOutcome
+from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
 from airflow_provider_smspartner.exceptions import SmsPartnerAuthError, SmsPartnerRetryAfterTooLongError
 from airflow_provider_smspartner.utils.redaction import redact
@@ -30,8 +31,9 @@ T = TypeVar("T")
 QUEUE_PER_WORKER = 4
 #: Seconds between two ``journal.tick()`` calls at most, while calls are running.
 TICK_SECONDS = 0.5
-#: Seconds an interrupted run waits for the calls in flight, to record their outcomes.
-GRACE_SECONDS = 5.0
+#: Seconds an interrupted run waits for the calls in flight, to record their outcomes. Airflow sends
+#: SIGKILL 5 s after SIGTERM: this leaves the results table the rest to record every input.
+GRACE_SECONDS = 2.0
 #: Errors that stop the run: they would repeat for every item.
 STOPPING_ERRORS = (SmsPartnerAuthError, SmsPartnerRetryAfterTooLongError)
 
@@ -46,7 +48,8 @@ class CallJournal(Protocol):
         """Calls ``[0, count)`` are about to be submitted (returns once they may be sent)."""
 
     def record(self, index: int, outcome: CallOutcome) -> None:
-        """Call ``index`` ended with ``outcome``."""
+        """Call ``index`` ended with ``outcome`` (told again when the run was interrupted while
+        telling it: a signal's exception can land anywhere)."""
 
     def tick(self) -> None:
         """Called at least every ``TICK_SECONDS`` while calls run."""
@@ -105,7 +108,8 @@ def run_calls(
     :param journal: Told of submissions and outcomes (see :class:`CallJournal`).
     :param grace_seconds: When the run is interrupted (an exception from the journal, or one raised
         in this thread, such as Airflow's task timeout), queued calls are dropped and the calls in
-        flight get this long to end and be recorded; then the exception propagates.
+        flight get this long to end and be recorded; a call still unanswered then is recorded
+        ``pending``; then the exception propagates.
     :return: The outcomes in item order and the fatal error, if any.
     """
     outcomes: list[CallOutcome | None] = [None] * len(items)
@@ -113,64 +117,93 @@ def run_calls(
     if not items:
         return report
     stopping = threading.Event()
+    # Kept by the workers, not in futures: Airflow's timeout (and SIGTERM) raises in this thread
+    # wherever it is, and concurrent.futures.wait() can then leave futures' locks held, which
+    # blocks the workers ending them. Worker-side records also let the interruption path find
+    # every call begun, even one whose submission the exception cut short.
+    begun: set[int] = set()  # calls a worker has begun and the loop has not taken yet
+    ended: dict[int, CallOutcome | BaseException | None] = {}  # what they ended in (None: not sent)
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()  # wakes the loop as calls end
 
-    def guarded(item: T) -> CallOutcome | None:
+    def guarded(index: int) -> None:
+        result: CallOutcome | BaseException | None = None
         # A call dequeued after the stop must not reach the API; the flag is raised here, in the
         # worker, so the other workers see it before the collecting loop does.
-        if stopping.is_set():
-            return None
-        try:
-            return call(item)
-        except STOPPING_ERRORS:
-            stopping.set()
-            raise
+        if not stopping.is_set():
+            begun.add(index)
+            try:
+                result = call(items[index])
+            except STOPPING_ERRORS as exc:
+                stopping.set()
+                result = exc
+            except BaseException as exc:
+                result = exc
+        ended[index] = result
+        finished.put(index)
 
     next_index = 0
+    taken = 0
     window = max_workers * QUEUE_PER_WORKER
-    pending: dict[Future[CallOutcome | None], int] = {}
 
-    def collect(future: Future[CallOutcome | None]) -> None:
-        index = pending.pop(future)
-        try:
-            outcome = future.result()
-        except STOPPING_ERRORS as exc:
+    def take(index: int) -> None:
+        # Forgotten only once told to the journal: an interruption landing here leaves the call
+        # for the interruption path to tell (twice at worst, which the journal allows).
+        nonlocal taken
+        result = ended[index]
+        outcome: CallOutcome | None
+        if isinstance(result, STOPPING_ERRORS):
             if report.fatal is None:
-                report.fatal = exc
+                report.fatal = result
             stopping.set()
-            outcome = stopped_outcome(exc)
-        except Exception as exc:
-            outcome = failure_outcome(exc)
+            outcome = stopped_outcome(result)
+        elif isinstance(result, BaseException):
+            outcome = failure_outcome(result)
+        else:
+            outcome = result
         if outcome is not None:
             outcome = replace(outcome, finished_at=outcome.finished_at or time.time())
             outcomes[index] = outcome
             progress.advance()
             if journal is not None:
                 journal.record(index, outcome)
+        taken += 1
+        begun.discard(index)
+        ended.pop(index, None)
 
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smspartner-bulk")
     try:
         while True:
             if journal is not None and next_index < len(items) and not stopping.is_set():
-                journal.reserve(min(len(items), next_index + window - len(pending)))
-            while next_index < len(items) and len(pending) < window and not stopping.is_set():
-                pending[pool.submit(guarded, items[next_index])] = next_index
+                journal.reserve(min(len(items), next_index + window - (next_index - taken)))
+            while next_index < len(items) and next_index - taken < window and not stopping.is_set():
+                pool.submit(guarded, next_index)
                 next_index += 1
-            if not pending:
+            if taken >= next_index:
                 break
-            finished, _ = wait(pending, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
-            for future in finished:
-                collect(future)
+            with contextlib.suppress(queue.Empty):
+                take(finished.get(timeout=TICK_SECONDS))
+                while True:
+                    take(finished.get_nowait())
             if journal is not None:
                 journal.tick()
     except BaseException:
         # No new call: what is queued is dropped, and a worker that dequeues one anyway sees the flag.
         stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        in_flight = [f for f in pending if not f.cancelled()]
-        done, _ = wait(in_flight, timeout=grace_seconds) if in_flight else (set(), set())
-        for future in done:
+        deadline = time.monotonic() + grace_seconds
+        while any(i not in ended for i in set(begun)) and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                finished.get(timeout=remaining)
+        for index in sorted(set(begun) | set(ended)):
             with contextlib.suppress(Exception):  # the journal may be what failed; raised below
-                collect(future)
+                if index in ended:
+                    take(index)
+                else:  # sent (or about to be) and unanswered: the next try checks it against the list
+                    outcomes[index] = unanswered = CallOutcome(
+                        PENDING, note="no answer before the try stopped", unapplied_status=NOT_PROCESSED
+                    )
+                    if journal is not None:
+                        journal.record(index, unanswered)
         raise
     pool.shutdown(wait=True)
     if isinstance(report.fatal, SmsPartnerRetryAfterTooLongError):

@@ -6,11 +6,13 @@ phonenumbers and the bulk engine load inside ``execute``, not here.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
@@ -243,6 +245,7 @@ class _BulkStopsOperator(_PhoneSourceOperator):
         self.results_conn_id = results_conn_id
         self.max_failed = max_failed
         self._summary: dict[str, Any] = {}  # for the lineage
+        self._stoppable = False  # execute is running in the main thread: on_kill may stop it
         check_count("max_workers", max_workers, minimum=1)
         check_count("max_failed", max_failed, minimum=0)
         if results_table and not (results_conn_id or self.sql_conn_id):
@@ -273,6 +276,31 @@ class _BulkStopsOperator(_PhoneSourceOperator):
         :raises SmsPartnerAuthError: when the API refuses the key (outcomes recorded first).
         :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes recorded first).
         """
+        self._stoppable = threading.current_thread() is threading.main_thread()
+        try:
+            return self._execute(context)
+        finally:
+            self._stoppable = False
+
+    def on_kill(self) -> None:
+        """Stop a running bulk run on SIGTERM; it records every input on the way out.
+
+        Airflow 3's task runner calls this from its SIGTERM handler, in the task's main thread, and
+        lets ``execute`` go on until its SIGKILL 5 s later. So, while ``execute`` runs, this raises
+        ``AirflowTaskTerminated`` there (as Airflow 2 did): no further call is sent, the calls in
+        flight get a moment to end, and the results table records each input (``not_processed`` for
+        the ones never sent) before the task ends. After ``execution_timeout`` Airflow calls it once
+        ``execute`` has ended, and so does nothing.
+
+        :raises AirflowTaskTerminated: while ``execute`` runs in this (the main) thread.
+        """
+        if self._stoppable and threading.current_thread() is threading.main_thread():
+            self._stoppable = False  # a second SIGTERM must not break the way out
+            raise AirflowTaskTerminated(
+                f"Task {self.task_id!r} received SIGTERM: bulk run stopped, every input recorded"
+            )
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smspartner.bulk.pipeline import conclude
         from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity
 
@@ -338,8 +366,10 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
     ``pending`` before the call is sent, outcomes in batches (every few seconds or few hundred
     outcomes). One row per input per try, keyed by ``dag_id``, ``run_id``, ``task_id``,
     ``map_index``, ``try_number``, ``input_row``; also ``input_value``, ``phone_e164``, ``status``,
-    ``stop_id``, ``error_code``, ``error_message``, ``note`` and ``decided_at`` (UTC). A killed
-    worker loses at most the last few seconds of outcomes, whose rows stay ``pending``; the next try
+    ``stop_id``, ``error_code``, ``error_message``, ``note`` and ``decided_at`` (UTC). A try stopped
+    by ``execution_timeout``, SIGTERM or an exception records every input on its way out (the inputs
+    never sent as ``not_processed``). A killed worker (SIGKILL) loses at most the last few seconds of
+    outcomes, whose rows stay ``pending``; the next try
     of the task instance (an Airflow retry) checks them against the list and records them
     ``added`` under the try that sent them, so every add the API applied has exactly one ``added``
     row across the tries. ``bulk.results.final_outcomes_sql`` gives one final outcome per input.

@@ -1,21 +1,29 @@
-"""One try of a bulk add in a process of its own, for the tests that kill it.
+"""One try of a bulk add in a process of its own, for the tests that kill or stop it.
 
-    python -m tests.bulk.bulk_child '<json: numbers_path, results_table, results_conn_id, try_number, max_workers>'
+    python -m tests.bulk.bulk_child '<json: numbers_path, results_table, results_conn_id, try_number,
+                                     max_workers, execution_timeout>'
 
-The connections come from the environment (``AIRFLOW_CONN_*``), as in a worker. Prints ``@@started``
-before the run and ``@@summary <json>`` after it.
+The connections come from the environment (``AIRFLOW_CONN_*``), as in a worker. As Airflow's task
+runner does: SIGTERM calls the operator's ``on_kill``, and ``execution_timeout`` (seconds, optional)
+runs ``execute`` under Airflow's own signal-based timeout, calling ``on_kill`` when it fires. Prints
+``@@started`` before the run, then ``@@summary <json>`` or ``@@raised <exception type>``.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 
 def main() -> int:
     args = json.loads(sys.argv[1])
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
     from airflow_provider_smspartner.operators.smspartner import SmsPartnerAddStopsOperator
 
     numbers = json.loads(Path(args["numbers_path"]).read_text())
@@ -26,6 +34,7 @@ def main() -> int:
         results_conn_id=args["results_conn_id"],
         max_workers=args.get("max_workers", 16),
     )
+    signal.signal(signal.SIGTERM, lambda signum, frame: op.on_kill())  # as the task runner does
     print("@@started", flush=True)
     ti = SimpleNamespace(
         dag_id="bulk_dag",
@@ -34,7 +43,20 @@ def main() -> int:
         map_index=-1,
         try_number=args["try_number"],
     )
-    summary = op.execute({"dag": SimpleNamespace(dag_id="bulk_dag"), "run_id": ti.run_id, "ti": ti})  # type: ignore[arg-type]
+    context: Any = {"dag": SimpleNamespace(dag_id="bulk_dag"), "run_id": ti.run_id, "ti": ti}
+    try:
+        if args.get("execution_timeout"):
+            try:
+                with timeout(args["execution_timeout"]):
+                    summary = op.execute(context)
+            except AirflowTaskTimeout:
+                op.on_kill()
+                raise
+        else:
+            summary = op.execute(context)
+    except BaseException as exc:
+        print(f"@@raised {type(exc).__name__}", flush=True)
+        return 1
     print("@@summary " + json.dumps(summary), flush=True)
     return 0
 

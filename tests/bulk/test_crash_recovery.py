@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity, final_outcomes_sql
 from airflow_provider_smspartner.operators.smspartner import (
@@ -140,21 +142,27 @@ def _inputs(api: Any, count: int) -> tuple[list[Any], list[str]]:
     return inputs, new
 
 
-def _start_try(tmp_path: Path, try_number: int, conn_id: str, table: str) -> subprocess.Popen[str]:
+def _start_try(
+    tmp_path: Path, try_number: int, conn_id: str, table: str, execution_timeout: float | None = None
+) -> subprocess.Popen[str]:
+    """Try ``try_number`` in a child process (``bulk_child``); its output goes to ``try<N>.log``."""
     args = {
         "numbers_path": str(tmp_path / "numbers.json"),
         "results_table": table,
         "results_conn_id": conn_id,
         "try_number": try_number,
         "max_workers": 16,
+        "execution_timeout": execution_timeout,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.bulk.bulk_child", json.dumps(args)],
-        cwd=PROJECT_ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (tmp_path / f"try{try_number}.log").open("w") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.bulk.bulk_child", json.dumps(args)],
+            cwd=PROJECT_ROOT,
+            env=dict(os.environ),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def _kill_when(process: subprocess.Popen[str], api: Any, adds: int, timeout: float = 90.0) -> int:
@@ -200,6 +208,64 @@ class TestSigkill:
         assert summary["failed"] == 0
         assert summary["added"] + summary["skipped_existing"] - 3 == len(new)  # 3 listed numbers
         _check_the_record(sandbox, conn_id, table, inputs, new, latest=4)
+
+
+#: What the inputs of a try stopped mid-run end in: each call it sent recorded as what it was, each
+#: input it never sent ``not_processed``; never ``pending``.
+STOPPED_STATUSES = FINAL_STATUSES | {"not_processed"}
+#: Seconds Airflow's supervisor waits after SIGTERM before it sends SIGKILL (``escalation_delay``).
+SIGKILL_AFTER = 5.0
+
+
+@pytest.mark.slow  # a child interpreter
+class TestStoppedOnTheWayOut:
+    """SIGTERM (the task runner calls ``on_kill``) or ``execution_timeout`` mid-run: the try records
+    every outcome on the way out, within Airflow's grace before SIGKILL; only SIGKILL leaves
+    ``pending`` rows."""
+
+    @pytest.mark.parametrize("stop", ["sigterm", "execution_timeout"])
+    def test_every_input_has_its_outcome(self, stop, sandbox, monkeypatch, tmp_path, results_db):
+        conn_id, table = results_db
+        sandbox.latency = 0.02
+        use_sandbox(monkeypatch, sandbox, requests_per_second=400)  # 3,000 adds take 7.5 s
+        inputs, new = _inputs(sandbox, 3000)
+        (tmp_path / "numbers.json").write_text(json.dumps(inputs))
+        timeout = 3.0 if stop == "execution_timeout" else None
+        process = _start_try(tmp_path, 1, conn_id, table, execution_timeout=timeout)
+        if stop == "sigterm":
+            deadline = time.monotonic() + 90
+            while sandbox.stats.adds_applied < 600:
+                assert process.poll() is None, (tmp_path / "try1.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the try made no progress"
+                time.sleep(0.002)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SIGKILL_AFTER)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                pytest.fail(f"the try did not end within {SIGKILL_AFTER} s of SIGTERM: Airflow SIGKILLs it")
+        else:
+            process.wait(timeout=120)
+        output = (tmp_path / "try1.log").read_text()
+        raised = "AirflowTaskTerminated" if stop == "sigterm" else "AirflowTaskTimeout"
+        assert f"@@raised {raised}" in output, output[-3000:]
+        applied = sandbox.stats.adds_applied
+        assert 0 < applied < len(new), "the try was not stopped mid-run: the test proves nothing"
+
+        rows = read_results(conn_id, table)
+        assert sorted(rows["input_row"]) == list(range(len(inputs))), "an input has no outcome"
+        counts = status_counts(rows)
+        assert "pending" not in counts, counts
+        assert set(counts) <= STOPPED_STATUSES, counts
+        assert counts["added"] == applied, counts  # every add the API applied, and only those
+        assert counts["not_processed"] == len(new) - applied, counts
+
+        summary = SmsPartnerAddStopsOperator(
+            task_id="add_stops", phone_numbers=inputs, results_table=table, results_conn_id=conn_id
+        ).execute(ti_context(2))
+        assert (summary["added"], summary["failed"]) == (len(new) - applied, 0)
+        _check_the_record(sandbox, conn_id, table, inputs, new, latest=2)
 
 
 DAG_FILE = """
@@ -271,7 +337,31 @@ class TestExecutionTimeout:
         rows = read_results(sqlite_conn, "adds")
         tries = sorted(set(rows["try_number"]))
         assert tries[0] == 1 and len(tries) >= 2, "no try timed out: the test proves nothing"
-        assert (rows["try_number"] == 1).sum() > 0
+        first = rows[rows["try_number"] == 1]
+        # The timed-out try recorded every input on its way out: none left for the retry to settle.
+        assert sorted(first["input_row"]) == list(range(len(inputs)))
+        assert not first["note"].str.contains("ended before recording", na=False).any(), status_counts(first)
         run_id = state[0].split()[2]
         assert set(rows["run_id"]) == {run_id} and set(rows["dag_id"]) == {"bulk_timeout"}
         _check_the_record(sandbox, sqlite_conn, "adds", inputs, new, latest=tries[-1])
+
+    def test_on_kill_outside_a_run_or_the_main_thread_does_nothing(self):
+        """Airflow calls ``on_kill`` after ``execution_timeout`` too, once ``execute`` has ended."""
+        op = SmsPartnerAddStopsOperator(task_id="add_stops", phone_numbers=["+33612345678"])
+        op.on_kill()
+        op._stoppable = True  # as while execute runs
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                op.on_kill()
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert not errors
+        with pytest.raises(AirflowTaskTerminated, match="received SIGTERM"):
+            op.on_kill()
+        op.on_kill()  # a second SIGTERM does not break the way out
