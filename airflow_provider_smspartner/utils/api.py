@@ -75,8 +75,13 @@ RATE_LIMIT_CODE = 429
 #: Stop ids (list rows' ``id``, add's ``stopId``) are positive and fit a signed 64-bit integer.
 MIN_STOP_ID = 1
 MAX_STOP_ID = 2**63 - 1
-#: ``createdAt`` as the API writes it (naive local time). ASCII digits only, as Arrow's RE2 reads it.
-CREATED_AT_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
+#: ``createdAt`` as the API writes it (naive local time), each field within its range (no month 13,
+#: hour 24 or second 60); the rest (Feb 30, year 0000, an instant out of a ``datetime``'s range)
+#: is checked where it is read (``utils.stop_list.local_times_to_utc``). ASCII digits only, as
+#: Arrow's RE2 reads it.
+CREATED_AT_PATTERN = (
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+)
 _CREATED_AT = re.compile(CREATED_AT_PATTERN)
 
 SNIPPET_LENGTH = 200
@@ -228,7 +233,7 @@ def stop_row_problem(row: object) -> str | None:
             return "'phoneNumber' must be text, got a string holding a lone surrogate escape"
     created = row.get("createdAt", _MISSING)
     if not isinstance(created, str) or not _CREATED_AT.fullmatch(created):
-        return f"'createdAt' must be a string 'YYYY-MM-DD HH:MM:SS', got {describe(created)}"
+        return f"'createdAt' must be a date and time 'YYYY-MM-DD HH:MM:SS', got {describe(created)}"
     return None
 
 

@@ -31,12 +31,15 @@ from airflow_provider_smspartner.utils.api import (
     OK_CODE,
     check_list_body,
     contract_error,
+    describe,
     incomplete_list_error,
     is_json_integer,
-    snippet,
 )
 
 CREATED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: The UTC instants a Python ``datetime`` holds (``StopEntry.created_at``, the warehouse drivers).
+EARLIEST_UTC = pd.Timestamp("0001-01-01 00:00:00", tz="UTC")
+LATEST_UTC = pd.Timestamp("9999-12-31 23:59:59.999999", tz="UTC")
 STOP_TYPE = pa.struct([("id", pa.int64()), ("phoneNumber", pa.string()), ("createdAt", pa.string())])
 _BODY_SCHEMA = pa.schema(
     [("success", pa.bool_()), ("code", pa.int64()), ("nbData", pa.int64()), ("data", pa.list_(STOP_TYPE))]
@@ -143,15 +146,57 @@ def stop_list_array(data: Any) -> pa.StructArray:
     return array
 
 
+class ImpossibleTimeError(ValueError):
+    """A ``createdAt`` that is no date and time, or one whose UTC instant a ``datetime`` cannot hold.
+
+    :param position: Its position among the values read.
+    :param value: The value as given.
+    """
+
+    def __init__(self, position: int, value: Any, problem: str) -> None:
+        super().__init__(f"{describe(value)} {problem}")
+        self.position = position
+        self.value = value
+
+
 def local_times_to_utc(values: Sequence[Any] | pd.Series, api_timezone: str) -> pd.Series:
     """Read naive ``YYYY-MM-DD HH:MM:SS`` strings as wall-clock time in ``api_timezone``; return UTC.
 
     The API gives no offset. At the autumn DST change an hour repeats: we read it as the first
-    (summer-time) occurrence; times inside the spring gap are shifted forward. Unparsable values
-    raise, because a wrong opt-out date is worse than a failed extract.
+    (summer-time) occurrence; times inside the spring gap are shifted forward. An impossible value
+    raises, because a wrong opt-out date is worse than a failed extract.
+
+    :raises ImpossibleTimeError: (a ``ValueError``) for the first value that is no date and time
+        (another format, Feb 30, year 0000), or whose UTC instant is outside years 1 to 9999.
     """
     series = pd.Series(values, dtype="object") if not isinstance(values, pd.Series) else values
-    local = pd.to_datetime(series, format=CREATED_AT_FORMAT, errors="raise")
+    local = pd.to_datetime(series, format=CREATED_AT_FORMAT, errors="coerce")
+    # numpy's calendar has a year 0000 (MySQL's zero date); a datetime's has none.
+    wrong = local.isna().to_numpy() | (local.dt.year < 1).to_numpy()
+    if wrong.any():
+        position = int(np.flatnonzero(wrong)[0])
+        raise ImpossibleTimeError(position, series.iloc[position], "is not a date and time")
+    out_of_range = f"in {api_timezone} is outside years 1 to 9999 in UTC"
+    try:
+        utc = _to_utc(local, api_timezone)
+    except (ValueError, NotImplementedError, OverflowError):
+        # pandas looks offsets up with datetimes, which a time a few hours from year 10000 (or 0)
+        # overflows: name the first such value.
+        edge = np.flatnonzero(((local.dt.year <= 1) | (local.dt.year >= 9999)).to_numpy())
+        for position in edge.tolist():
+            try:
+                _to_utc(local.iloc[position : position + 1], api_timezone)
+            except (ValueError, NotImplementedError, OverflowError):
+                raise ImpossibleTimeError(position, series.iloc[position], out_of_range) from None
+        raise
+    wrong = ((utc < EARLIEST_UTC) | (utc > LATEST_UTC)).to_numpy()
+    if wrong.any():
+        position = int(np.flatnonzero(wrong)[0])
+        raise ImpossibleTimeError(position, series.iloc[position], out_of_range)
+    return utc
+
+
+def _to_utc(local: pd.Series, api_timezone: str) -> pd.Series:
     localized = local.dt.tz_localize(
         api_timezone, ambiguous=np.ones(len(local), dtype=bool), nonexistent="shift_forward"
     )
@@ -163,7 +208,8 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
 
     :return: columns ``stop_id`` (int64), ``phone_number`` (as the API sent it) and ``created_at``
         (UTC).
-    :raises SmsPartnerResponseError: when a ``createdAt`` is not a date.
+    :raises SmsPartnerResponseError: when a ``createdAt`` is impossible (see :func:`local_times_to_utc`),
+        naming its stop id and value.
     """
     if len(records) == 0:
         return pd.DataFrame(
@@ -175,8 +221,9 @@ def records_to_frame(records: pa.StructArray, api_timezone: str) -> pd.DataFrame
         )
     try:
         created_at = local_times_to_utc(records.field("createdAt").to_pandas().astype("str"), api_timezone)
-    except ValueError as exc:  # a well-formed but impossible date, e.g. month 13
-        raise contract_error(LIST_ENDPOINT, f"a 'createdAt' is not a date ({snippet(str(exc))})") from None
+    except ImpossibleTimeError as exc:  # well-formed but impossible, e.g. Feb 30
+        stop_id = records.field("id")[exc.position].as_py()
+        raise contract_error(LIST_ENDPOINT, f"stop id {stop_id}: 'createdAt' {exc}") from None
     return pd.DataFrame(
         {
             "stop_id": pd.Series(records.field("id").to_numpy(zero_copy_only=False), dtype="int64"),

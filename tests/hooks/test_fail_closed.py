@@ -16,6 +16,7 @@ import threading
 import time
 from urllib.parse import quote, quote_plus
 
+import pandas as pd
 import pytest
 import requests
 
@@ -132,6 +133,24 @@ ODD_ADDS = [
 ]
 
 
+#: ``createdAt`` values no list may hold (as read in the default zone, Europe/Paris).
+IMPOSSIBLE_DATES = {
+    "year-0000": "0000-01-01 00:00:00",
+    "month-13": "2024-13-01 00:00:00",
+    "month-00": "2024-00-10 00:00:00",
+    "day-32": "2024-01-32 00:00:00",
+    "day-00": "2024-01-00 00:00:00",
+    "feb-30": "2024-02-30 12:00:00",
+    "feb-29-not-leap": "2023-02-29 12:00:00",
+    "hour-25": "2024-01-01 25:00:00",
+    "hour-24": "2024-01-01 24:00:00",
+    "minute-60": "2024-01-01 23:60:00",
+    "second-60": "2024-01-01 23:59:60",
+    # Paris was UTC+0:09:21 then: year 0 in UTC.
+    "utc-before-year-1": "0001-01-01 00:00:00",
+}
+
+
 @pytest.fixture
 def hook(smspartner_conn) -> SmsPartnerHook:
     return SmsPartnerHook(smspartner_conn)
@@ -164,10 +183,34 @@ class TestResponseContract:
         sandbox.respond(layout(_list_body(rows=_row(id=str(2**63 - 1)))), endpoint="stop-sms/list")
         assert hook.get_stop_list_df()["stop_id"].tolist() == [2**63 - 1]
 
-    def test_impossible_date_is_a_typed_error(self, hook, sandbox):
-        sandbox.respond(_list_body(rows=_row(createdAt='"2024-13-45 10:00:00"')), endpoint="stop-sms/list")
-        with pytest.raises(SmsPartnerResponseError, match="'createdAt' is not a date"):
-            hook.get_stop_list()
+    @LAYOUTS
+    @pytest.mark.parametrize("value", IMPOSSIBLE_DATES.values(), ids=IMPOSSIBLE_DATES.keys())
+    def test_impossible_date_is_a_contract_error_naming_it(self, hook, sandbox, layout, value):
+        body = _list_body(nb_data="2", rows=f"{ROW}, {_row(id='8', createdAt=json.dumps(value))}")
+        sandbox.respond(layout(body), endpoint="stop-sms/list", count=None)
+        for fetch in (hook.get_stop_list, hook.get_stop_list_df):
+            with pytest.raises(SmsPartnerResponseError, match="'createdAt'") as excinfo:
+                fetch()
+            assert value in str(excinfo.value)
+
+    @LAYOUTS
+    def test_the_last_second_of_year_9999_is_a_date(self, hook, sandbox, layout):
+        """Paris is ahead of UTC: its 9999-12-31 23:59:59 is 22:59:59 UTC, which a ``datetime``
+        (``StopEntry.created_at``, the warehouse drivers) holds."""
+        sandbox.respond(layout(_list_body(rows=_row(createdAt='"9999-12-31 23:59:59"'))), count=None)
+        expected = pd.Timestamp("9999-12-31 22:59:59", tz="UTC")
+        assert hook.get_stop_list_df()["created_at"].tolist() == [expected]
+        assert hook.get_stop_list()[0].created_at == expected.to_pydatetime()
+
+    @LAYOUTS
+    def test_a_utc_instant_past_year_9999_is_refused(self, monkeypatch, sandbox, layout):
+        """New York is behind UTC: its 9999-12-31 23:59:59 falls in year 10000 in UTC."""
+        use_connection(
+            monkeypatch, smspartner_connection_json(sandbox.base_url, api_timezone="America/New_York")
+        )
+        sandbox.respond(layout(_list_body(rows=_row(createdAt='"9999-12-31 23:59:59"'))), count=None)
+        with pytest.raises(SmsPartnerResponseError, match=r"stop id 7: 'createdAt' .*9999-12-31 23:59:59"):
+            SmsPartnerHook().get_stop_list_df()
 
     def test_odd_answer_once_is_retried(self, hook, sandbox):
         sandbox.respond(b'{"nbData": null, "data": null}', endpoint="stop-sms/list")
