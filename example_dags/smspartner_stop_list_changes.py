@@ -5,7 +5,8 @@ its events carries what the extract changed in its extra: ``rows_in_list``, ``in
 ``updated``, ``removed`` and ``list_sha256``. This DAG is scheduled on that Asset:
 
 1. ``stop_list_changes`` adds up the events that triggered the run (several extracts may be
-   folded into one run); a run started by hand reads the Asset's latest event instead.
+   folded into one run, their events in no fixed order: the list hash is the newest event's by
+   timestamp); a run started by hand reads the Asset's latest event instead.
 2. ``anything_changed`` short-circuits the rest when no stop was inserted, updated or removed.
 3. ``record_changes`` stands for the work a change calls for (refresh a campaign audience,
    notify the CRM): here it appends a row to ``smspartner_stop_list_changes`` in the warehouse.
@@ -43,7 +44,9 @@ def smspartner_stop_list_changes():
             events = list(inlet_events[STOP_LIST_ASSET].ascending(False).limit(1))
         changes: dict[str, Any] = {key: sum(int(e.extra.get(key) or 0) for e in events) for key in COUNTS}
         changes["events"] = len(events)
-        changes["list_sha256"] = events[-1].extra.get("list_sha256") if events else None
+        # The events come in no fixed order (PostgreSQL): the newest is the one with the latest timestamp.
+        newest = max(events, key=lambda e: e.timestamp, default=None)
+        changes["list_sha256"] = newest.extra.get("list_sha256") if newest is not None else None
         return changes
 
     @task.short_circuit

@@ -144,6 +144,30 @@ class TestExampleDagRuns:
         assert run.get_task_instance("record_changes").state == "skipped"
         assert len(_query(warehouse, report)) == 1
 
+    def test_stop_list_changes_take_the_newest_event_by_timestamp(self, example_dagbag):
+        """Airflow hands the triggering events over in no fixed order (PostgreSQL): the list hash
+        reported is the newest event's by timestamp, whatever its place; the counts are summed."""
+        from datetime import datetime, timezone
+        from types import SimpleNamespace
+
+        from airflow.sdk import Asset
+
+        def event(minute: int, sha: str, inserted: int) -> SimpleNamespace:
+            stamp = datetime(2026, 3, 1, 12, minute, tzinfo=timezone.utc)
+            return SimpleNamespace(timestamp=stamp, extra={"list_sha256": sha, "inserted": inserted})
+
+        events = [event(5, "middle", 1), event(9, "newest", 2), event(1, "oldest", 4)]
+        task = example_dagbag.get_dag("smspartner_stop_list_changes").get_task("stop_list_changes")
+        for order in (events, events[::-1], events[1:] + events[:1]):
+            changes = task.python_callable(triggering_asset_events={Asset("smspartner_stop_list"): order})
+            assert changes == {
+                "inserted": 7,
+                "updated": 0,
+                "removed": 0,
+                "events": 3,
+                "list_sha256": "newest",
+            }
+
     def test_sync_unsubscribes(self, example_dagbag, warehouse, sandbox):
         before = len(sandbox.state)
         run = example_dagbag.get_dag("smspartner_sync_unsubscribes").test()
