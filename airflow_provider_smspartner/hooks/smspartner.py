@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import random
 import socket
 import threading
 import time
@@ -20,15 +19,27 @@ import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from airflow_provider_smspartner import __version__
+from airflow_provider_smspartner.api.retry_log import RetrySummaryLog
+from airflow_provider_smspartner.api.throttle import PauseTooLong, Throttle, shared_throttle
 from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
     SmsPartnerConnectionError,
     SmsPartnerRateLimitError,
+    SmsPartnerResponseError,
     SmsPartnerRetryAfterTooLongError,
+    SmsPartnerServerError,
 )
 from airflow_provider_smspartner.utils.api import (
     ACCOUNT_ENDPOINT,
@@ -41,8 +52,6 @@ from airflow_provider_smspartner.utils.api import (
 )
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
-from airflow_provider_smspartner.utils.retry_log import RETRY_KINDS, RetrySummaryLog
-from airflow_provider_smspartner.utils.throttle import PauseTooLong, Throttle, shared_throttle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,17 +190,37 @@ _per_process_notices: set[str] = set()
 _notices_lock = threading.Lock()
 
 
-_RETRYABLE = tuple(cls for cls, _ in RETRY_KINDS)
-
-
 def is_retryable(exc: BaseException) -> bool:
-    """Errors worth another attempt: transport failures, 429, 5xx and untrustworthy bodies.
+    """The one retry rule: transport failures, 429, 5xx and untrustworthy bodies are worth another attempt.
 
     Auth errors and per-number errors (invalid number, unknown stop id) are answers, not accidents:
     retrying them would only hammer the API; nor is a 429 whose ``Retry-After`` is longer than the
     connection's ``max_retry_after`` retried.
     """
-    return isinstance(exc, _RETRYABLE) and not isinstance(exc, SmsPartnerRetryAfterTooLongError)
+    if isinstance(exc, SmsPartnerRetryAfterTooLongError):
+        return False
+    return isinstance(
+        exc,
+        (SmsPartnerRateLimitError, SmsPartnerServerError, SmsPartnerConnectionError, SmsPartnerResponseError),
+    )
+
+
+class _wait_retry_after_or(wait_base):
+    """Wait as long as a 429's ``Retry-After`` says, else as ``backoff`` says.
+
+    The throttle is already paused for every thread when a 429 with ``Retry-After`` comes back
+    (``_send_once``); a ``Retry-After`` longer than ``max_retry_after`` is never retried, so this
+    wait is bounded by it.
+    """
+
+    def __init__(self, backoff: wait_base) -> None:
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, SmsPartnerRateLimitError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self.backoff(retry_state)
 
 
 class SmsPartnerHook(BaseHook):
@@ -277,7 +306,7 @@ class SmsPartnerHook(BaseHook):
         settings = self.settings
         if settings.rate_limit_redis_conn_id is not None:
             try:
-                from airflow_provider_smspartner.utils.rate_limit import shared_rate_limit
+                from airflow_provider_smspartner.api.rate_limit import shared_rate_limit
             except ImportError:  # redis-py itself is missing
                 raise self._redis_provider_missing() from None
             limiter = shared_rate_limit(
@@ -388,7 +417,7 @@ class SmsPartnerHook(BaseHook):
         settings = self.settings
         retrying = Retrying(
             stop=stop_after_attempt(self._max_attempts or settings.max_retries + 1),
-            wait=self._wait,
+            wait=self._wait(),
             retry=retry_if_exception(is_retryable),
             before_sleep=self._log_retry,
             reraise=True,
@@ -479,19 +508,12 @@ class SmsPartnerHook(BaseHook):
             self.smspartner_conn_id, seconds, self.settings.max_retry_after, code=code
         )
 
-    def _wait(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, SmsPartnerRateLimitError) and exc.retry_after is not None:
-            # The throttle is already paused for every thread (see _send_once); a Retry-After
-            # longer than max_retry_after is never retried, so this wait is bounded by it.
-            return exc.retry_after
+    def _wait(self) -> wait_base:
+        """The server's ``Retry-After`` when a 429 gives one; else exponential backoff with jitter."""
         backoff = self.settings.retry_backoff
-        if backoff <= 0:
-            return 0.0
-        # Exponential with jitter, computed here: tenacity's wait_exponential_jitter renamed its
-        # arguments across the releases this provider supports (and warns about the old names).
-        exponential = backoff * 2.0 ** min(retry_state.attempt_number - 1, 62)
-        return min(self.max_backoff, exponential + random.uniform(0, backoff))
+        return _wait_retry_after_or(
+            wait_exponential(multiplier=backoff, max=self.max_backoff) + wait_random(0, backoff)
+        )
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None

@@ -21,6 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from airflow_provider_smspartner.api import rate_limit
+from airflow_provider_smspartner.api.rate_limit import redis_keys
+from airflow_provider_smspartner.api.retry_log import RetrySummaryLog
+from airflow_provider_smspartner.api.throttle import HEADROOM
 from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
     SmsPartnerConnectionError,
@@ -28,10 +32,6 @@ from airflow_provider_smspartner.exceptions import (
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.sandbox import SandboxServer
-from airflow_provider_smspartner.utils import rate_limit
-from airflow_provider_smspartner.utils.rate_limit import redis_keys
-from airflow_provider_smspartner.utils.retry_log import RetrySummaryLog
-from airflow_provider_smspartner.utils.throttle import HEADROOM
 from tests.conftest import PROJECT_ROOT, TEST_API_KEY, smspartner_connection_json
 from tests.helpers import free_port, max_in_window, use_connection
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smspartner.api.throttle import RequestThrottle
 from airflow_provider_smspartner.exceptions import SmsPartnerRetryAfterTooLongError
 from airflow_provider_smspartner.operators.smspartner import (
     SmsPartnerAddStopsOperator,
@@ -25,7 +26,6 @@ from airflow_provider_smspartner.operators.smspartner import (
     SmsPartnerSuppressAudienceOperator,
 )
 from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
-from airflow_provider_smspartner.utils.throttle import RequestThrottle
 from tests.conftest import smspartner_connection_json
 from tests.helpers import CONTEXT, new_numbers, read_results, status_counts, use_connection
 

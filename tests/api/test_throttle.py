@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from airflow_provider_smspartner.utils.throttle import (
+from airflow_provider_smspartner.api.throttle import (
     HEADROOM,
     PauseTooLong,
     RequestThrottle,

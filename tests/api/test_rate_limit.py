@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from airflow_provider_smspartner.api import rate_limit
+from airflow_provider_smspartner.api.rate_limit import RATE_TTL, SharedRateLimit, redis_keys
+from airflow_provider_smspartner.api.throttle import HEADROOM, PauseTooLong
 from airflow_provider_smspartner.exceptions import SmsPartnerConfigError, SmsPartnerConnectionError
-from airflow_provider_smspartner.utils import rate_limit
-from airflow_provider_smspartner.utils.rate_limit import RATE_TTL, SharedRateLimit, redis_keys
-from airflow_provider_smspartner.utils.throttle import HEADROOM, PauseTooLong
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import free_port
 
@@ -53,7 +53,7 @@ def budget(redis_client) -> Iterator[str]:
 _CHILD = r"""
 import json, sys, threading, time
 import redis
-from airflow_provider_smspartner.utils.rate_limit import SharedRateLimit
+from airflow_provider_smspartner.api.rate_limit import SharedRateLimit
 args = json.loads(sys.argv[1])
 limiter = SharedRateLimit(redis.Redis(port=6379, db=args["db"]), args["key"], args["rate"])
 limiter.claim()

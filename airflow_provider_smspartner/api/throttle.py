@@ -1,6 +1,6 @@
 """Client-side request throttle shared by every hook of one connection in a process.
 
-:mod:`airflow_provider_smspartner.utils.rate_limit` holds its fleet-wide twin, shared through Redis.
+:mod:`airflow_provider_smspartner.api.rate_limit` holds its fleet-wide twin, shared through Redis.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerServerError,
 )
 
-#: The errors worth another attempt (the hook retries exactly these), and what each is counted
-#: as in the log summaries. Auth and per-number errors are answers, not accidents: not here.
-RETRY_KINDS: tuple[tuple[type[Exception], str], ...] = (
+#: How each retried error is counted in the summaries. Which errors are retried is the hook's rule
+#: (``hooks.smspartner.is_retryable``); an error not named here is counted as "other".
+KIND_LABELS: tuple[tuple[type[Exception], str], ...] = (
     (SmsPartnerRateLimitError, "HTTP 429"),
     (SmsPartnerServerError, "HTTP 5xx"),
     (SmsPartnerConnectionError, "connection/timeout"),
@@ -66,7 +66,7 @@ class RetrySummaryLog:
         self, log: Any, exc: BaseException | None, attempt: int, max_retries: int, delay: float
     ) -> None:
         """Count a retry (``attempt`` of ``max_retries``, after ``delay`` s) caused by ``exc``."""
-        kind = next((name for cls, name in RETRY_KINDS if isinstance(exc, cls)), "other")
+        kind = next((name for cls, name in KIND_LABELS if isinstance(exc, cls)), "other")
         with self._lock:
             now = time.monotonic()
             if self._last_line is None:

@@ -6,7 +6,7 @@ callers that is a thundering herd at every free slot, a claim that comes late pu
 schedule back (the rate falls short at high rates), and none of them holds every caller back for
 a server's ``Retry-After``, including callers already waiting. Here each caller *reserves* the
 next free slot in one atomic script (the generic cell rate algorithm with a burst of one, as
-:class:`~airflow_provider_smspartner.utils.throttle.RequestThrottle` does in a process), sleeps
+:class:`~airflow_provider_smspartner.api.throttle.RequestThrottle` does in a process), sleeps
 until it, then passes a second script that re-checks the shared pause and a sliding one-second
 window (a caller that woke up late cannot bunch up with the next ones). Two short scripts, one
 round trip each; all times come from the Redis server's clock, so machines need no clock sync.
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from airflow_provider_smspartner.api.throttle import HEADROOM, PauseTooLong, window_allowance
 from airflow_provider_smspartner.exceptions import SmsPartnerConfigError, SmsPartnerConnectionError
 from airflow_provider_smspartner.utils.redaction import redact
-from airflow_provider_smspartner.utils.throttle import HEADROOM, PauseTooLong, window_allowance
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -150,7 +150,7 @@ def redis_keys(key: str) -> tuple[str, str, str, str]:
 class SharedRateLimit:
     """Keeps the requests of every process using ``key`` under ``rate`` per second, through Redis.
 
-    The same contract as :class:`~airflow_provider_smspartner.utils.throttle.RequestThrottle`,
+    The same contract as :class:`~airflow_provider_smspartner.api.throttle.RequestThrottle`,
     fleet-wide: requests are spaced ``1 / rate`` apart (2% under ``rate``, see ``HEADROOM``), no
     more than ``rate`` leave in any sliding second, and :meth:`pause` holds every caller of every
     process, also those already waiting for their slot.
