@@ -65,7 +65,7 @@ def child_operator(base_url: str, audience: str, output: str, chunk_size: int) -
     import pandas  # noqa: F401  (loaded by execute; imported first so the clock sees only the run)
     import pyarrow.parquet  # noqa: F401
 
-    from airflow_provider_smspartner.bulk import suppression  # noqa: F401
+    from airflow_provider_smspartner.suppression import gate  # noqa: F401
     from airflow_provider_smspartner.utils.storage import to_storage_path
 
     # The first ObjectStoragePath a process opens loads Airflow's plugins (hook lineage): a

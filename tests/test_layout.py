@@ -40,7 +40,9 @@ ALLOWED: dict[str, set[str]] = {
     # The hook's stop-list frame carries phone_e164, so the hook also reads phone_numbers (a leaf).
     "hooks": {"", "api", "exceptions", "utils", "phone_numbers"},
     "bulk": {"exceptions", "hooks", "phone_numbers", "sql", "utils"},
-    "operators": {"exceptions", "hooks", "bulk", "phone_numbers", "sql", "utils"},
+    # The gate's engine streams the audience through bulk.sources (RowChunks, rows_from_file).
+    "suppression": {"bulk", "exceptions", "hooks", "phone_numbers", "sql", "utils"},
+    "operators": {"exceptions", "hooks", "bulk", "phone_numbers", "sql", "suppression", "utils"},
     "transfers": {"exceptions", "hooks", "phone_numbers", "sql", "utils"},
     # The event trigger polls through the hook and reads the extract's run log (sql, utils).
     "triggers": {"exceptions", "hooks", "sql", "utils"},

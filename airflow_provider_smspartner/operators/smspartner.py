@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowTaskTerminated
 
-from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.sql.tables import DEFAULT_RUN_LOG_TABLE
 from airflow_provider_smspartner.utils.arguments import (
@@ -34,13 +32,6 @@ if TYPE_CHECKING:
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
     from airflow_provider_smspartner.bulk.results import TryResults
     from airflow_provider_smspartner.bulk.sources import PhoneSource
-    from airflow_provider_smspartner.bulk.suppression import (
-        AuditLog,
-        ChunkSink,
-        StopListSnapshot,
-        SuppressionResult,
-    )
-    from airflow_provider_smspartner.sql.list_checks import ListCheck
 
 OUTPUT_FORMATS = ("parquet", "csv")
 #: What the gate does with a stop-list row that has no E.164 (``on_unreadable_list_row``).
@@ -694,171 +685,10 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
                 "or sql_conn_id)."
             )
 
-    def _file_format(self, path: str, argument: str) -> str:
-        from airflow_provider_smspartner.utils.storage import file_format
-
-        return self.output_format or file_format(path, argument)
-
-    def _check_targets(self) -> None:
-        """Every output, the audit table and what is read must be distinct places.
-
-        :raises ValueError: naming the two arguments that name one place (before any API call).
-        """
-        from airflow_provider_smspartner.bulk.targets import (
-            Place,
-            check_distinct,
-            file_place,
-            query_places,
-            table_place,
-        )
-
-        output_conn = str(self._output_conn)
-        places: list[Place] = []
-        for argument in ("output_path", "excluded_path"):
-            if path := getattr(self, argument):
-                places.append(file_place(argument, path))
-        if self.source_path:
-            places.append(file_place("source_path", self.source_path, written=False))
-        for argument in ("output_table", "excluded_table"):
-            if table := getattr(self, argument):
-                places.append(table_place(argument, output_conn, table))
-        if self.audit_table:
-            places.append(table_place("audit_table", str(self._audit_conn), self.audit_table))
-        if self.stop_list_table:
-            places.append(
-                table_place("stop_list_table", str(self._stop_list_conn), self.stop_list_table, written=False)
-            )
-        if self.sql and any(place.identity[0] == "table" for place in places):
-            places.extend(query_places(str(self.sql_conn_id), self.sql))
-        check_distinct(places)
-
-    def _sinks(self) -> tuple[ChunkSink | None, ChunkSink | None]:
-        """The kept and excluded outputs, checked (names, extensions, connections); nothing is
-        written until the audience is checked."""
-        from airflow_provider_smspartner.bulk.suppression import E164_COLUMN, FileSink, TableSink
-
-        output_conn = str(self._output_conn)
-        kept: ChunkSink | None = None
-        excluded: ChunkSink | None = None
-        if self.output_path:
-            kept = FileSink(self.output_path, self._file_format(self.output_path, "output_path"))  # type: ignore[arg-type]
-        elif self.output_table:
-            kept = TableSink(output_conn, self.output_table, key=E164_COLUMN, chunk_size=self.chunk_size)
-        if self.excluded_path:
-            excluded = FileSink(self.excluded_path, self._file_format(self.excluded_path, "excluded_path"))  # type: ignore[arg-type]
-        elif self.excluded_table:
-            # Spilled to a local file, loaded once the kept rows are in: one writer at a time.
-            excluded = TableSink(
-                output_conn,
-                self.excluded_table,
-                indexes=(E164_COLUMN,),
-                chunk_size=self.chunk_size,
-                spill=True,
-            )
-        return kept, excluded
-
-    def _check_output_columns(self, columns: Sequence[Any]) -> None:
-        """The output tables' columns (the audience's, plus ``phone_e164``, plus ``reason`` for the
-        excluded rows) must be names the database stores as given: checked before any API call.
-
-        :raises ValueError: naming the columns, the database and the rule.
-        """
-        from airflow_provider_smspartner.bulk.suppression import E164_COLUMN, REASON_COLUMN
-        from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
-        from airflow_provider_smspartner.sql.names import check_column_names
-
-        names = [str(column) for column in columns]
-        for table, added in (
-            (self.output_table, (E164_COLUMN,)),
-            (self.excluded_table, (E164_COLUMN, REASON_COLUMN)),
-        ):
-            if table:
-                dialect = resolve_dbapi_hook(str(self._output_conn)).dialect_name
-                check_column_names(list(dict.fromkeys([*names, *added])), dialect, table=table)
-
-    def _guard_reference(self, context: Context, audit: AuditLog | None) -> ListCheck | None:
-        """What the live list is compared with: the last accepted check of this task in the audit
-        table, else the extract's last applied run of ``stop_list_table``, else nothing."""
-        from airflow_provider_smspartner.sql.list_checks import last_applied_run
-
-        identity = task_identity(context, self.task_id)
-        reference = audit.latest_accepted(identity["dag_id"], identity["task_id"]) if audit else None
-        if reference is None and self.stop_list_table:
-            reference = last_applied_run(
-                str(self._stop_list_conn), self.stop_list_table, self.stop_list_run_log_table
-            )
-        if reference is None:
-            self.log.info(
-                "Guard: no earlier check or extract to compare the list with; only an empty list is refused"
-            )
-        else:
-            self.log.info(
-                "Guard: the list is compared with %s: %d stops", reference.source, reference.rows_in_list
-            )
-        return reference
-
-    def _fetch_checked_list(
-        self, context: Context, audit: AuditLog | None, reference: ListCheck | None
-    ) -> tuple[datetime, StopListSnapshot]:
-        """Fetch the live list and pass it through the guard; a refused list leaves a ``refused``
-        audit row and raises :class:`StopListGuardError`."""
-        from airflow_provider_smspartner.bulk.suppression import fetch_stop_list, utc_now
-        from airflow_provider_smspartner.bulk.suppression_guard import check_live_list
-        from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
-
-        hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
-        try:
-            checked_at = utc_now()
-            stop_list = fetch_stop_list(hook, match_unreadable_digits=self.on_unreadable_list_row == "warn")
-        finally:
-            hook.close()
-        self.log.info(
-            "Fetched the stop list: %d stops, %d matched by E.164, %d unreadable (list_sha256 %s)",
-            stop_list.rows_in_list,
-            stop_list.matched,
-            stop_list.unreadable,
-            stop_list.list_sha256,
-        )
-        try:
-            check_live_list(
-                stop_list,
-                reference,
-                max_removed_fraction=self.max_removed_fraction,
-                allow_empty_list=self.allow_empty_list,
-                on_unreadable_list_row=self.on_unreadable_list_row,
-            )
-        except StopListGuardError as refused:
-            if audit is not None:
-                audit.append(
-                    self._audit_row(context, checked_at, stop_list, "refused") | {"reason": str(refused)}
-                )
-                self.log.info("Refused list recorded in %s", audit.table)
-            raise
-        if stop_list.unreadable:
-            self.log.warning(
-                "%d stop(s) with no E.164 are matched on their digits (stop ids %s)",
-                stop_list.unreadable,
-                describe_stop_ids(stop_list.unreadable_stop_ids),
-            )
-        return checked_at, stop_list
-
-    def _audit_row(
-        self, context: Context, checked_at: datetime, stop_list: StopListSnapshot, status: str
-    ) -> dict[str, Any]:
-        return {
-            **task_identity(context, self.task_id),
-            "checked_at": checked_at,
-            "mode": self.mode,
-            "status": status,
-            "rows_in_list": stop_list.rows_in_list,
-            "matched": stop_list.matched,
-            "unreadable": stop_list.unreadable,
-            "list_sha256": stop_list.list_sha256,
-        }
-
     def execute(self, context: Context) -> dict[str, Any]:
-        """Check the arguments and the outputs, open the source, fetch and guard the list, check
-        the audience.
+        """Check the arguments, then run the gate
+        (:class:`~airflow_provider_smspartner.suppression.gate.Gate`): check the outputs, open the
+        source, fetch and guard the list, check the audience.
 
         :return: the counts, the list's ``rows_in_list``, ``matched`` and ``unreadable``, and
             ``output`` (see the class docstring).
@@ -866,79 +696,37 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
         :raises StopListGuardError: when the live list is refused (nothing written but the audit row).
         :raises AirflowException: in check mode when audience numbers are on the list.
         """
-        from airflow_provider_smspartner.bulk.suppression import AuditLog, suppress_audience
+        from airflow_provider_smspartner.suppression.gate import Gate
 
         self._check_arguments()  # templated values, rendered
-        # Before any API call: bad names, extensions, connections, clashes and the audit table fail here.
-        self._check_targets()
-        kept, excluded = self._sinks()
-        audit = AuditLog(str(self._audit_conn), self.audit_table) if self.audit_table else None
-        if audit is not None:
-            audit.prepare()
-        reference = self._guard_reference(context, audit)
-        source = self._phone_source()
-        with source.open_rows(self.chunk_size) as rows:
-            self.log.info(
-                "Reading the audience from %s (phone column %r, %d columns) in chunks of %d rows",
-                source.describe(),
-                rows.column,
-                len(rows.columns),
-                self.chunk_size,
-            )
-            self._check_output_columns(rows.columns)
-            checked_at, stop_list = self._fetch_checked_list(context, audit, reference)
-            result = suppress_audience(
-                rows, stop_list, default_region=self.default_region, kept=kept, excluded=excluded
-            )
-        return self._report(context, checked_at, stop_list, result, kept, excluded, audit)
-
-    def _report(
-        self,
-        context: Context,
-        checked_at: datetime,
-        stop_list: StopListSnapshot,
-        result: SuppressionResult,
-        kept: ChunkSink | None,
-        excluded: ChunkSink | None,
-        audit: AuditLog | None,
-    ) -> dict[str, Any]:
-        """Log, audit and return the run; in check mode, fail when audience numbers are listed."""
-        from airflow.exceptions import AirflowException
-
-        from airflow_provider_smspartner.bulk.suppression import mask_phone_number
-
-        counts = result.counts.as_dict()
-        output = kept.target if kept is not None else None
-        listed = {
-            "rows_in_list": stop_list.rows_in_list,
-            "matched": stop_list.matched,
-            "unreadable": stop_list.unreadable,
-        }
-        summary: dict[str, Any] = {**counts, **listed, "output": output}
-        self._lineage = {"counts": summary, "rows_in_list": stop_list.rows_in_list}
-        self.log.info(
-            "Audience %s: %s%s",
-            self.mode,
-            ", ".join(f"{key}={value}" for key, value in counts.items()),
-            f"; safe audience written to {output}" if output else "",
+        gate = Gate(
+            identity=task_identity(context, self.task_id),
+            source=self._phone_source(),
+            mode=self.mode,
+            smspartner_conn_id=self.smspartner_conn_id,
+            default_region=self.default_region,
+            chunk_size=self.chunk_size,
+            output_conn_id=self._output_conn,
+            output_table=self.output_table,
+            output_path=self.output_path,
+            output_format=self.output_format,
+            excluded_table=self.excluded_table,
+            excluded_path=self.excluded_path,
+            audit_table=self.audit_table,
+            audit_conn_id=self._audit_conn,
+            stop_list_table=self.stop_list_table,
+            stop_list_conn_id=self._stop_list_conn,
+            stop_list_run_log_table=self.stop_list_run_log_table,
+            max_removed_fraction=self.max_removed_fraction,
+            allow_empty_list=self.allow_empty_list,
+            on_unreadable_list_row=self.on_unreadable_list_row,
+            log=self.log,
         )
-        if excluded is not None:
-            self.log.info("Excluded rows written to %s", excluded.target)
-        if audit is not None:
-            audit.append(
-                self._audit_row(context, checked_at, stop_list, "accepted") | counts | {"output": output}
-            )
-            self.log.info("Audit row appended to %s", audit.table)
-        if self.mode == "check" and counts["stopped"]:
-            examples = ", ".join(mask_phone_number(number) for number in result.stopped_numbers)
-            raise AirflowException(
-                f"{counts['stopped']} of {counts['audience']} audience rows ({result.stopped_distinct} "
-                f"distinct numbers) are on the SMS Partner stop list of {stop_list.rows_in_list} stops "
-                f"(list_sha256 {stop_list.list_sha256}); e.g. {examples}. Counts: "
-                + ", ".join(f"{key}={value}" for key, value in counts.items())
-                + ". Filter the audience (mode='filter') before texting it."
-            )
-        return summary
+        try:
+            return gate.run()
+        finally:
+            if gate.summary is not None:  # also when check mode fails: the lineage has the counts
+                self._lineage = {"counts": gate.summary, "rows_in_list": gate.summary["rows_in_list"]}
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """OpenLineage: the audience and the stop list in; the safe audience, the excluded rows

@@ -18,17 +18,17 @@ from typing import Any
 
 def main() -> int:
     args = json.loads(sys.argv[1])
-    from airflow_provider_smspartner.bulk import suppression
     from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressAudienceOperator
+    from airflow_provider_smspartner.suppression import sinks
 
-    write = suppression.FileSink.write
+    write = sinks.FileSink.write
 
     def announced_write(self: Any, frame: Any) -> None:
         write(self, frame)
         print("@@chunk", flush=True)
         time.sleep(0.02)
 
-    suppression.FileSink.write = announced_write  # type: ignore[method-assign]
+    sinks.FileSink.write = announced_write  # type: ignore[method-assign]
     op = SmsPartnerSuppressAudienceOperator(
         task_id="gate",
         source_path=args["source_path"],

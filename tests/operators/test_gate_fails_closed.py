@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from airflow_provider_smspartner.bulk import suppression
 from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressAudienceOperator
+from airflow_provider_smspartner.suppression import gate
 from airflow_provider_smspartner.transfers.smspartner_to_sql import SmsPartnerStopListToSqlOperator
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import CONTEXT, drop_table, read_results, serve_list_rows, ti_context
@@ -116,7 +116,7 @@ class TestCollapsedList:
         conn_id, names = tables
         # One check a minute: SQLite keeps whole seconds, and a tie takes the larger list.
         clock = iter(pd.date_range("2026-12-07 10:00", periods=10, freq="min", tz="UTC").to_pydatetime())
-        monkeypatch.setattr(suppression, "utc_now", lambda: next(clock))
+        monkeypatch.setattr(gate, "utc_now", lambda: next(clock))
         api.state.clear()
         api.state.seed_numbers(_people(10))
         kwargs = {"mode": "check", "audit_table": names["audit"], "audit_conn_id": conn_id}

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from airflow.exceptions import AirflowException
 
-from airflow_provider_smspartner.bulk import suppression
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressAudienceOperator
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
-from airflow_provider_smspartner.utils.api import list_sha256
+from airflow_provider_smspartner.suppression import engine
+from airflow_provider_smspartner.utils.stop_list import list_sha256
 from tests.conftest import TEST_API_KEY
 from tests.helpers import (
     CONTEXT,
@@ -217,13 +217,13 @@ class TestStreaming:
         hook.insert_rows(names["source"], rows, commit_every=500)
 
         sizes: list[int] = []
-        classify = suppression.classify
+        classify = engine.classify
 
         def counting(values, *args, **kwargs):
             sizes.append(len(values))
             return classify(values, *args, **kwargs)
 
-        monkeypatch.setattr(suppression, "classify", counting)
+        monkeypatch.setattr(engine, "classify", counting)
         summary = _suppress(
             sql=f"SELECT customer_id, phone, city FROM {names['source']} ORDER BY customer_id",
             sql_conn_id=conn_id,
@@ -253,9 +253,9 @@ class TestStreaming:
         else:
             frame.to_csv(path, index=False)
         sizes: list[int] = []
-        classify = suppression.classify
+        classify = engine.classify
         monkeypatch.setattr(
-            suppression,
+            engine,
             "classify",
             lambda values, *a, **k: sizes.append(len(values)) or classify(values, *a, **k),
         )
@@ -402,7 +402,7 @@ class TestCheckMode:
     ],
 )
 def test_mask_phone_number(number, masked):
-    assert suppression.mask_phone_number(number) == masked
+    assert engine.mask_phone_number(number) == masked
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -529,7 +529,7 @@ def test_a_failed_run_leaves_the_table_as_it_was(api, tables, monkeypatch):
     fresh = new_numbers(7, api)
     kwargs = {"output_table": names["kept"], "output_conn_id": conn_id, "chunk_size": 2}
     _suppress(phone_numbers=fresh[:2], **kwargs).execute(context=CONTEXT)
-    classify = suppression.classify
+    classify = engine.classify
     calls = []
 
     def failing(values, *args, **kwargs):
@@ -538,7 +538,7 @@ def test_a_failed_run_leaves_the_table_as_it_was(api, tables, monkeypatch):
             raise RuntimeError("boom")
         return classify(values, *args, **kwargs)
 
-    monkeypatch.setattr(suppression, "classify", failing)
+    monkeypatch.setattr(engine, "classify", failing)
     with pytest.raises(RuntimeError, match="boom"):
         _suppress(phone_numbers=fresh, **kwargs).execute(context=CONTEXT)
     assert sorted(read_results(conn_id, names["kept"])["phone_e164"]) == sorted(fresh[:2])

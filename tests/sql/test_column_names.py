@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_smspartner.bulk.suppression import TableSink
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.sql.ddl import staging_name
 from airflow_provider_smspartner.sql.names import TableName, check_column_names
 from airflow_provider_smspartner.sql.tables import table_spec_for
 from airflow_provider_smspartner.sql.writer import SqlTableWriter
+from airflow_provider_smspartner.suppression.sinks import TableSink
 from tests.helpers import drop_table
 
 KEY = "phone_e164"

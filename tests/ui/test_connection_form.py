@@ -12,7 +12,7 @@ A real ``airflow api-server`` is started on loopback with its own AIRFLOW_HOME, 
    button in the connections list reports success. Airflow 3.3.2's UI posts ``port: 0`` for a
    connection without a port and its API server then refuses the test with HTTP 400 ("The host or
    port to test differs from the stored connection"); the provider's API-server plugin
-   (``plugins.connection_test.ConnectionTestPortFix``) drops that ``0`` for ``smspartner`` connections,
+   (``plugins.connection_check.ConnectionTestPortFix``) drops that ``0`` for ``smspartner`` connections,
    so the port field can stay hidden.
 
 Login: ``[core] simple_auth_manager_all_admins = True`` makes the SimpleAuthManager add an admin

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from airflow_provider_smspartner.plugins.connection_test import ConnectionTestPortFix, drop_unset_port
+from airflow_provider_smspartner.plugins.connection_check import ConnectionTestPortFix, drop_unset_port
 
 
 def _body(**fields: object) -> bytes:
@@ -26,12 +26,14 @@ class TestConnectionTestPortFix:
             for ep in dist.entry_points
             if ep.group == "airflow.plugins" and ep.name == "smspartner_connection_test"
         }
-        assert found == {"airflow_provider_smspartner.plugins.connection_test:SmsPartnerConnectionTestPlugin"}
+        assert found == {
+            "airflow_provider_smspartner.plugins.connection_check:SmsPartnerConnectionTestPlugin"
+        }
 
     def test_plugin_class_is_an_airflow_plugin_with_the_middleware(self):
         from airflow.plugins_manager import AirflowPlugin, is_valid_plugin
 
-        from airflow_provider_smspartner.plugins.connection_test import (
+        from airflow_provider_smspartner.plugins.connection_check import (
             SmsPartnerConnectionTestPlugin as plugin,
         )
 

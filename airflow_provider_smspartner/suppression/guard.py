@@ -18,8 +18,8 @@ from airflow_provider_smspartner.exceptions import StopListGuardError
 from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
 
 if TYPE_CHECKING:
-    from airflow_provider_smspartner.bulk.suppression import StopListSnapshot
     from airflow_provider_smspartner.sql.list_checks import ListCheck
+    from airflow_provider_smspartner.suppression.engine import StopListSnapshot
 
 
 def check_live_list(
