@@ -37,7 +37,7 @@ from sqlalchemy.schema import CreateIndex
 
 from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, PENDING
 from airflow_provider_smspartner.phone_numbers import phone_text
-from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook, unpooled_engine
+from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.sql.ddl import TableShapeError
 from airflow_provider_smspartner.sql.names import TableName
 from airflow_provider_smspartner.sql.tables import (
@@ -204,19 +204,6 @@ class ResultsTable:
         store = TryResults(self, identity)
         store.connect()
         return store
-
-    def create_final_view(self, view: str) -> None:
-        """Create (or replace) view ``view`` over :func:`final_outcomes_sql` of this table."""
-        name = TableName.parse(view)
-        engine = unpooled_engine(resolve_dbapi_hook(self.conn_id))
-        try:
-            verb = (
-                "CREATE VIEW IF NOT EXISTS" if engine.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
-            )
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f"{verb} {name} AS {final_outcomes_sql(self.table)}")
-        finally:
-            engine.dispose()
 
 
 @dataclass
