@@ -316,7 +316,7 @@ def oracle_e164(value: Any, region: str = "FR") -> str | None:
 
 def live_sha256(sandbox: Any) -> str:
     """``list_sha256`` of the sandbox's list as it stands: what an extract of it now records."""
-    from airflow_provider_smspartner.utils.api import list_sha256
+    from airflow_provider_smspartner.utils.stop_list import list_sha256
 
     entries = sandbox.state.list_entries()
     return list_sha256([e.stop_id for e in entries], [e.phone_number for e in entries])

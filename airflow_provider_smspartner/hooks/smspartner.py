@@ -31,6 +31,15 @@ from tenacity.wait import wait_base
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from airflow_provider_smspartner import __version__
+from airflow_provider_smspartner.api.contract import (
+    ACCOUNT_ENDPOINT,
+    ADD_ENDPOINT,
+    ALREADY_PRESENT_CODE,
+    DELETE_ENDPOINT,
+    LIST_ENDPOINT,
+    parse_response,
+    redirect_error,
+)
 from airflow_provider_smspartner.api.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.api.throttle import PauseTooLong, Throttle, shared_throttle
 from airflow_provider_smspartner.exceptions import (
@@ -40,15 +49,6 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerResponseError,
     SmsPartnerRetryAfterTooLongError,
     SmsPartnerServerError,
-)
-from airflow_provider_smspartner.utils.api import (
-    ACCOUNT_ENDPOINT,
-    ADD_ENDPOINT,
-    ALREADY_PRESENT_CODE,
-    DELETE_ENDPOINT,
-    LIST_ENDPOINT,
-    parse_response,
-    redirect_error,
 )
 from airflow_provider_smspartner.utils.connection import SmsPartnerSettings, settings_from_connection
 from airflow_provider_smspartner.utils.redaction import redact, register_secret
@@ -240,7 +240,7 @@ class SmsPartnerHook(BaseHook):
     was lost, the retry answers code 3 ("already in the list"), which ``add_stop`` reports as
     ``already_present`` rather than an error.
 
-    It fails closed: an answer that breaks the response contract (``utils.api``) is a
+    It fails closed: an answer that breaks the response contract (``api.contract``) is a
     ``SmsPartnerResponseError``, never an empty list or an ``added``; redirects are never followed
     (``SmsPartnerConfigError``), so the key goes to the configured host only; ``timeout`` bounds
     each request as a whole (connect, headers, body), not each socket read; a 429 with a
@@ -531,10 +531,7 @@ class SmsPartnerHook(BaseHook):
         :raises SmsPartnerResponseError: when the answer breaks the list contract, e.g. ``nbData``
             disagrees with the rows received (after retries): a partial list is never returned.
         """
-        from airflow_provider_smspartner.utils.stop_list import (
-            parse_stop_list_body,
-            stop_list_array,
-        )
+        from airflow_provider_smspartner.api.list_body import parse_stop_list_body, stop_list_array
 
         # Both parsers enforce the whole list contract (count and rows) inside the retry loop.
         body = self._request("GET", LIST_ENDPOINT, fast_parse=parse_stop_list_body)
@@ -547,9 +544,9 @@ class SmsPartnerHook(BaseHook):
         list outlives the call. One ``stop-sms/list`` call, through the throttle and the retries.
 
         :return: ``(rows_in_list, list_sha256)``, the same fingerprint as the extract's run log
-            (:func:`~airflow_provider_smspartner.utils.api.list_sha256`).
+            (:func:`~airflow_provider_smspartner.utils.stop_list.list_sha256`).
         """
-        from airflow_provider_smspartner.utils.api import list_sha256
+        from airflow_provider_smspartner.utils.stop_list import list_sha256
 
         records = self._fetch_stop_list()
         return len(records), list_sha256(records.field("id"), records.field("phoneNumber"))
@@ -566,12 +563,9 @@ class SmsPartnerHook(BaseHook):
             ``phone_e164`` (E.164, missing when no number could be made of it) and ``created_at``
             (UTC).
         """
+        from airflow_provider_smspartner.api.list_body import records_to_frame, unreadable_stop_ids
         from airflow_provider_smspartner.phone_numbers import stop_list_e164
-        from airflow_provider_smspartner.utils.stop_list import (
-            describe_stop_ids,
-            records_to_frame,
-            unreadable_stop_ids,
-        )
+        from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
 
         frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
         frame.insert(2, "phone_e164", stop_list_e164(frame["phone_number"]).to_numpy())
@@ -587,7 +581,7 @@ class SmsPartnerHook(BaseHook):
 
     def get_stop_list(self) -> list[StopEntry]:
         """Fetch the stop list as ``StopEntry`` objects (``created_at`` in UTC)."""
-        from airflow_provider_smspartner.utils.stop_list import records_to_frame
+        from airflow_provider_smspartner.api.list_body import records_to_frame
 
         frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
         return [
@@ -612,7 +606,7 @@ class SmsPartnerHook(BaseHook):
             {"phoneNumber": str(phone_number).strip()},
             accept_codes=(ALREADY_PRESENT_CODE,),
         )
-        # The contract (utils.api) guarantees the shape: code 3 with success false, or code 200
+        # The contract (api.contract) guarantees the shape: code 3 with success false, or code 200
         # with a positive integer stopId.
         if body["code"] == ALREADY_PRESENT_CODE:
             return AddStopResult(status="already_present", stop_id=None, phone_number=phone_number)

@@ -227,7 +227,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
     (:class:`DuplicateStopIdError`) when its numbers differ.
 
     Each run adds a row to the run log (``run_log_table``): task identity, times, mode, the
-    counts and the list's :func:`~airflow_provider_smspartner.utils.api.list_sha256`, in the same
+    counts and the list's :func:`~airflow_provider_smspartner.utils.stop_list.list_sha256`, in the same
     transaction as the change; a refused list (guard, repeated stop id, an answer that breaks the
     API contract) leaves a ``refused`` row with the reason, on its own. With Asset ``outlets``, the
     task's events carry ``rows_in_list``, ``inserted``, ``updated``, ``removed`` and
@@ -287,7 +287,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
 
         from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
         from airflow_provider_smspartner.sql.writer import SqlTableWriter
-        from airflow_provider_smspartner.utils.api import list_sha256
+        from airflow_provider_smspartner.utils.stop_list import list_sha256
 
         started_at = datetime.now(timezone.utc)
         check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered

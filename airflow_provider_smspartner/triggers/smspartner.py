@@ -84,7 +84,7 @@ class SmsPartnerStopListTrigger(BaseEventTrigger):
     a DAG scheduled on the Asset runs once per event. Every ``poll_interval`` seconds it makes one
     ``stop-sms/list`` call through :class:`SmsPartnerHook` (its throttle, shared rate limit and
     retries), in a worker thread, and keeps only the list's size and
-    :func:`~airflow_provider_smspartner.utils.api.list_sha256`: no DataFrame, nothing of the list
+    :func:`~airflow_provider_smspartner.utils.stop_list.list_sha256`: no DataFrame, nothing of the list
     between polls.
 
     - **Warehouse mode** (``sql_conn_id`` and ``table``): fires when the live list's

@@ -16,7 +16,7 @@ from airflow_provider_smspartner.phone_numbers.list_numbers import (
     list_number_digits,
     may_hold_invisible_characters,
 )
-from airflow_provider_smspartner.utils.api import list_sha256
+from airflow_provider_smspartner.utils.stop_list import list_sha256
 from tests.helpers import serve_list_rows
 
 #: Every character of the cleaned categories, as Python's Unicode database has them.

@@ -309,13 +309,13 @@ class TestListMode:
 
     def test_fetches_off_the_event_loop_without_a_dataframe(self, sandbox, smspartner_conn, monkeypatch):
         """The loop keeps running while a slow list call is in flight; no frame is built."""
+        from airflow_provider_smspartner.api import list_body
         from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
-        from airflow_provider_smspartner.utils import stop_list
 
         def no_frame(*args: Any, **kwargs: Any) -> None:
             raise AssertionError("the trigger built a DataFrame")
 
-        monkeypatch.setattr(stop_list, "records_to_frame", no_frame)
+        monkeypatch.setattr(list_body, "records_to_frame", no_frame)
         monkeypatch.setattr(SmsPartnerHook, "get_stop_list_df", no_frame)
         sandbox.latency = 0.5
         trigger = make_trigger()

@@ -1,145 +1,84 @@
-"""Tests of utils.stop_list: the list body decoded by Arrow, completeness, and local times to UTC."""
+"""``list_sha256``: the stop list's fingerprint, one definition for the run log and the audit."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from airflow_provider_smspartner.exceptions import SmsPartnerResponseError
-from airflow_provider_smspartner.utils.api import LIST_ENDPOINT, parse_response
-from airflow_provider_smspartner.utils.stop_list import (
-    check_complete_list,
-    local_times_to_utc,
-    parse_stop_list_body,
-    records_to_frame,
-    stop_list_array,
-)
-
-ODD = [
-    b"{}",
-    b'{"nbData": null, "data": null}',
-    b'{"success": true, "code": 200, "nbData": null, "data": null}',
-    b'{"success": true, "code": 200, "nbData": 0, "data": null}',
-    b'{"success": true, "code": 200, "nbData": 1, "data": [null]}',
-    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 0, "phoneNumber": "+336", "createdAt": "2015-07-20 10:19:45"}]}',
-    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "phoneNumber": "+336", "createdAt": "20/07/2015"}]}',
-    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "phoneNumber": "+33\xff", "createdAt": "2015-07-20 10:19:45"}]}',
-    b'{"success": true, "code": 200, "nbData": 1, "data": [{"id": 1, "createdAt": "2015-07-20 10:19:45"}]}',
-    b'{"success": true, "code": 200, "nbData": 0, "data": []} {"success": true}',
-    b'{"success": true, "code": 200, "nbData": 0, "data": [], "success": true}',
-    b'\xef\xbb\xbf{"success": true, "code": 200, "nbData": 0, "data": []}',
-]
-
-ROWS = [
-    {"id": 19, "phoneNumber": "+33612345678", "createdAt": "2015-07-20 10:19:45"},
-    {"id": 20, "phoneNumber": "+33612345679", "createdAt": "2015-07-21 08:00:00"},
-]
+from airflow_provider_smspartner.utils.stop_list import list_sha256
 
 
-def _body(**fields) -> bytes:
-    return json.dumps({"success": True, "code": 200, "nbData": len(ROWS), "data": ROWS, **fields}).encode()
+def _reference(stop_ids, phone_numbers) -> str:
+    """The definition, row by row: ``"{stop_id}\\t{phone_number}\\n"`` in integer stop_id order."""
+    rows = sorted(
+        zip((int(i) for i in stop_ids), ("" if p is None else p for p in phone_numbers), strict=True),
+        key=lambda row: (row[0], row[1].encode()),
+    )
+    return hashlib.sha256("".join(f"{i}\t{p}\n" for i, p in rows).encode()).hexdigest()
 
 
-class TestParseStopListBody:
-    def test_documented_body(self):
-        body = parse_stop_list_body(_body())
-        assert body["nbData"] == 2
-        assert isinstance(body["data"], pa.StructArray)
-        assert body["data"].to_pylist() == ROWS
+class TestListSha256:
+    def test_known_value(self):
+        text = "2\t+33612345678\n10\t06 12 34 56 79\n"
+        assert (
+            list_sha256([10, 2], ["06 12 34 56 79", "+33612345678"])
+            == hashlib.sha256(text.encode()).hexdigest()
+        )
+
+    def test_empty_list(self):
+        assert list_sha256([], []) == hashlib.sha256(b"").hexdigest()
 
     @pytest.mark.parametrize(
-        "content",
-        [b"", b"not json", _body(success=False), _body(code=10), json.dumps({"data": [1]}).encode()],
-        ids=["empty", "not-json", "success-false", "error-code", "odd-rows"],
+        ("stop_ids", "phone_numbers"),
+        [
+            ([1, 2, 3], ["+33612345601", "+33612345602", "+33612345603"]),
+            ([3, 1, 2], ["c", "a", "b"]),
+            ([9, 10, 100, 11], ["x", "y", "z", "w"]),  # integer order, not text order
+            ([7, 7, 1], ["b", "a", "z"]),  # a stop id listed twice
+            ([5, 4], ["+33 6 12 \u260e", "\U0001f600\x00"]),  # any text, as sent
+            ([2, 1], ["x", None]),
+            ([2**63 - 1, 1], ["max", "min"]),
+        ],
+        ids=["sorted", "shuffled", "integer-order", "repeated-id", "non-ascii", "missing", "largest-id"],
     )
-    def test_anything_else_defers_to_the_generic_parser(self, content):
-        assert parse_stop_list_body(content) is None
+    def test_matches_the_definition(self, stop_ids, phone_numbers):
+        assert list_sha256(stop_ids, phone_numbers) == _reference(stop_ids, phone_numbers)
 
-    @pytest.mark.parametrize("content", ODD, ids=range(len(ODD)))
-    def test_never_accepts_what_the_contract_refuses(self, content):
-        assert parse_stop_list_body(content) is None
-        with pytest.raises(SmsPartnerResponseError):
-            parse_response(LIST_ENDPOINT, 200, {}, content)
+    def test_same_list_same_hash_whatever_the_order_or_container(self):
+        rng = random.Random(3)
+        ids = rng.sample(range(1, 10**9), 5000)
+        phones = [f"+336{rng.randrange(10**8):08d}" for _ in ids]
+        expected = _reference(ids, phones)
+        frame = pd.DataFrame({"stop_id": ids, "phone_number": pd.Series(phones, dtype="str")})
+        shuffled = frame.sample(frac=1, random_state=1)
+        assert list_sha256(frame["stop_id"], frame["phone_number"]) == expected
+        assert list_sha256(shuffled["stop_id"].to_numpy(), shuffled["phone_number"]) == expected
+        assert list_sha256(np.asarray(ids), phones) == expected
+        assert list_sha256(ids[:-1], phones[:-1]) != expected
+
+    def test_phone_number_as_sent_not_normalised(self):
+        assert list_sha256([1], ["06 12 34 56 78"]) != list_sha256([1], ["+33612345678"])
+
+    def test_lengths_must_match(self):
+        with pytest.raises(ValueError, match="2 stop ids but 1 phone numbers"):
+            list_sha256([1, 2], ["a"])
+
+    def test_a_million_rows(self):
+        ids = np.arange(1, 1_000_001)
+        phones = pd.Series([f"+3361{i:07d}" for i in range(1_000_000)], dtype="str")
+        assert list_sha256(ids, phones) == _reference(ids.tolist(), phones.tolist())
 
     @pytest.mark.slow  # a child interpreter
-    @pytest.mark.parametrize(
-        "content", [b"null", b"  null", b"null {}"], ids=["null", "spaced", "then-object"]
-    )
-    def test_bodies_that_crash_pyarrow_never_reach_it(self, content):
-        # In a child process: pyarrow's JSON reader segfaults on a first document that is null.
-        script = (
-            "from airflow_provider_smspartner.utils.stop_list import parse_stop_list_body\n"
-            f"print(parse_stop_list_body({content!r}))\n"
+    def test_importing_the_module_loads_no_heavy_library(self):
+        code = (
+            "import sys; import airflow_provider_smspartner.utils.stop_list; "
+            "print(sorted(m for m in ('pandas', 'numpy', 'pyarrow') if m in sys.modules))"
         )
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-        assert (result.returncode, result.stdout.strip().splitlines()[-1:]) == (0, ["None"]), result.stderr[
-            -2000:
-        ]
-
-    def test_same_answer_as_the_generic_parser_on_good_bodies(self):
-        body = _body(extra={"nested": [1, {"x": None}]})
-        fast = parse_stop_list_body(body)
-        assert fast is not None
-        assert fast["data"].to_pylist() == parse_response(LIST_ENDPOINT, 200, {}, body)["data"]
-
-
-class TestCompleteness:
-    def test_count_mismatch_is_refused(self):
-        with pytest.raises(SmsPartnerResponseError, match=r"nbData=3 but 2 rows"):
-            check_complete_list({"nbData": 3, "data": ROWS})
-
-    def test_count_mismatch_is_refused_by_the_arrow_path_too(self):
-        with pytest.raises(SmsPartnerResponseError, match=r"nbData=3 but 2 rows"):
-            parse_stop_list_body(_body(nbData=3))
-
-    @pytest.mark.parametrize(
-        "body",
-        [
-            {"nbData": None, "data": None},
-            {"data": ROWS},
-            {"nbData": "2", "data": ROWS},
-            {"nbData": 2, "data": None},
-        ],
-        ids=["nulls", "no-count", "count-text", "no-data"],
-    )
-    def test_missing_or_odd_count_or_rows_are_refused(self, body):
-        with pytest.raises(SmsPartnerResponseError):
-            check_complete_list(body)
-
-    def test_arrow_rows_are_checked_too(self):
-        rows = stop_list_array([{**ROWS[0], "id": 0}])
-        with pytest.raises(SmsPartnerResponseError):
-            check_complete_list({"nbData": 1, "data": rows})
-
-    def test_row_without_id_is_refused(self):
-        with pytest.raises(SmsPartnerResponseError, match="no 'id'"):
-            stop_list_array([{"phoneNumber": "+33612345678", "createdAt": "2015-07-20 10:19:45"}])
-
-
-class TestFrame:
-    def test_columns_and_types(self):
-        frame = records_to_frame(stop_list_array(ROWS), "Europe/Paris")
-        assert list(frame.columns) == ["stop_id", "phone_number", "created_at"]
-        assert str(frame["created_at"].dtype) == "datetime64[us, UTC]"
-        # 10:19:45 in Paris in July (UTC+2) is 08:19:45 UTC.
-        assert frame["created_at"].iloc[0] == pd.Timestamp("2015-07-20 08:19:45", tz="UTC")
-
-    def test_empty_list_keeps_the_types(self):
-        frame = records_to_frame(stop_list_array([]), "Europe/Paris")
-        assert frame.empty
-        assert str(frame["stop_id"].dtype) == "int64"
-
-    def test_repeated_autumn_hour_is_read_as_summer_time(self):
-        # 2026-10-25 02:30 happens twice in Paris; the first (UTC+2) is taken.
-        assert local_times_to_utc(["2026-10-25 02:30:00"], "Europe/Paris").iloc[0] == pd.Timestamp(
-            "2026-10-25 00:30:00", tz="UTC"
-        )
-
-    def test_unparsable_time_raises(self):
-        with pytest.raises(ValueError):
-            local_times_to_utc(["20/07/2015"], "Europe/Paris")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == "[]"

@@ -12,6 +12,15 @@ from email.utils import format_datetime
 
 import pytest
 
+from airflow_provider_smspartner.api.contract import (
+    MAX_STOP_ID,
+    check_list_body,
+    decode_json,
+    describe,
+    parse_response,
+    parse_retry_after,
+    redirect_error,
+)
 from airflow_provider_smspartner.exceptions import (
     InvalidPhoneNumberError,
     SmsPartnerAuthError,
@@ -21,15 +30,6 @@ from airflow_provider_smspartner.exceptions import (
     SmsPartnerResponseError,
     SmsPartnerServerError,
     StopNotFoundError,
-)
-from airflow_provider_smspartner.utils.api import (
-    MAX_STOP_ID,
-    check_list_body,
-    decode_json,
-    describe,
-    parse_response,
-    parse_retry_after,
-    redirect_error,
 )
 from airflow_provider_smspartner.utils.redaction import register_secret
 
