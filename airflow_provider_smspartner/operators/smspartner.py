@@ -7,21 +7,19 @@ phonenumbers and the bulk engine load inside ``execute``, not here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.operators.base import PhoneSourceOperator, task_identity
 from airflow_provider_smspartner.sql.tables import DEFAULT_RUN_LOG_TABLE
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
     check_choice,
     check_count,
-    check_flag,
-    check_fraction,
-    check_one_source,
 )
 
 if TYPE_CHECKING:
@@ -31,11 +29,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
     from airflow_provider_smspartner.bulk.results import TryResults
-    from airflow_provider_smspartner.bulk.sources import PhoneSource
-
-OUTPUT_FORMATS = ("parquet", "csv")
-#: What the gate does with a stop-list row that has no E.164 (``on_unreadable_list_row``).
-UNREADABLE_LIST_ROW_CHOICES = ("fail", "warn")
 
 
 class SmsPartnerStopListOperator(BaseOperator):
@@ -69,6 +62,8 @@ class SmsPartnerStopListOperator(BaseOperator):
 
     def execute(self, context: Context) -> pd.DataFrame | str:
         if self.output_path:
+            from airflow_provider_smspartner.suppression.arguments import OUTPUT_FORMATS
+
             check_choice("output_format", self.output_format, OUTPUT_FORMATS)
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
         self._rows_fetched = len(frame)
@@ -113,105 +108,11 @@ class SmsPartnerStopListOperator(BaseOperator):
         return stop_list_operator_lineage(self.smspartner_conn_id, self._rows_fetched, self.output_path)
 
 
-def run_identity(context: Context | Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``(dag_id, run_id)`` of the running task, from a real context or a minimal test dict."""
-    dag = context.get("dag")
-    ti = context.get("ti") or context.get("task_instance")
-    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None)
-    run_id = context.get("run_id") or getattr(ti, "run_id", None)
-    return dag_id, run_id
-
-
-def task_identity(context: Context | Mapping[str, Any], task_id: str) -> dict[str, Any]:
-    """The task instance and try a bulk run records its outcomes under, from the context.
-
-    A minimal test context gets ``""`` for missing ids, ``map_index`` -1 and no try number (the
-    results table then takes the next one).
-
-    :return: ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``.
-    """
-    ti = context.get("ti") or context.get("task_instance")
-    dag_id, run_id = run_identity(context)
-    map_index = getattr(ti, "map_index", None)
-    try_number = getattr(ti, "try_number", None)
-    return {
-        "dag_id": str(dag_id or ""),
-        "run_id": str(run_id or ""),
-        "task_id": str(getattr(ti, "task_id", None) or task_id),
-        "map_index": int(map_index) if isinstance(map_index, int) else -1,
-        "try_number": int(try_number)
-        if isinstance(try_number, int) and not isinstance(try_number, bool)
-        else None,
-    }
-
-
-class _PhoneSourceOperator(BaseOperator):
-    """What the operators that read phone numbers share: exactly one source (``phone_numbers``,
-    ``sql`` + ``sql_conn_id``, or ``source_path``), ``phone_column``, ``default_region`` and the
-    ``smspartner`` connection."""
-
-    #: The source's templated arguments; each subclass lists them in its ``template_fields``.
-    source_template_fields: tuple[str, ...] = (
-        "phone_numbers",
-        "sql",
-        "sql_conn_id",
-        "source_path",
-        "phone_column",
-    )
-    template_fields_renderers = {"sql": "sql"}
-    ui_color = "#e8f4fd"
-
-    def __init__(
-        self,
-        *,
-        phone_numbers: Any = None,
-        sql: str | None = None,
-        sql_conn_id: str | None = None,
-        source_path: str | None = None,
-        phone_column: str | None = None,
-        default_region: str = "FR",
-        smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.phone_numbers = phone_numbers
-        self.sql = sql
-        self.sql_conn_id = sql_conn_id
-        self.source_path = source_path
-        self.phone_column = phone_column
-        self.default_region = default_region
-        self.smspartner_conn_id = smspartner_conn_id
-        check_one_source(phone_numbers, sql, sql_conn_id, source_path)
-
-    def render_template(self, content: Any, context: Context, *args: Any, **kwargs: Any) -> Any:
-        # A literal list of numbers would otherwise be compiled by Jinja one string at a time (slow
-        # for big lists), and native rendering would turn "+33612345678" into an int. A string
-        # without a brace cannot hold a template, so it is returned unchanged.
-        if isinstance(content, str) and "{" not in content and not content.endswith(tuple(self.template_ext)):
-            return content
-        return super().render_template(content, context, *args, **kwargs)
-
-    def _source(self) -> dict[str, Any]:
-        """The one source, as :class:`~airflow_provider_smspartner.bulk.sources.PhoneSource` and the
-        lineage take it."""
-        return {
-            "phone_numbers": self.phone_numbers,
-            "sql": self.sql,
-            "sql_conn_id": self.sql_conn_id,
-            "source_path": self.source_path,
-        }
-
-    def _phone_source(self) -> PhoneSource:
-        from airflow_provider_smspartner.bulk.sources import PhoneSource
-
-        return PhoneSource(**self._source(), phone_column=self.phone_column)
-
-
-class _BulkStopsOperator(_PhoneSourceOperator):
+class _BulkStopsOperator(PhoneSourceOperator):
     """What the bulk add and remove operators share: options, results table, reporting."""
 
     template_fields: Sequence[str] = (
-        *_PhoneSourceOperator.source_template_fields,
+        *PhoneSourceOperator.source_template_fields,
         "results_table",
         "results_conn_id",
         "default_region",
@@ -351,44 +252,14 @@ class SmsPartnerAddStopsOperator(_BulkStopsOperator):
     run: on the list means ``added`` (stop id from the list, with a note), so no number on the list
     when the run ends is reported ``failed``.
 
-    **Results table** (``results_table``): checked or created before the first API call (a table of
-    another shape, a missing schema or privilege fails the task before anything is sent), then
-    written while the run goes: the inputs settled without a call first, each call's input as
-    ``pending`` before the call is sent, outcomes in batches (every few seconds or few hundred
-    outcomes). One row per input per try, keyed by ``dag_id``, ``run_id``, ``task_id``,
-    ``map_index``, ``try_number``, ``input_row``; also ``input_value``, ``phone_e164``, ``status``,
-    ``stop_id``, ``error_code``, ``error_message``, ``note`` and ``decided_at`` (UTC). A try stopped
-    by ``execution_timeout``, SIGTERM or an exception records every input on its way out (the inputs
-    never sent as ``not_processed``). A killed worker (SIGKILL) loses at most the last few seconds of
-    outcomes, whose rows stay ``pending``; the next try
-    of the task instance (an Airflow retry) checks them against the list and records them
-    ``added`` under the try that sent them, so every add the API applied has exactly one ``added``
-    row across the tries. ``bulk.results.final_outcomes_sql`` gives one final outcome per input.
-
-    A refused API key stops the run at once (queued calls dropped; the inputs never tried are
-    recorded as ``not_processed``). Otherwise every number is processed and recorded, and only then
-    does the task fail if more than ``max_failed`` numbers failed. A progress line (done/total,
-    rate, ETA) is logged every 10 s and at each 10 %.
-
-    **Scale-out.** SMS Partner allows about 2000 requests/minute per IP for the whole fleet. With
-    the connection extra ``rate_limit_redis_conn_id``, ``requests_per_second`` is one budget shared
-    through Redis by every task and worker, and a Pool only bounds how many tasks run at once.
-    Without it the throttle is per process: size the Pool so that ``pool slots x
-    requests_per_second <= 2000 / 60`` (about 33/s), e.g. 1 slot at the default 25/s. To split a
-    very large input, map the operator over chunks in that Pool::
-
-        @task
-        def chunks() -> list[list[str]]:
-            numbers = read_opt_outs()
-            return [numbers[i : i + 50_000] for i in range(0, len(numbers), 50_000)]
-
-        SmsPartnerAddStopsOperator.partial(
-            task_id="add_stops", pool="smspartner_api", results_table="stop_adds", results_conn_id="dwh"
-        ).expand(phone_numbers=chunks())
-
-    De-duplication is per task: a number in two chunks ends ``already_present`` (or
-    ``skipped_existing``) in the later one, which is still idempotent. The same applies to
-    :class:`SmsPartnerRemoveStopsOperator` (a number in two chunks ends ``not_on_list`` in one).
+    **Results table** (``results_table``): one row per input per try, written while the run goes
+    (each call's input ``pending`` before it is sent, outcomes in batches); a try stopped by
+    ``execution_timeout``, SIGTERM or an exception records every input on its way out, and the next
+    try settles what a SIGKILL left ``pending`` against the list. A refused API key, or a
+    ``Retry-After`` longer than ``max_retry_after``, stops the run at once (the inputs never tried
+    are ``not_processed``); otherwise the task fails only after every number is recorded, when more
+    than ``max_failed`` failed. Columns, guarantees and the fleet-wide rate budget (Redis), with a
+    mapped example: ``docs/bulk.md`` and ``docs/scale-out.md``.
 
     Exactly one source:
 
@@ -468,11 +339,7 @@ class SmsPartnerRemoveStopsOperator(_BulkStopsOperator):
         return remove_stops(values, hook, options, logger=self.log, results=results)
 
 
-#: What the suppression operator does with the result: write the safe audience, or only check it.
-SUPPRESSION_MODES = ("filter", "check")
-
-
-class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
+class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
     """Check a campaign audience against the live SMS Partner stop list, and keep only the rows safe to text.
 
     Pipeline: open the one source (the query runs, the file opens, the phone column is checked) ->
@@ -493,25 +360,19 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
       number is on the list, with the counts and at most five masked numbers
       (``+33 6•• •• 56 78``).
 
-    Either way, with ``audit_table`` one row is appended (the table is created when missing, before
-    the API is called): ``dag_id``, ``run_id``, ``task_id``, ``map_index``, ``try_number``,
-    ``checked_at`` (UTC, when the list was fetched), ``mode``, ``status`` (``accepted`` or
-    ``refused``), ``rows_in_list`` (of which ``matched`` by E.164 and ``unreadable``),
-    ``list_sha256``, the counts, ``output`` (the table or path written) and ``reason`` (why a list
-    was refused). In check mode it is written before the task fails.
+    Either way, with ``audit_table`` one row is appended (created when missing, before any API
+    call): the task instance, ``checked_at``, ``mode``, ``status`` (``accepted``/``refused``),
+    ``reason``, the list's ``rows_in_list``/``matched``/``unreadable``/``list_sha256``, the counts
+    and ``output``; in check mode before the task fails.
 
-    The gate fails closed, as the extract does. Before any API call, every output, the audit table
-    and what is read (``source_path``, the tables ``sql`` reads as far as a parser tells,
-    ``stop_list_table``) must be distinct places (``ValueError`` naming both arguments). Then the
-    live list is refused (:class:`~airflow_provider_smspartner.exceptions.StopListGuardError`,
-    nothing written but a ``refused`` audit row) when it is empty (unless ``allow_empty_list``),
-    when it holds fewer than ``(1 - max_removed_fraction)`` of the stops of the reference, and,
-    with ``on_unreadable_list_row="fail"``, when a row holds no number readable as E.164 (invisible
-    characters, controls, format characters and separators, are removed first). The reference:
-    the latest accepted check of the same ``dag_id`` and ``task_id`` in ``audit_table``; else the
-    latest applied run in the run log of ``stop_list_table``; else none (only the empty list is
-    refused). Files are written to a temporary sibling and renamed into place once both outputs
-    are complete, so a killed run leaves the previous file or none, never a partial one.
+    It fails closed, as the extract does: every output, the audit table and what is read must be
+    distinct places (checked before any call); the live list is refused
+    (:class:`~airflow_provider_smspartner.exceptions.StopListGuardError`, a ``refused`` audit row,
+    nothing else written) when empty, when it holds fewer than ``(1 - max_removed_fraction)`` of
+    the reference's stops (the last accepted check of this ``dag_id``/``task_id`` in
+    ``audit_table``, else the last applied run of ``stop_list_table``, else none), or, by default,
+    when a row has no E.164; files are renamed into place once complete. See
+    ``docs/suppression.md``.
 
     Exactly one source:
 
@@ -565,7 +426,7 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
     """
 
     template_fields: Sequence[str] = (
-        *_PhoneSourceOperator.source_template_fields,
+        *PhoneSourceOperator.source_template_fields,
         "default_region",
         "output_table",
         "output_conn_id",
@@ -639,51 +500,9 @@ class SmsPartnerSuppressAudienceOperator(_PhoneSourceOperator):
 
         :raises ValueError: naming the argument.
         """
-        check_choice("mode", self.mode, SUPPRESSION_MODES)
-        check_one_source(self.phone_numbers, self.sql, self.sql_conn_id, self.source_path)
-        check_count("chunk_size", self.chunk_size, minimum=1)
-        check_fraction("max_removed_fraction", self.max_removed_fraction, allow_none=True)
-        check_flag("allow_empty_list", self.allow_empty_list)
-        check_choice("on_unreadable_list_row", self.on_unreadable_list_row, UNREADABLE_LIST_ROW_CHOICES)
-        if self.stop_list_table and not self._stop_list_conn:
-            raise ValueError(
-                f"stop_list_table {self.stop_list_table!r} needs a database: set stop_list_conn_id (or "
-                "output_conn_id, or sql_conn_id)."
-            )
-        if self.output_format is not None:
-            check_choice("output_format", self.output_format, OUTPUT_FORMATS)
-        outputs = {
-            "output_table": self.output_table,
-            "output_path": self.output_path,
-            "excluded_table": self.excluded_table,
-            "excluded_path": self.excluded_path,
-        }
-        given = [name for name, value in outputs.items() if value]
-        if self.mode == "check":
-            if given:
-                raise ValueError(
-                    f"mode='check' writes no output, but {' and '.join(given)} {'is' if len(given) == 1 else 'are'} "
-                    "set; use mode='filter' to write the safe audience, or leave the outputs out."
-                )
-        elif bool(self.output_table) == bool(self.output_path):
-            got = "both" if self.output_table else "neither"
-            raise ValueError(
-                f"mode='filter' writes the safe audience to exactly one of output_table or output_path "
-                f"(got {got})."
-            )
-        if self.excluded_table and self.excluded_path:
-            raise ValueError("Give at most one of excluded_table or excluded_path (got both).")
-        for name in ("output_table", "excluded_table"):
-            if outputs[name] and not self._output_conn:
-                raise ValueError(
-                    f"{name} {outputs[name]!r} needs a database: set output_conn_id (or sql_conn_id) to "
-                    "the connection to write it to."
-                )
-        if self.audit_table and not self._audit_conn:
-            raise ValueError(
-                f"audit_table {self.audit_table!r} needs a database: set audit_conn_id (or output_conn_id, "
-                "or sql_conn_id)."
-            )
+        from airflow_provider_smspartner.suppression.arguments import check_gate_arguments
+
+        check_gate_arguments(self)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Check the arguments, then run the gate
