@@ -283,11 +283,15 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         check_flag("allow_empty_list", allow_empty_list)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Fetch the list, check it, write it in one transaction with its run-log row.
+
+        :return: ``{"rows_in_list", "inserted", "updated", "removed", "list_sha256", "table", "mode"}``.
+        :raises StopListGuardError: the guard refused the list (a ``refused`` run-log row written).
+        """
         import pandas as pd
 
         from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
         from airflow_provider_smspartner.sql.writer import SqlTableWriter
-        from airflow_provider_smspartner.utils.stop_list import list_sha256
 
         started_at = datetime.now(timezone.utc)
         check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered
@@ -310,46 +314,55 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             "rows_in_list": None,
             "list_sha256": None,
         }
-
         # When the list was asked for: the run's extracted_at, and first_seen_at of new stops.
         extracted_at = pd.Timestamp.now(tz="UTC").floor("s")
-
-        def fetch() -> pd.DataFrame:
-            """The list, checked and ready to write; run by the writer in a thread while it
-            connects, takes the table's lock and reads the table."""
-            frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
-            # nbData: the response contract guarantees nbData == len(data), one row per item.
-            entry["rows_in_list"] = self._lineage_counts["rows_in_list"] = len(frame)
-            # Of the numbers as the API sent them, before any cleaning below.
-            entry["list_sha256"] = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
-            self.log.info(
-                "Fetched %d stops from SMS Partner (list_sha256 %s)", len(frame), entry["list_sha256"]
-            )
-            frame = prepare_stop_list(frame, self.log)
-            frame["extracted_at"] = extracted_at
-            frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-            return frame
-
-        guard = None
-        if self.mode != "append":
-            guard = partial(
-                check_removals,
-                table=str(writer.table),
-                max_removed_fraction=self.max_removed_fraction,
-                allow_empty_list=self.allow_empty_list,
-            )
         try:
             written = writer.write(
-                fetch,
+                partial(self._fetch, entry, extracted_at),
                 self.mode,  # type: ignore[arg-type]
                 now=extracted_at.to_pydatetime(),  # also the new stops' first_seen_at
-                guard=guard,
+                guard=self._guard(str(writer.table)),
                 before_commit=None if run_log is None else partial(self._log_applied, run_log, entry),
             )
         except (StopListGuardError, SmsPartnerResponseError) as refused:
             if run_log is not None:
                 self._log_refused(run_log, entry, refused)
             raise
+        return self._report(context, writer, entry, written)
+
+    def _fetch(self, entry: dict[str, Any], extracted_at: pd.Timestamp) -> pd.DataFrame:
+        """The list, checked and ready to write; run by the writer in a thread while it connects,
+        takes the table's lock and reads the table. Fills ``entry``'s list fields."""
+        import pandas as pd
+
+        from airflow_provider_smspartner.utils.stop_list import list_sha256
+
+        frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
+        # nbData: the response contract guarantees nbData == len(data), one row per item.
+        entry["rows_in_list"] = self._lineage_counts["rows_in_list"] = len(frame)
+        # Of the numbers as the API sent them, before any cleaning below.
+        entry["list_sha256"] = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
+        self.log.info("Fetched %d stops from SMS Partner (list_sha256 %s)", len(frame), entry["list_sha256"])
+        frame = prepare_stop_list(frame, self.log)
+        frame["extracted_at"] = extracted_at
+        frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+        return frame
+
+    def _guard(self, table: str) -> Any:
+        """The guard of ``replace`` and ``upsert`` (:func:`check_removals`); ``append`` removes nothing."""
+        if self.mode == "append":
+            return None
+        return partial(
+            check_removals,
+            table=table,
+            max_removed_fraction=self.max_removed_fraction,
+            allow_empty_list=self.allow_empty_list,
+        )
+
+    def _report(
+        self, context: Context, writer: SqlTableWriter, entry: dict[str, Any], written: WriteSummary
+    ) -> dict[str, Any]:
+        """Log the run, put what changed on the Asset events, return the summary."""
         summary = {
             "rows_in_list": entry["rows_in_list"],
             "inserted": written.inserted,
