@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import http.client
-import io
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import requests
-import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
-from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -28,7 +22,6 @@ from tenacity import (
     wait_random,
 )
 from tenacity.wait import wait_base
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from airflow_provider_smspartner import __version__
 from airflow_provider_smspartner.api.contract import (
@@ -42,6 +35,7 @@ from airflow_provider_smspartner.api.contract import (
 )
 from airflow_provider_smspartner.api.retry_log import RetrySummaryLog
 from airflow_provider_smspartner.api.throttle import PauseTooLong, Throttle, shared_throttle
+from airflow_provider_smspartner.api.transport import DeadlineAdapter, NoRedirectSession, request_deadline
 from airflow_provider_smspartner.exceptions import (
     SmsPartnerConfigError,
     SmsPartnerConnectionError,
@@ -60,107 +54,6 @@ if TYPE_CHECKING:
 
 #: Upper bound of the time to open a connection, in seconds (within the request's deadline).
 CONNECT_TIMEOUT = 10.0
-
-
-# --------------------------------------------------------------------------------- total deadline
-# ``requests``' timeout bounds each socket read, not the request: a server that trickles a byte
-# every half second holds a call with ``timeout=2`` for as long as it likes. So every socket read
-# of a response (status line, headers and body) is also bounded by the time left until the
-# request's deadline, which the hook sets here for the thread making the request.
-_deadline: ContextVar[float | None] = ContextVar("smspartner_request_deadline", default=None)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket; each read waits at most until the deadline (and at most the read timeout)."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._raw = sock.makefile("rb", buffering=0)
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the request's deadline passed")
-        timeout = self._sock.gettimeout()
-        self._sock.settimeout(remaining if timeout is None else min(timeout, remaining))
-        try:
-            return self._raw.readinto(buffer)
-        finally:
-            self._sock.settimeout(timeout)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
-
-
-class _DeadlineSocket:
-    """What ``http.client.HTTPResponse`` is given instead of the socket: it only calls ``makefile``."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
-
-
-class _DeadlineHTTPResponse(http.client.HTTPResponse):
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        deadline = _deadline.get()
-        source = sock if deadline is None else cast(socket.socket, _DeadlineSocket(sock, deadline))
-        super().__init__(source, *args, **kwargs)
-
-
-class _DeadlineHTTPConnection(HTTPConnection):
-    response_class = _DeadlineHTTPResponse
-
-
-class _DeadlineHTTPSConnection(HTTPSConnection):
-    response_class = _DeadlineHTTPResponse
-
-
-class _DeadlineHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _DeadlineHTTPConnection
-
-
-class _DeadlineHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _DeadlineHTTPSConnection
-
-
-_POOL_CLASSES = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
-
-
-class _NoRedirectSession(requests.Session):
-    """A session that never works out where a redirect points, let alone follows it.
-
-    ``requests`` prepares the next request of a redirect even with ``allow_redirects=False``
-    (parsing a ``Location`` a hostile server chose); with no target there is nothing to prepare.
-    """
-
-    max_redirects = 0
-
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        return None
-
-
-class _DeadlineAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` whose connections honour the request deadline (plain and proxied)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if type(manager) is urllib3.ProxyManager:  # SOCKS managers have connection classes of their own
-            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
-        return manager
 
 
 @dataclass(frozen=True)
@@ -377,9 +270,9 @@ class SmsPartnerHook(BaseHook):
         with self._session_lock:
             if self._session is None:
                 settings = self.settings
-                session = _NoRedirectSession()
+                session = NoRedirectSession()
                 # Retries are ours (tenacity); urllib3's own would bypass the throttle and the logging.
-                adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+                adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)
                 session.headers.update(
@@ -435,20 +328,8 @@ class SmsPartnerHook(BaseHook):
         check: Callable[[dict[str, Any]], None] | None,
         fast_parse: Callable[[bytes], dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
+        """One attempt: wait for the throttle, send, read the answer under the response contract."""
         settings = self.settings
-        session = self.get_conn()
-        url = f"{settings.base_url}/{endpoint}"
-        request_args: dict[str, Any] = {
-            "timeout": (min(settings.timeout, CONNECT_TIMEOUT), settings.timeout),
-            # A redirect would carry the key wherever it points (in the query string, or in the
-            # re-sent body on 307/308), and turn an add into a GET on 301/302: refused below.
-            "allow_redirects": False,
-        }
-        # The documented contract: apiKey in the query string for GET, in the JSON body for POST.
-        if method == "GET":
-            request_args["params"] = {"apiKey": settings.api_key, **params}
-        else:
-            request_args["json"] = {"apiKey": settings.api_key, **params}
         try:
             waited = self.throttle.acquire(max_pause=settings.max_retry_after)
         except PauseTooLong as paused:
@@ -456,25 +337,7 @@ class SmsPartnerHook(BaseHook):
             raise self._retry_after_too_long(paused.seconds) from None
         self._activity.request(self.log, waited)
         started = time.monotonic()
-        deadline = started + settings.timeout
-        failure: str | None = None
-        token = _deadline.set(deadline)
-        try:
-            response = session.request(method, url, **request_args)
-        except requests.RequestException as exc:
-            if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
-                failure = (
-                    f"timed out: no complete answer within {settings.timeout:g} s "
-                    f"(connect and the whole response; {type(exc).__name__})"
-                )
-            else:
-                failure = f"connection failed: {type(exc).__name__}: {exc}"
-        finally:
-            _deadline.reset(token)
-        if failure is not None:
-            # Raised outside the except block so the original exception, whose text holds the
-            # request URL (and so the API key), is not chained into tracebacks.
-            raise SmsPartnerConnectionError(f"SMS Partner {endpoint}: {redact(failure)}")
+        response = self._http(method, endpoint, params)
         status = response.status_code
         self.log.debug(
             "SMS Partner %s %s -> HTTP %s in %.3f s", method, endpoint, status, time.monotonic() - started
@@ -488,18 +351,60 @@ class SmsPartnerHook(BaseHook):
             try:
                 body = parse_response(endpoint, status, response.headers, response.content, accept_codes)
             except SmsPartnerRateLimitError as exc:
-                if exc.retry_after:
-                    # At once, not when this thread gets to retry: every request of the connection
-                    # (of the fleet, with the shared limit) waits, also those already waiting for
-                    # their turn in the throttle; past max_retry_after they fail at once instead.
-                    self.throttle.pause(exc.retry_after)
-                    if exc.retry_after > settings.max_retry_after:
-                        raise self._retry_after_too_long(exc.retry_after, exc.code) from None
-                    self._activity.pause()
+                self._on_rate_limited(exc)
                 raise
         if check is not None:
             check(body)
         return body
+
+    def _http(self, method: str, endpoint: str, params: dict[str, Any]) -> requests.Response:
+        """Send the request with the key, within the connection's whole-request deadline.
+
+        :raises SmsPartnerConnectionError: a timeout or a failed connection (the key redacted).
+        """
+        settings = self.settings
+        request_args: dict[str, Any] = {
+            "timeout": (min(settings.timeout, CONNECT_TIMEOUT), settings.timeout),
+            # A redirect would carry the key wherever it points (in the query string, or in the
+            # re-sent body on 307/308), and turn an add into a GET on 301/302: refused by the caller.
+            "allow_redirects": False,
+        }
+        # The documented contract: apiKey in the query string for GET, in the JSON body for POST.
+        if method == "GET":
+            request_args["params"] = {"apiKey": settings.api_key, **params}
+        else:
+            request_args["json"] = {"apiKey": settings.api_key, **params}
+        deadline = time.monotonic() + settings.timeout
+        failure: str | None = None
+        token = request_deadline.set(deadline)
+        try:
+            return self.get_conn().request(method, f"{settings.base_url}/{endpoint}", **request_args)
+        except requests.RequestException as exc:
+            if isinstance(exc, requests.Timeout) or time.monotonic() >= deadline:
+                failure = (
+                    f"timed out: no complete answer within {settings.timeout:g} s "
+                    f"(connect and the whole response; {type(exc).__name__})"
+                )
+            else:
+                failure = f"connection failed: {type(exc).__name__}: {exc}"
+        finally:
+            request_deadline.reset(token)
+        # Raised outside the except block so the original exception, whose text holds the request
+        # URL (and so the API key), is not chained into tracebacks.
+        raise SmsPartnerConnectionError(f"SMS Partner {endpoint}: {redact(failure)}")
+
+    def _on_rate_limited(self, exc: SmsPartnerRateLimitError) -> None:
+        """A 429 with ``Retry-After`` pauses the throttle at once, not when this thread gets to
+        retry: every request of the connection (of the fleet, with the shared limit) waits, also
+        those already waiting for their turn; past ``max_retry_after`` they fail at once instead.
+
+        :raises SmsPartnerRetryAfterTooLongError: the server's wait is longer than ``max_retry_after``.
+        """
+        if exc.retry_after:
+            self.throttle.pause(exc.retry_after)
+            if exc.retry_after > self.settings.max_retry_after:
+                raise self._retry_after_too_long(exc.retry_after, exc.code) from None
+            self._activity.pause()
 
     def _retry_after_too_long(
         self, seconds: float, code: int | None = None
