@@ -378,40 +378,16 @@ def parse_response(
     :raises SmsPartnerConfigError: a redirect (3xx), never followed.
     :raises SmsPartnerError: or one of its subclasses, carrying ``code``, ``message`` and ``http_status``.
     """
-    where = f"SMS Partner {endpoint}"
     value, problem = decode_json(content)
     body: dict[str, Any] | None = value if isinstance(value, dict) else None
     if problem is None and body is None:
         problem = describe(value)
     code = _error_code(body.get("code")) if body is not None else None
-
-    if 300 <= status < 400:
-        raise redirect_error(endpoint, status, headers.get("Location"))
-    if status == 429 or code == RATE_LIMIT_CODE:
-        message = _api_message(body) if body else "too many requests"
-        raise SmsPartnerRateLimitError(
-            f"{where}: rate limited ({message})",
-            code=code,
-            http_status=status,
-            retry_after=parse_retry_after(headers.get("Retry-After")),
-        )
-    if status >= 500:
-        detail = _api_message(body) if body else snippet(content)
-        raise SmsPartnerServerError(f"{where}: server error: {detail}", code=code, http_status=status)
-    if not 200 <= status < 300:
-        if body is not None and code is not None and code != OK_CODE:
-            return _api_error(endpoint, body, code, status, accept_codes)
-        detail = _api_message(body) if body else (snippet(content) or "(empty body)")
-        if status in AUTH_HTTP_STATUSES:
-            raise SmsPartnerAuthError(
-                f"{where}: HTTP {status} without an API code: the key or the account was refused ({detail})",
-                http_status=status,
-            )
-        raise SmsPartnerError(f"{where}: {detail}", code=code, http_status=status)
-
+    if not 200 <= status < 300 or code == RATE_LIMIT_CODE:  # a 429 code is one whatever the status
+        return _non_2xx(endpoint, status, headers, content, body, code, accept_codes)
     if body is None:
         raise SmsPartnerResponseError(
-            f"{where}: expected a JSON object but got {problem}", http_status=status
+            f"SMS Partner {endpoint}: expected a JSON object but got {problem}", http_status=status
         )
     success = body.get("success", _MISSING)
     if success is False and code is not None and code != OK_CODE:
@@ -428,3 +404,39 @@ def parse_response(
     if check is not None:
         check(body, status)
     return body
+
+
+def _non_2xx(
+    endpoint: str,
+    status: int,
+    headers: Mapping[str, str],
+    content: str | bytes,
+    body: dict[str, Any] | None,
+    code: int | None,
+    accept_codes: Collection[int],
+) -> dict[str, Any]:
+    """:func:`parse_response` for a status outside 2xx (or a rate-limit code): the error it stands
+    for, or an accepted API code's body."""
+    where = f"SMS Partner {endpoint}"
+    if 300 <= status < 400:
+        raise redirect_error(endpoint, status, headers.get("Location"))
+    if status == 429 or code == RATE_LIMIT_CODE:
+        message = _api_message(body) if body else "too many requests"
+        raise SmsPartnerRateLimitError(
+            f"{where}: rate limited ({message})",
+            code=code,
+            http_status=status,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
+    if status >= 500:
+        detail = _api_message(body) if body else snippet(content)
+        raise SmsPartnerServerError(f"{where}: server error: {detail}", code=code, http_status=status)
+    if body is not None and code is not None and code != OK_CODE:
+        return _api_error(endpoint, body, code, status, accept_codes)
+    detail = _api_message(body) if body else (snippet(content) or "(empty body)")
+    if status in AUTH_HTTP_STATUSES:
+        raise SmsPartnerAuthError(
+            f"{where}: HTTP {status} without an API code: the key or the account was refused ({detail})",
+            http_status=status,
+        )
+    raise SmsPartnerError(f"{where}: {detail}", code=code, http_status=status)
