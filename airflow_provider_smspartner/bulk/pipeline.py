@@ -235,6 +235,103 @@ def _confirm(
     return None
 
 
+def _skip_listed(
+    outcomes: pd.DataFrame, stop_list: pd.DataFrame, recovery: Recovery, skip_existing: bool, logger: Any
+) -> None:
+    """Settle as ``skipped_existing`` the inputs already on ``stop_list`` (without ``skip_existing``,
+    only those an earlier try of the task instance added)."""
+    listed = listed_pairs(outcomes, stop_list).drop_duplicates("row")
+    if not skip_existing:
+        # Without the diff, only what an earlier try of this task instance added is not sent again.
+        phones = outcomes["phone_e164"].to_numpy(dtype=object)[listed["row"].to_numpy()]
+        listed = listed[[p in recovery.applied_by for p in phones]]
+    rows = listed["row"].to_numpy()
+    settle(
+        outcomes,
+        rows,
+        "skipped_existing",
+        listed["stop_id"],
+        _note_earlier(outcomes, rows, recovery, "added"),
+    )
+    logger.info("The stop list holds %d numbers; %d inputs are on it already", len(stop_list), len(listed))
+
+
+def _settle_unlisted(
+    outcomes: pd.DataFrame, stop_list: pd.DataFrame, recovery: Recovery, logger: Any
+) -> pd.DataFrame:
+    """Settle as ``not_on_list`` the inputs not on ``stop_list``.
+
+    :return: The (``row``, ``stop_id``) pairs of the inputs on it, one per stop id.
+    """
+    pairs = listed_pairs(outcomes, stop_list)
+    absent = undecided(outcomes).to_numpy().copy()
+    absent[pairs["row"].to_numpy()] = False
+    absent_rows = np.flatnonzero(absent)
+    settle(
+        outcomes, absent_rows, "not_on_list", notes=_note_earlier(outcomes, absent_rows, recovery, "removed")
+    )
+    logger.info(
+        "The stop list holds %d numbers; %d inputs are on it (%d stop ids)",
+        len(stop_list),
+        pairs["row"].nunique(),
+        len(pairs),
+    )
+    return pairs
+
+
+def _adder(hook: SmsPartnerHook, journal: AttemptJournal) -> Callable[[str], CallOutcome]:
+    """The call adding one number, its attempts noted in ``journal``."""
+
+    def add(phone: str) -> CallOutcome:
+        journal.start()
+        try:
+            added = hook.add_stop(phone)
+        except SmsPartnerAuthError:
+            raise
+        except Exception as exc:
+            if journal.ambiguous is not None or is_ambiguous(exc):
+                return _pending(exc)
+            raise
+        if added.status == "already_present" and journal.ambiguous is not None:
+            # Code 3 to a retry: most likely this call's own earlier attempt, applied but
+            # unanswered. The list at the end of the run says (and gives the stop id).
+            return CallOutcome(PENDING, note=_lost(journal), unapplied_status="already_present")
+        return CallOutcome(added.status, stop_id=added.stop_id)
+
+    return add
+
+
+def _remover(hook: SmsPartnerHook, journal: AttemptJournal) -> Callable[[int], CallOutcome]:
+    """The call removing one stop id, its attempts noted in ``journal``."""
+
+    def remove(stop_id: int) -> CallOutcome:
+        journal.start()
+        try:
+            hook.remove_stop(stop_id)
+        except StopNotFoundError:
+            if journal.ambiguous is not None:
+                # Code 4 to a retry: the earlier attempt removed it and its answer was lost.
+                return CallOutcome(
+                    "removed", stop_id=stop_id, note=_lost(journal) + "; the retry found it gone"
+                )
+            return CallOutcome("not_on_list", stop_id=stop_id)
+        except SmsPartnerAuthError:
+            raise
+        except Exception as exc:
+            if journal.ambiguous is not None or is_ambiguous(exc):
+                return replace(_pending(exc), stop_id=stop_id)
+            raise
+        return CallOutcome("removed", stop_id=stop_id)
+
+    return remove
+
+
+def _begin(recorder: RunRecorder | None, outcomes: pd.DataFrame, recovery: Recovery) -> None:
+    """Record the settled inputs and what earlier tries left pending, when a results table is kept."""
+    if recorder is not None:
+        recorder.begin(outcomes, recovery.updates)
+
+
 def add_stops(
     values: pd.Series,
     hook: SmsPartnerHook,
@@ -256,53 +353,20 @@ def add_stops(
     stop_list = hook.get_stop_list_df() if options.skip_existing or has_earlier else None
     recovery = _recover("add", results, stop_list, logger)
     if stop_list is not None:
-        listed = listed_pairs(outcomes, stop_list).drop_duplicates("row")
-        if not options.skip_existing:
-            # Without the diff, only what an earlier try of this task instance added is not sent again.
-            phones = outcomes["phone_e164"].to_numpy(dtype=object)[listed["row"].to_numpy()]
-            listed = listed[[p in recovery.applied_by for p in phones]]
-        rows = listed["row"].to_numpy()
-        settle(
-            outcomes,
-            rows,
-            "skipped_existing",
-            listed["stop_id"],
-            _note_earlier(outcomes, rows, recovery, "added"),
-        )
-        logger.info(
-            "The stop list holds %d numbers; %d inputs are on it already", len(stop_list), len(listed)
-        )
+        _skip_listed(outcomes, stop_list, recovery, options.skip_existing, logger)
     todo = np.flatnonzero(undecided(outcomes).to_numpy())
     with _recording(results, outcomes, logger) as recorder:
         if options.dry_run:
             settle_rest(outcomes, "would_add")
             logger.info("Dry run: %d numbers would be added; nothing sent", len(todo))
-            if recorder is not None:
-                recorder.begin(outcomes, recovery.updates)
+            _begin(recorder, outcomes, recovery)
             return _done(BulkResult(outcomes, ADD_STATUSES, results=results), recorder, outcomes)
+        _begin(recorder, outcomes, recovery)
         if recorder is not None:
-            recorder.begin(outcomes, recovery.updates)
             recorder.plan_calls(todo)
         phones = outcomes["phone_e164"].to_numpy(dtype=object)[todo].tolist()
         with journal_attempts(hook) as journal:
-
-            def add(phone: str) -> CallOutcome:
-                journal.start()
-                try:
-                    added = hook.add_stop(phone)
-                except SmsPartnerAuthError:
-                    raise
-                except Exception as exc:
-                    if journal.ambiguous is not None or is_ambiguous(exc):
-                        return _pending(exc)
-                    raise
-                if added.status == "already_present" and journal.ambiguous is not None:
-                    # Code 3 to a retry: most likely this call's own earlier attempt, applied but
-                    # unanswered. The list at the end of the run says (and gives the stop id).
-                    return CallOutcome(PENDING, note=_lost(journal), unapplied_status="already_present")
-                return CallOutcome(added.status, stop_id=added.stop_id)
-
-            report = _send(phones, add, "stop-sms/add", options, logger, recorder)
+            report = _send(phones, _adder(hook, journal), "stop-sms/add", options, logger, recorder)
         unconfirmed = _confirm("add", report, phones, hook, logger, stop_list)
         merge_call_outcomes(outcomes, todo, report.outcomes)
         result = BulkResult(outcomes, ADD_STATUSES, report.fatal, unconfirmed, results)
@@ -331,54 +395,21 @@ def remove_stops(
     _log_plan(outcomes, logger)
     stop_list = hook.get_stop_list_df()
     recovery = _recover("remove", results, stop_list, logger)
-    pairs = listed_pairs(outcomes, stop_list)
-    absent = undecided(outcomes).to_numpy().copy()
-    absent[pairs["row"].to_numpy()] = False
-    absent_rows = np.flatnonzero(absent)
-    settle(
-        outcomes, absent_rows, "not_on_list", notes=_note_earlier(outcomes, absent_rows, recovery, "removed")
-    )
-    logger.info(
-        "The stop list holds %d numbers; %d inputs are on it (%d stop ids)",
-        len(stop_list),
-        pairs["row"].nunique(),
-        len(pairs),
-    )
+    pairs = _settle_unlisted(outcomes, stop_list, recovery, logger)
     with _recording(results, outcomes, logger) as recorder:
         if options.dry_run:
             first = pairs.drop_duplicates("row")
             settle(outcomes, first["row"], "would_remove", first["stop_id"])
             logger.info("Dry run: %d stop ids would be removed; nothing sent", len(pairs))
-            if recorder is not None:
-                recorder.begin(outcomes, recovery.updates)
+            _begin(recorder, outcomes, recovery)
             return _done(BulkResult(outcomes, REMOVE_STATUSES, results=results), recorder, outcomes)
         stop_ids = [int(i) for i in pairs["stop_id"]]
         rows = pairs["row"].to_numpy()
+        _begin(recorder, outcomes, recovery)
         if recorder is not None:
-            recorder.begin(outcomes, recovery.updates)
             recorder.plan_calls(rows, stop_ids)
         with journal_attempts(hook) as journal:
-
-            def remove(stop_id: int) -> CallOutcome:
-                journal.start()
-                try:
-                    hook.remove_stop(stop_id)
-                except StopNotFoundError:
-                    if journal.ambiguous is not None:
-                        # Code 4 to a retry: the earlier attempt removed it and its answer was lost.
-                        return CallOutcome(
-                            "removed", stop_id=stop_id, note=_lost(journal) + "; the retry found it gone"
-                        )
-                    return CallOutcome("not_on_list", stop_id=stop_id)
-                except SmsPartnerAuthError:
-                    raise
-                except Exception as exc:
-                    if journal.ambiguous is not None or is_ambiguous(exc):
-                        return replace(_pending(exc), stop_id=stop_id)
-                    raise
-                return CallOutcome("removed", stop_id=stop_id)
-
-            report = _send(stop_ids, remove, "stop-sms/delete", options, logger, recorder)
+            report = _send(stop_ids, _remover(hook, journal), "stop-sms/delete", options, logger, recorder)
         unconfirmed = _confirm("remove", report, stop_ids, hook, logger, None)
         merge_call_outcomes(outcomes, rows, report.outcomes, item_stop_ids=stop_ids)
         result = BulkResult(outcomes, REMOVE_STATUSES, report.fatal, unconfirmed, results)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome
 from airflow_provider_smspartner.bulk.progress import ProgressReporter
@@ -84,6 +84,137 @@ def stopped_outcome(exc: SmsPartnerAuthError | SmsPartnerRetryAfterTooLongError)
     return failure_outcome(exc)
 
 
+class _CallRun(Generic[T]):
+    """The state one :func:`run_calls` shares between its workers and its collecting loop.
+
+    The workers run :meth:`guarded`; everything else runs in the thread that called
+    :func:`run_calls`, where an interruption (Airflow's timeout, SIGTERM) can raise anywhere.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[T],
+        call: Callable[[T], CallOutcome],
+        max_workers: int,
+        progress: ProgressReporter,
+        journal: CallJournal | None,
+    ) -> None:
+        self.items = items
+        self.call = call
+        self.progress = progress
+        self.journal = journal
+        self.outcomes: list[CallOutcome | None] = [None] * len(items)
+        self.report = RunReport(self.outcomes)
+        self.stopping = threading.Event()
+        # Kept by the workers, not in futures: Airflow's timeout (and SIGTERM) raises in this thread
+        # wherever it is, and concurrent.futures.wait() can then leave futures' locks held, which
+        # blocks the workers ending them. Worker-side records also let the interruption path find
+        # every call begun, even one whose submission the exception cut short.
+        self.begun: set[int] = set()  # calls a worker has begun and the loop has not taken yet
+        self.ended: dict[int, CallOutcome | BaseException | None] = {}  # what they ended in (None: not sent)
+        self.finished: queue.SimpleQueue[int] = queue.SimpleQueue()  # wakes the loop as calls end
+        self.next_index = 0
+        self.taken = 0
+        self.window = max_workers * QUEUE_PER_WORKER
+
+    def guarded(self, index: int) -> None:
+        """Make call ``index`` (in a worker) and keep what it ended in."""
+        result: CallOutcome | BaseException | None = None
+        # A call dequeued after the stop must not reach the API; the flag is raised here, in the
+        # worker, so the other workers see it before the collecting loop does.
+        if not self.stopping.is_set():
+            self.begun.add(index)
+            try:
+                result = self.call(self.items[index])
+            except STOPPING_ERRORS as exc:
+                self.stopping.set()
+                result = exc
+            except BaseException as exc:
+                result = exc
+        self.ended[index] = result
+        self.finished.put(index)
+
+    def take(self, index: int) -> None:
+        """Turn what call ``index`` ended in into its outcome, and tell it."""
+        # Forgotten only once told to the journal: an interruption landing here leaves the call
+        # for the interruption path to tell (twice at worst, which the journal allows).
+        result = self.ended[index]
+        outcome: CallOutcome | None
+        if isinstance(result, STOPPING_ERRORS):
+            if self.report.fatal is None:
+                self.report.fatal = result
+            self.stopping.set()
+            outcome = stopped_outcome(result)
+        elif isinstance(result, BaseException):
+            outcome = failure_outcome(result)
+        else:
+            outcome = result
+        if outcome is not None:
+            outcome = replace(outcome, finished_at=outcome.finished_at or time.time())
+            self.outcomes[index] = outcome
+            self.progress.advance()
+            if self.journal is not None:
+                self.journal.record(index, outcome)
+        self.taken += 1
+        self.begun.discard(index)
+        self.ended.pop(index, None)
+
+    def loop(self, pool: ThreadPoolExecutor) -> None:
+        """Keep up to ``window`` calls queued and take them as they end, until all are taken."""
+        while True:
+            self._submit(pool)
+            if self.taken >= self.next_index:
+                break
+            with contextlib.suppress(queue.Empty):
+                self.take(self.finished.get(timeout=TICK_SECONDS))
+                while True:
+                    self.take(self.finished.get_nowait())
+            if self.journal is not None:
+                self.journal.tick()
+
+    def _submit(self, pool: ThreadPoolExecutor) -> None:
+        """Reserve, then submit, the calls the window has room for (none once stopping)."""
+        count = len(self.items)
+        if self.journal is not None and self.next_index < count and not self.stopping.is_set():
+            self.journal.reserve(min(count, self.next_index + self.window - (self.next_index - self.taken)))
+        while (
+            self.next_index < count
+            and self.next_index - self.taken < self.window
+            and not self.stopping.is_set()
+        ):
+            pool.submit(self.guarded, self.next_index)
+            self.next_index += 1
+
+    def interrupt(self, pool: ThreadPoolExecutor, grace_seconds: float) -> None:
+        """Drop what is queued, give the calls in flight ``grace_seconds`` to end, tell every call begun."""
+        # No new call: what is queued is dropped, and a worker that dequeues one anyway sees the flag.
+        self.stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_seconds
+        while (
+            any(i not in self.ended for i in set(self.begun))
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
+            with contextlib.suppress(queue.Empty):
+                self.finished.get(timeout=remaining)
+        for index in sorted(set(self.begun) | set(self.ended)):
+            with contextlib.suppress(Exception):  # the journal may be what failed; raised by the caller
+                if index in self.ended:
+                    self.take(index)
+                else:  # sent (or about to be) and unanswered: the next try checks it against the list
+                    self.outcomes[index] = unanswered = CallOutcome(
+                        PENDING, note="no answer before the try stopped", unapplied_status=NOT_PROCESSED
+                    )
+                    if self.journal is not None:
+                        self.journal.record(index, unanswered)
+
+    def settle_unsent(self) -> None:
+        """After a ``Retry-After`` too long, every item not sent is ``not_processed``."""
+        if isinstance(self.report.fatal, SmsPartnerRetryAfterTooLongError):
+            left = stopped_outcome(self.report.fatal)
+            self.outcomes[:] = [left if outcome is None else outcome for outcome in self.outcomes]
+
+
 def run_calls(
     items: Sequence[T],
     call: Callable[[T], CallOutcome],
@@ -112,101 +243,15 @@ def run_calls(
         ``pending``; then the exception propagates.
     :return: The outcomes in item order and the fatal error, if any.
     """
-    outcomes: list[CallOutcome | None] = [None] * len(items)
-    report = RunReport(outcomes)
+    run = _CallRun(items, call, max_workers, progress, journal)
     if not items:
-        return report
-    stopping = threading.Event()
-    # Kept by the workers, not in futures: Airflow's timeout (and SIGTERM) raises in this thread
-    # wherever it is, and concurrent.futures.wait() can then leave futures' locks held, which
-    # blocks the workers ending them. Worker-side records also let the interruption path find
-    # every call begun, even one whose submission the exception cut short.
-    begun: set[int] = set()  # calls a worker has begun and the loop has not taken yet
-    ended: dict[int, CallOutcome | BaseException | None] = {}  # what they ended in (None: not sent)
-    finished: queue.SimpleQueue[int] = queue.SimpleQueue()  # wakes the loop as calls end
-
-    def guarded(index: int) -> None:
-        result: CallOutcome | BaseException | None = None
-        # A call dequeued after the stop must not reach the API; the flag is raised here, in the
-        # worker, so the other workers see it before the collecting loop does.
-        if not stopping.is_set():
-            begun.add(index)
-            try:
-                result = call(items[index])
-            except STOPPING_ERRORS as exc:
-                stopping.set()
-                result = exc
-            except BaseException as exc:
-                result = exc
-        ended[index] = result
-        finished.put(index)
-
-    next_index = 0
-    taken = 0
-    window = max_workers * QUEUE_PER_WORKER
-
-    def take(index: int) -> None:
-        # Forgotten only once told to the journal: an interruption landing here leaves the call
-        # for the interruption path to tell (twice at worst, which the journal allows).
-        nonlocal taken
-        result = ended[index]
-        outcome: CallOutcome | None
-        if isinstance(result, STOPPING_ERRORS):
-            if report.fatal is None:
-                report.fatal = result
-            stopping.set()
-            outcome = stopped_outcome(result)
-        elif isinstance(result, BaseException):
-            outcome = failure_outcome(result)
-        else:
-            outcome = result
-        if outcome is not None:
-            outcome = replace(outcome, finished_at=outcome.finished_at or time.time())
-            outcomes[index] = outcome
-            progress.advance()
-            if journal is not None:
-                journal.record(index, outcome)
-        taken += 1
-        begun.discard(index)
-        ended.pop(index, None)
-
+        return run.report
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="smspartner-bulk")
     try:
-        while True:
-            if journal is not None and next_index < len(items) and not stopping.is_set():
-                journal.reserve(min(len(items), next_index + window - (next_index - taken)))
-            while next_index < len(items) and next_index - taken < window and not stopping.is_set():
-                pool.submit(guarded, next_index)
-                next_index += 1
-            if taken >= next_index:
-                break
-            with contextlib.suppress(queue.Empty):
-                take(finished.get(timeout=TICK_SECONDS))
-                while True:
-                    take(finished.get_nowait())
-            if journal is not None:
-                journal.tick()
+        run.loop(pool)
     except BaseException:
-        # No new call: what is queued is dropped, and a worker that dequeues one anyway sees the flag.
-        stopping.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + grace_seconds
-        while any(i not in ended for i in set(begun)) and (remaining := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(queue.Empty):
-                finished.get(timeout=remaining)
-        for index in sorted(set(begun) | set(ended)):
-            with contextlib.suppress(Exception):  # the journal may be what failed; raised below
-                if index in ended:
-                    take(index)
-                else:  # sent (or about to be) and unanswered: the next try checks it against the list
-                    outcomes[index] = unanswered = CallOutcome(
-                        PENDING, note="no answer before the try stopped", unapplied_status=NOT_PROCESSED
-                    )
-                    if journal is not None:
-                        journal.record(index, unanswered)
+        run.interrupt(pool, grace_seconds)
         raise
     pool.shutdown(wait=True)
-    if isinstance(report.fatal, SmsPartnerRetryAfterTooLongError):
-        left = stopped_outcome(report.fatal)
-        outcomes[:] = [left if outcome is None else outcome for outcome in outcomes]
-    return report
+    run.settle_unsent()
+    return run.report
