@@ -41,9 +41,19 @@ class SmsPartnerStopListOperator(BaseOperator):
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
     :param output_path: Local path or ObjectStoragePath URI (``file://``, ``s3://``...). (templated)
     :param output_format: ``parquet`` or ``csv``. (templated)
+    :param hash_key_conn_id: Keyed-hash mode: the connection whose password is the HMAC key. The
+        frame or file then has ``phone_hash`` and ``hash_key_id`` instead of ``phone_number`` and
+        ``phone_e164`` (columns ``stop_id``, ``phone_hash``, ``hash_key_id``, ``created_at``); no
+        number leaves the task in clear. A short or missing key fails before any API call. See
+        docs/privacy.md. (templated)
     """
 
-    template_fields: Sequence[str] = ("smspartner_conn_id", "output_path", "output_format")
+    template_fields: Sequence[str] = (
+        "smspartner_conn_id",
+        "output_path",
+        "output_format",
+        "hash_key_conn_id",
+    )
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -52,10 +62,12 @@ class SmsPartnerStopListOperator(BaseOperator):
         smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
         output_path: str | None = None,
         output_format: str = "parquet",
+        hash_key_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.smspartner_conn_id = smspartner_conn_id
+        self.hash_key_conn_id = hash_key_conn_id
         self.output_path = output_path
         self.output_format = output_format
         self._rows_fetched: int | None = None  # for the lineage
@@ -65,9 +77,19 @@ class SmsPartnerStopListOperator(BaseOperator):
             from airflow_provider_smspartner.suppression.arguments import OUTPUT_FORMATS
 
             check_choice("output_format", self.output_format, OUTPUT_FORMATS)
+        key = None
+        if self.hash_key_conn_id is not None:  # before any API call: a bad key stops the task here
+            from airflow_provider_smspartner.utils.hash_key import resolve_hash_key
+
+            key = resolve_hash_key(self.hash_key_conn_id)
         frame = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id).get_stop_list_df()
         self._rows_fetched = len(frame)
         self.log.info("Fetched %d stops from SMS Partner", len(frame))
+        if key is not None:
+            from airflow_provider_smspartner.phone_numbers.hashing import hash_stop_list_frame
+
+            frame = hash_stop_list_frame(frame, key.key, key.key_id)
+            self.log.info("Hashed the numbers with key id %s (phone_hash)", key.key_id)
         if not self.output_path:
             if len(frame) > 100_000:  # ~60 bytes a stop in the metadata database, every run
                 try:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from airflow_provider_smspartner.phone_numbers._fast_path.columns import factorize
 
-__all__ = ["E164_TEXT", "hash_e164", "key_bytes"]
+__all__ = ["E164_TEXT", "hash_e164", "hash_stop_list_frame", "key_bytes"]
 
 #: What :func:`hash_e164` accepts: a plus sign and 3 to 20 digits, the first not 0 (every E.164
 #: text libphonenumber writes: a country code of 1 to 3 digits and a national number of 2 to 17).
@@ -138,3 +138,21 @@ def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
         index=index if index is not None else pd.RangeIndex(len(texts)),
         copy=False,
     )
+
+
+def hash_stop_list_frame(frame: pd.DataFrame, key: str | bytes, key_id: str) -> pd.DataFrame:
+    """A stop-list frame in keyed-hash mode: ``phone_hash`` and ``hash_key_id`` in place of
+    ``phone_number`` and ``phone_e164``, so no number is left in clear.
+
+    :param frame: A frame with ``phone_number`` and ``phone_e164`` (the hook's list frame).
+    :param key: The secret (as :func:`hash_e164`).
+    :param key_id: The key's name, stored next to every hash.
+    :return: a new frame; ``phone_hash`` is :func:`hash_e164` of ``phone_e164`` (missing where
+        it is missing), placed where ``phone_number`` was, ``hash_key_id`` after it.
+    """
+    hashes = hash_e164(frame["phone_e164"], key)
+    position = list(frame.columns).index("phone_number")
+    hashed = frame.drop(columns=["phone_number", "phone_e164"])
+    hashed.insert(position, "phone_hash", hashes)
+    hashed.insert(position + 1, "hash_key_id", key_id)
+    return hashed

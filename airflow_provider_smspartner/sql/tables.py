@@ -156,19 +156,37 @@ def stop_list_table_spec() -> TableSpec:
     ``phone_number`` is unbounded text (``LONGTEXT`` on MySQL/MariaDB): the API may send any
     string, and a row the warehouse cannot take must not block the list.
     """
+    return _stop_list_spec(
+        (Column("phone_number", "long_text"), Column("phone_e164", "short_text")), "phone_e164"
+    )
+
+
+def hashed_stop_list_table_spec() -> TableSpec:
+    """The warehouse stop-list table in keyed-hash mode (``hash_key_conn_id``): no number in clear.
+
+    ``phone_hash`` is HMAC-SHA256 of the E.164 number under the key named ``hash_key_id`` (64
+    lowercase hex digits; empty when the listed number has no E.164); the rest is as
+    :func:`stop_list_table_spec`.
+    """
+    hashed = (Column("phone_hash", "short_text", length=64), Column("hash_key_id", "short_text", length=64))
+    return _stop_list_spec(hashed, "phone_hash")
+
+
+def _stop_list_spec(number: tuple[Column, ...], index: str) -> TableSpec:
+    """The stop-list table: ``stop_id``, the ``number`` columns (compared by ``upsert``; ``index``,
+    the one warehouses join on, indexed), then the times."""
     return TableSpec(
         columns=(
             Column("stop_id", "bigint", nullable=False),
-            Column("phone_number", "long_text"),
-            Column("phone_e164", "short_text"),
+            *number,
             Column("created_at", "timestamp"),
             Column("first_seen_at", "timestamp"),
             Column("extracted_at", "timestamp"),
             Column("removed_at", "timestamp"),
         ),
         key="stop_id",
-        indexes=("phone_e164",),
-        compared=("phone_number", "phone_e164", "created_at"),
+        indexes=(index,),
+        compared=(*(c.name for c in number), "created_at"),
         soft_delete="removed_at",
         first_seen="first_seen_at",
     )

@@ -23,12 +23,15 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_smspartner.exceptions import (
     DuplicateStopIdError,
+    SmsPartnerConfigError,
     SmsPartnerResponseError,
     StopListGuardError,
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.sql.tables import (
     DEFAULT_RUN_LOG_TABLE,
+    TableSpec,
+    hashed_stop_list_table_spec,
     run_log_table_name,
     run_log_table_spec,
     stop_list_table_spec,
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_smspartner.sql.apply import RemovalCounts, WriteSummary
     from airflow_provider_smspartner.sql.writer import SqlTableWriter
+    from airflow_provider_smspartner.utils.hash_key import HashKey
 
 #: Characters removed from ``phoneNumber``: C0 controls (NUL included), DEL and C1 controls.
 #: PostgreSQL cannot store NUL in text, and none of them belongs in a phone number.
@@ -176,6 +180,60 @@ def _merge_repeated_stop_ids(frame: pd.DataFrame, log: logging.Logger | Any) -> 
     return frame
 
 
+def stop_list_spec(hashed: bool) -> TableSpec:
+    """The stop-list table's shape: keyed-hash (``phone_hash``, ``hash_key_id``) or in clear."""
+    return hashed_stop_list_table_spec() if hashed else stop_list_table_spec()
+
+
+def check_table_hash_mode(writer: SqlTableWriter, key: HashKey | None, mode: str) -> str | None:
+    """Refuse a run whose hash mode or key does not fit the existing table; before any API call.
+
+    A table made in clear (``phone_number``) refuses a hashed run and a hashed one
+    (``phone_hash``) a run in clear. A hashed table made under other keys (its
+    ``DISTINCT hash_key_id``) refuses ``upsert`` and ``append``: the rows that left the list
+    cannot be re-keyed without their numbers; ``replace`` rebuilds the table under the new key.
+
+    :return: the other key ids a ``replace`` will rotate away from (comma-separated), else None.
+    :raises SmsPartnerConfigError: naming the table, its mode or keys, and what to do.
+    """
+    import sqlalchemy as sa
+
+    table = writer.table
+    with writer.engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(table.name, schema=table.schema):
+            return None
+        columns = {str(c["name"]).lower() for c in inspector.get_columns(table.name, schema=table.schema)}
+        hashed_table = "phone_hash" in columns and "phone_number" not in columns
+        if key is None and hashed_table:
+            raise SmsPartnerConfigError(
+                f"Table {table} holds hashed numbers (phone_hash): a run in clear would mix modes; "
+                "set hash_key_conn_id to the key connection it was made with, or write to another table."
+            )
+        if key is None:
+            return None
+        if not hashed_table:
+            raise SmsPartnerConfigError(
+                f"Table {table} holds numbers in clear (phone_number), not hashes: a hashed run "
+                f"(hash_key_conn_id={key.conn_id!r}) cannot write it; drop the table (its numbers are in "
+                "clear) or write to another table."
+            )
+        stored = writer.sql_table.c.hash_key_id
+        query = sa.select(stored).where(stored.is_not(None)).distinct()
+        others = sorted({str(row[0]) for row in conn.execute(query)} - {key.key_id})
+    if not others:
+        return None
+    if mode != "replace":
+        raise SmsPartnerConfigError(
+            f"Table {table} is hashed with key id(s) {', '.join(others)}, not {key.key_id!r} "
+            f"(connection {key.conn_id!r}): {mode} cannot change the key, because the rows that left "
+            "the list cannot be re-hashed without their numbers. Run once with mode='replace' to "
+            "rebuild the table from the live list under the new key (its removal history is lost), "
+            "or use the old key."
+        )
+    return ", ".join(others)
+
+
 def check_removals(
     counts: RemovalCounts,
     *,
@@ -248,10 +306,22 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         ``table`` (default ``<table>_runs``, same schema); ``None`` keeps no run log. (templated)
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
     :param chunk_size: Rows per load chunk.
+    :param hash_key_conn_id: Keyed-hash mode: the connection whose password is the HMAC key
+        (``utils.hash_key``). The table then holds ``phone_hash`` and ``hash_key_id`` instead of
+        ``phone_number`` and ``phone_e164``; no number is written in clear. A table made in the
+        other mode, or (``upsert``, ``append``) under another key, is refused before any API call;
+        ``replace`` rebuilds a table hashed under another key. See docs/privacy.md. (templated)
     :return: ``{"rows_in_list", "inserted", "updated", "removed", "list_sha256", "table", "mode"}``.
     """
 
-    template_fields: Sequence[str] = ("sql_conn_id", "table", "mode", "run_log_table", "smspartner_conn_id")
+    template_fields: Sequence[str] = (
+        "sql_conn_id",
+        "table",
+        "mode",
+        "run_log_table",
+        "smspartner_conn_id",
+        "hash_key_conn_id",
+    )
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -265,10 +335,12 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         run_log_table: str | None = DEFAULT_RUN_LOG_TABLE,
         smspartner_conn_id: str = SmsPartnerHook.default_conn_name,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hash_key_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.sql_conn_id = sql_conn_id
+        self.hash_key_conn_id = hash_key_conn_id
         self.table = table
         self.mode = mode
         self.max_removed_fraction = max_removed_fraction
@@ -295,9 +367,19 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
 
         started_at = datetime.now(timezone.utc)
         check_choice("mode", self.mode, WRITE_MODES)  # templated: checked once rendered
-        # Bad table names fail here, before the API is called.
+        # A bad key, bad table names and a table of the other mode or key fail here, before the
+        # API is called.
+        key = self._hash_key()
         hook = resolve_dbapi_hook(self.sql_conn_id)
-        writer = SqlTableWriter(hook, self.table, stop_list_table_spec(), self.chunk_size)
+        writer = SqlTableWriter(hook, self.table, stop_list_spec(key is not None), self.chunk_size)
+        if rotated := check_table_hash_mode(writer, key, self.mode):
+            assert key is not None
+            self.log.info(
+                "Key rotation: %s is hashed with key id(s) %s; replace rebuilds it under key id %s",
+                writer.table,
+                rotated,
+                key.key_id,
+            )
         run_log = None
         if self.run_log_table is not None:
             name = run_log_table_name(self.table, self.run_log_table)
@@ -318,7 +400,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         extracted_at = pd.Timestamp.now(tz="UTC").floor("s")
         try:
             written = writer.write(
-                partial(self._fetch, entry, extracted_at),
+                partial(self._fetch, entry, extracted_at, key),
                 self.mode,  # type: ignore[arg-type]
                 now=extracted_at.to_pydatetime(),  # also the new stops' first_seen_at
                 guard=self._guard(str(writer.table)),
@@ -330,7 +412,17 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
             raise
         return self._report(context, writer, entry, written)
 
-    def _fetch(self, entry: dict[str, Any], extracted_at: pd.Timestamp) -> pd.DataFrame:
+    def _hash_key(self) -> HashKey | None:
+        """The hash key of ``hash_key_conn_id`` (checked), or None in clear mode."""
+        if self.hash_key_conn_id is None:
+            return None
+        from airflow_provider_smspartner.utils.hash_key import resolve_hash_key
+
+        return resolve_hash_key(self.hash_key_conn_id)
+
+    def _fetch(
+        self, entry: dict[str, Any], extracted_at: pd.Timestamp, key: HashKey | None = None
+    ) -> pd.DataFrame:
         """The list, checked and ready to write; run by the writer in a thread while it connects,
         takes the table's lock and reads the table. Fills ``entry``'s list fields."""
         import pandas as pd
@@ -346,7 +438,11 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         frame = prepare_stop_list(frame, self.log)
         frame["extracted_at"] = extracted_at
         frame["removed_at"] = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
-        return frame
+        if key is None:
+            return frame
+        from airflow_provider_smspartner.phone_numbers.hashing import hash_stop_list_frame
+
+        return hash_stop_list_frame(frame, key.key, key.key_id)
 
     def _guard(self, table: str) -> Any:
         """The guard of ``replace`` and ``upsert`` (:func:`check_removals`); ``append`` removes nothing."""
@@ -397,7 +493,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         )
 
         rows = self._lineage_counts.get("rows_in_list")
-        spec = stop_list_table_spec()
+        spec = stop_list_spec(self.hash_key_conn_id is not None)
         outputs = [
             sql_table_dataset(self.sql_conn_id, self.table, rows, {c.name: c.type for c in spec.columns})
         ]
