@@ -64,7 +64,7 @@ CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
 CHANGE_KEYS = ("rows_in_list", "inserted", "updated", "removed", "list_sha256")
 
 
-def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
+def stop_list_as_of_sql(table: str, at: datetime, dialect: str, hashed: bool = False) -> str:
     """SQL selecting the stops that were on the list at ``at``, as far as the warehouse knew.
 
     A row counts from its ``first_seen_at`` (the run that first saw it) until its ``removed_at``
@@ -76,6 +76,8 @@ def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
     :param at: The instant (a naive value is taken as UTC).
     :param dialect: ``hook.dialect_name``: ``postgresql``, ``mysql``/``mariadb``, ``sqlite``
         (others get ANSI SQL).
+    :param hashed: The table was written in keyed-hash mode (``hash_key_conn_id``): select
+        ``phone_hash, hash_key_id`` instead of ``phone_number, phone_e164``.
     :return: ``SELECT stop_id, phone_number, phone_e164, created_at, first_seen_at, removed_at``
         with ``at`` written in as a literal of the column type (no parameters to bind).
     :raises ValueError: an invalid table name.
@@ -95,8 +97,9 @@ def stop_list_as_of_sql(table: str, at: datetime, dialect: str) -> str:
     else:
         quoted = ".".join(f'"{p}"' for p in parts)
         instant = f"CAST('{at:%Y-%m-%d %H:%M:%S.%f}+00:00' AS TIMESTAMP WITH TIME ZONE)"
+    numbers = "phone_hash, hash_key_id" if hashed else "phone_number, phone_e164"
     return (
-        "SELECT stop_id, phone_number, phone_e164, created_at, first_seen_at, removed_at\n"
+        f"SELECT stop_id, {numbers}, created_at, first_seen_at, removed_at\n"
         f"FROM {quoted}\n"
         f"WHERE first_seen_at <= {instant} AND (removed_at IS NULL OR removed_at > {instant})"
     )
@@ -272,7 +275,8 @@ def check_removals(
 class SmsPartnerStopListToSqlOperator(BaseOperator):
     """Extract the SMS Partner stop list into a table of any ``DbApiHook`` database.
 
-    The table is created when missing (``stop_id`` key, index on ``phone_e164``, UTC timestamps;
+    The table is created when missing (``stop_id`` key, index on ``phone_e164``, or ``phone_hash``
+    with ``hash_key_conn_id``, UTC timestamps;
     ISO-8601 text on SQLite). The whole list is fetched and checked complete before the table
     changes, and it changes in one transaction, under a per-table lock, so a failure leaves it as
     it was and two runs into one table apply one after the other. ``first_seen_at`` is set when a

@@ -175,6 +175,19 @@ class TestHashedExtract:
         assert sorted(log["status"]) == ["applied", "refused"]
         assert len(_rows(warehouse_conn, unique_table)) == 5
 
+    def test_point_in_time_query(self, smspartner_conn, sandbox, warehouse_conn, unique_table, hash_key):
+        from datetime import datetime, timedelta, timezone
+
+        from airflow_provider_smspartner.transfers.smspartner_to_sql import stop_list_as_of_sql
+
+        _extract(warehouse_conn, unique_table, "upsert", hash_key_conn_id=hash_key).execute({})
+        hook = resolve_dbapi_hook(warehouse_conn)
+        at = datetime.now(timezone.utc) + timedelta(minutes=1)
+        sql = stop_list_as_of_sql(unique_table, at, hook.dialect_name, hashed=True)
+        with SqlTableWriter(hook, unique_table, hashed_stop_list_table_spec()).engine.connect() as conn:
+            found = {int(row[0]): row[1] for row in conn.execute(sa.text(sql))}
+        assert found == _expected(sandbox, KEY)
+
     def test_asset_extra_and_lineage(self, smspartner_conn, sandbox, sqlite_conn, unique_table, hash_key):
         operator = _extract(sqlite_conn, unique_table, hash_key_conn_id=hash_key)
         summary = operator.execute({})
