@@ -28,8 +28,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import numpy as np
@@ -38,6 +36,7 @@ import sqlalchemy as sa
 
 from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome, merge_row_outcomes
 from airflow_provider_smspartner.bulk.results import TryResults, db_error, storable_inputs
+from airflow_provider_smspartner.bulk.write_thread import Write, WriteThread, wait_writes
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +96,11 @@ class RunRecorder:
         self._covered = 0  # calls whose rows are queued as pending
         # Write-ahead blocks not waited for yet: (first call of the block, its write). At most the
         # block being sent and the one after it are pending without having been sent.
-        self._blocks: deque[tuple[int, Future[None]]] = deque()
+        self._blocks: deque[tuple[int, Write]] = deque()
         self._buffer: list[tuple[Any, ...]] = []
         self._last_flush = clock()
-        self._writes: deque[Future[None]] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smspartner-results")
+        self._writes: deque[Write] = deque()
+        self._pool = WriteThread("smspartner-results")
         self._failed: BaseException | None = None
 
     # ------------------------------------------------------------------ before the calls
@@ -231,8 +230,7 @@ class RunRecorder:
                 sum(row[8] == NOT_PROCESSED for row in rows),
                 self.results.describe(),
             )
-            pending = [f for f in self._writes if not f.done()]
-            _, late = wait_futures(pending, timeout=ABORT_WAIT_SECONDS)
+            late = wait_writes([f for f in self._writes if not f.done()], ABORT_WAIT_SECONDS)
             if late:
                 self.logger.warning(
                     "%d writes to %s did not finish in time", len(late), self.results.describe()
@@ -288,7 +286,7 @@ class RunRecorder:
         rows += [self._outcome_row(row, unsent) for row in unwritten[~settled].tolist()]
         return rows
 
-    def _write_pending(self, start: int, stop: int) -> Future[None]:
+    def _write_pending(self, start: int, stop: int) -> Write:
         rows = [r for r in dict.fromkeys(self._item_rows[start:stop].tolist()) if self.written[r] is None]
         now = pd.Timestamp.now(tz="UTC")
         records = [
@@ -307,10 +305,10 @@ class RunRecorder:
         ]
         return self._queue(self.results.insert, records)
 
-    def _insert_rows(self, outcomes: pd.DataFrame, positions: np.ndarray) -> Future[None]:
+    def _insert_rows(self, outcomes: pd.DataFrame, positions: np.ndarray) -> Write:
         return self._queue(self.results.insert, self.results.rows(outcomes, positions, self.inputs))
 
-    def _queue(self, write: Callable[[Any], None], rows: list[tuple[Any, ...]]) -> Future[None]:
+    def _queue(self, write: Callable[[Any], None], rows: list[tuple[Any, ...]]) -> Write:
         """Queue ``write`` of ``rows``, then note what the table will hold of them. (Noted after: an
         interruption in between makes abort() write them again, which is harmless: a repeated write
         replaces rows by key.)"""
@@ -319,7 +317,7 @@ class RunRecorder:
             self.written[row[5]] = _state(row)
         return future
 
-    def _submit(self, write: Callable[[Any], None], payload: Any) -> Future[None]:
+    def _submit(self, write: Callable[[Any], None], payload: Any) -> Write:
         while len(self._writes) >= MAX_QUEUED_WRITES:
             self._wait(self._writes[0])
             self.check()
@@ -351,12 +349,12 @@ class RunRecorder:
                 )
                 time.sleep(delay)
 
-    def _wait(self, future: Future[None]) -> None:
+    def _wait(self, future: Write) -> None:
         self._result(future)
         if self._failed is not None:
             self.check()
 
-    def _result(self, future: Future[None]) -> None:
+    def _result(self, future: Write) -> None:
         try:
             future.result()
         except Exception as exc:

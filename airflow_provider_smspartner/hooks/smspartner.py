@@ -259,9 +259,17 @@ class SmsPartnerHook(BaseHook):
         if pool is not None:
             # RedisHook sets no timeouts: an unreachable host would hang every request forever.
             # The connection's own timeout bounds it too: the UI's Test button waits for it.
-            for name in ("socket_connect_timeout", "socket_timeout"):
-                if pool.connection_kwargs.get(name) is None:
-                    pool.connection_kwargs[name] = min(self.settings.timeout, CONNECT_TIMEOUT)
+            bound = min(self.settings.timeout, CONNECT_TIMEOUT)
+            for name in ("socket_connect_timeout", "socket_timeout"):  # redis-py 8 defaults to 5 s
+                current = pool.connection_kwargs.get(name)
+                pool.connection_kwargs[name] = bound if current is None else min(current, bound)
+            # One retry rule, the hook's: redis-py retries a failed command by itself (3 times in
+            # 8.x, more on a refused connection), which multiplied every wait by up to 11.
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            pool.connection_kwargs["retry_on_timeout"] = False
+            client.set_retry(Retry(NoBackoff(), 0))
         db = conn.extra_dejson.get("db") or 0
         return client, f"Redis connection {redis_conn_id!r} ({conn.host}:{conn.port or 6379}, db {db})"
 

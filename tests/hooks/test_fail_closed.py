@@ -198,6 +198,14 @@ class TestResponseContract:
         """Paris is ahead of UTC: its 9999-12-31 23:59:59 is 22:59:59 UTC, which a ``datetime``
         (``StopEntry.created_at``, the warehouse drivers) holds."""
         sandbox.respond(layout(_list_body(rows=_row(createdAt='"9999-12-31 23:59:59"'))), count=None)
+        if pd.__version__ < "3":
+            # pandas 2 (the Airflow 3.2 floor) times are nanoseconds: nothing past 2262 fits. Such a
+            # date is refused as a contract error naming it, never read as another date.
+            with pytest.raises(
+                SmsPartnerResponseError, match=r"stop id 7: 'createdAt' .*9999-12-31 23:59:59"
+            ):
+                hook.get_stop_list_df()
+            return
         expected = pd.Timestamp("9999-12-31 22:59:59", tz="UTC")
         assert hook.get_stop_list_df()["created_at"].tolist() == [expected]
         assert hook.get_stop_list()[0].created_at == expected.to_pydatetime()
