@@ -92,6 +92,28 @@ def _import_graph() -> dict[str, set[str]]:
     return {name: _imports(path, modules) - {name} for name, path in paths.items()}
 
 
+#: The house's size rules (issue 20): a module a newcomer can read, a function that fits a screen.
+MAX_MODULE_LINES = 600
+#: ``get_provider_info`` is a 62-line dict literal: "about 60".
+MAX_FUNCTION_LINES = 62
+
+
+class TestSizes:
+    def test_no_module_over_600_lines(self):
+        sizes = {p: p.read_text().count("\n") for p in PACKAGE_DIR.rglob("*.py")}
+        assert not {str(p): n for p, n in sizes.items() if n > MAX_MODULE_LINES}
+
+    def test_no_function_over_about_60_lines(self):
+        long = []
+        for path in PACKAGE_DIR.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name} ({length})")
+        assert not long
+
+
 class TestImportGraph:
     def test_every_part_is_known(self):
         parts = {_part(module) for module in _import_graph()}
