@@ -15,6 +15,11 @@ loaded into the writer's staging table (:meth:`SqlTableWriter.write_chunks`; a t
 creates is loaded directly), the next chunks read and normalised in a thread while the database
 takes the current one. Memory holds three chunks at most, whatever the size of the contact table; the
 destination changes in one transaction at the end.
+
+In keyed-hash mode (``hash_key_conn_id``) each chunk's ``phone_e164`` is replaced by its
+``phone_hash`` (:func:`~airflow_provider_smspartner.phone_numbers.hashing.hash_e164`) before it
+leaves the thread, so no number reaches the destination, staging table included, in clear; the
+table then joins the extract's hashed stop list on ``phone_hash``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_smspartner.exceptions import SmsPartnerConfigError
 from airflow_provider_smspartner.sql.stream import stream_query
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
@@ -40,10 +46,80 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
+    from airflow_provider_smspartner.sql.apply import WriteSummary
+    from airflow_provider_smspartner.sql.names import TableName
+    from airflow_provider_smspartner.sql.writer import SqlTableWriter
+    from airflow_provider_smspartner.utils.hash_key import HashKey
+
 #: How the operator writes its table: the whole result (``replace``) or merged into it (``upsert``).
 PHONE_WRITE_MODES = ("replace", "upsert")
 #: The columns the operator writes besides the key column.
 OUTPUT_COLUMNS = ("phone_e164", "reason")
+#: What ``key_column`` may not be called, whatever the mode: the columns the operator writes in
+#: either mode (keyed-hash mode writes ``phone_hash`` and ``hash_key_id`` instead of ``phone_e164``).
+RESERVED_COLUMNS = ("phone_e164", "phone_hash", "hash_key_id", "reason")
+
+
+def check_destination_hash_mode(hook: Any, table: TableName, key: HashKey | None, mode: str) -> str | None:
+    """Refuse a run whose hash mode or key does not fit the existing destination table; called
+    before the query runs, so a refused run reads and writes nothing.
+
+    A table in clear (``phone_e164``) refuses a hashed run, a hashed one (``phone_hash``,
+    ``hash_key_id``) a run in clear. A table hashed under other keys (its ``DISTINCT
+    hash_key_id``) refuses ``upsert``, which would keep the absent keys' rows under the old key;
+    ``replace`` rebuilds it under the new key.
+
+    :return: the other key ids a ``replace`` rotates away from (comma-separated), else None.
+    :raises SmsPartnerConfigError: naming the table, its mode or keys, and what to do.
+    """
+    import sqlalchemy as sa
+
+    from airflow_provider_smspartner.sql.dbapi import unpooled_engine
+
+    engine = unpooled_engine(hook)
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(table.name, schema=table.schema):
+                return None
+            columns = {str(c["name"]).lower() for c in inspector.get_columns(table.name, schema=table.schema)}
+            hashed = {"phone_hash", "hash_key_id"} <= columns
+            _check_mode(str(table), key, hashed, clear="phone_e164" in columns)
+            if key is None or not hashed:
+                return None  # a table of neither shape: the writer names its missing columns
+            stored = sa.column("hash_key_id", sa.String())
+            query = sa.select(stored).select_from(sa.table(table.name, schema=table.schema))
+            others = sorted(
+                {str(row[0]) for row in conn.execute(query.where(stored.is_not(None)).distinct())}
+            )
+    finally:
+        engine.dispose()
+    others = [key_id for key_id in others if key_id != key.key_id]
+    if others and mode != "replace":
+        raise SmsPartnerConfigError(
+            f"Table {table} is hashed with key id(s) {', '.join(others)}, not {key.key_id!r} (connection "
+            f"{key.conn_id!r}): {mode} cannot change the key, because the rows it keeps (keys absent from "
+            "the query) would stay hashed under the old key and match nothing hashed under the new one. "
+            "Run once with mode='replace' to rebuild the table under the new key, or use the old key. "
+            "Nothing was written."
+        )
+    return ", ".join(others) or None
+
+
+def _check_mode(table: str, key: HashKey | None, hashed: bool, clear: bool) -> None:
+    """Refuse a run in clear into a hashed table, or a hashed run into a table in clear."""
+    if key is None and hashed and not clear:
+        raise SmsPartnerConfigError(
+            f"Table {table} holds hashed numbers (phone_hash): a run in clear would write phone_e164 "
+            "into it; set hash_key_conn_id to the key connection it was made with, or write to another "
+            "table. Nothing was written."
+        )
+    if key is not None and clear:
+        raise SmsPartnerConfigError(
+            f"Table {table} holds numbers in clear (phone_e164), not hashes: a hashed run "
+            f"(hash_key_conn_id={key.conn_id!r}) cannot write it; drop the table (its numbers are in "
+            "clear) or write to another table. Nothing was written."
+        )
 
 
 class PhoneNumbersToSqlOperator(BaseOperator):
@@ -81,11 +157,22 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         (templated)
     :param default_region: ISO 3166-1 region of numbers written without an international prefix.
     :param chunk_size: Rows read, normalised and loaded at a time.
-    :return: ``{"rows", "valid", "invalid", "table", "mode"}``.
+    :param hash_key_conn_id: Keyed-hash mode: the connection whose password is the HMAC key
+        (``utils.hash_key``). The table then holds the key column, ``phone_hash`` (HMAC-SHA256 of
+        the E.164 number, NULL when it is not a valid number; indexed), ``hash_key_id`` and
+        ``reason``, and no number in clear (the staging table neither), so it joins the
+        extract's hashed stop list on ``phone_hash``. The key is checked before the query runs;
+        a table made in the other mode, or ``upsert`` into a table hashed under another key, is
+        refused before it; ``replace`` rebuilds a table hashed under another key in one
+        transaction. See docs/privacy.md. (templated)
+    :return: ``{"rows", "valid", "invalid", "table", "mode"}``, and ``hash_key_id`` in keyed-hash
+        mode.
     :raises ValueError: before anything is written: an unknown mode or region, an invalid table
         name, a key or phone column the result lacks (naming the available ones), a key column
-        called ``phone_e164`` or ``reason``, an empty key, or a key repeated in the result
-        (naming it).
+        called ``phone_e164``, ``phone_hash``, ``hash_key_id`` or ``reason``, an empty key, or a
+        key repeated in the result (naming it).
+    :raises SmsPartnerConfigError: before the query runs: a missing or unfit key connection
+        (naming it), a destination table of the other mode, or ``upsert`` under another key.
     """
 
     template_fields: Sequence[str] = (
@@ -94,6 +181,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         "destination_conn_id",
         "destination_table",
         "mode",
+        "hash_key_conn_id",
     )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql"}
@@ -111,6 +199,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         mode: str = "replace",
         default_region: str = "FR",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hash_key_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -123,15 +212,16 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         self.mode = mode
         self.default_region = default_region
         self.chunk_size = chunk_size
+        self.hash_key_conn_id = hash_key_conn_id
         self._written: dict[str, Any] = {}  # what execute wrote, for the lineage
         check_count("chunk_size", chunk_size, minimum=1)
         for name, value in (("key_column", key_column), ("phone_column", phone_column)):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a column name (a non-empty string); got {value!r}.")
-        if key_column.lower() in OUTPUT_COLUMNS:
+        if key_column.lower() in RESERVED_COLUMNS:
             raise ValueError(
                 f"key_column {key_column!r} clashes with a column the operator writes "
-                f"({', '.join(OUTPUT_COLUMNS)}); alias it in the query (SELECT ... AS contact_id)."
+                f"({', '.join(RESERVED_COLUMNS)}); alias it in the query (SELECT ... AS contact_id)."
             )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -140,34 +230,52 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         from airflow_provider_smspartner.sql.names import TableName
         from airflow_provider_smspartner.sql.tables import table_spec_for
         from airflow_provider_smspartner.sql.writer import SqlTableWriter
+        from airflow_provider_smspartner.utils.hash_key import resolve_hash_key
 
         # Templated arguments, checked once rendered and before any I/O.
         check_choice("mode", self.mode, PHONE_WRITE_MODES)
         table = TableName.parse(self.destination_table)
         normalize_phone_numbers([], default_region=self.default_region)  # an unknown region fails here
+        # Keyed-hash mode: a missing or short key fails here, before the query runs.
+        key = None if self.hash_key_conn_id is None else resolve_hash_key(self.hash_key_conn_id)
         source = resolve_dbapi_hook(self.source_conn_id)
         destination = resolve_dbapi_hook(self.destination_conn_id or self.source_conn_id)
+        if rotated := check_destination_hash_mode(destination, table, key, self.mode):
+            self.log.info(
+                "Key rotation: %s is hashed with key id(s) %s; replace rebuilds it under key id %s",
+                table,
+                rotated,
+                key.key_id if key else None,
+            )
 
         counts = {"rows": 0, "valid": 0, "invalid": 0, "chunks": 0}
+        number = "phone_e164" if key is None else "phone_hash"
         # Read and normalised in a thread, a chunk ahead of the one being loaded: the database
         # loads a chunk while the next one is read and normalised.
-        with _read_ahead(lambda: self._frames(source, normalize_phone_numbers, counts)) as chunks:
-            key, first = next(chunks)  # the key's name and type come from the data
+        with _read_ahead(lambda: self._frames(source, normalize_phone_numbers, counts, key)) as chunks:
+            key_name, first = next(chunks)  # the key's name and type come from the data
             writer = SqlTableWriter(
                 destination,
                 table,
-                table_spec_for(first, key=key, indexes=("phone_e164",)),
+                table_spec_for(first, key=key_name, indexes=(number,)),
                 chunk_size=self.chunk_size,
             )
             frames = (frame for _, frame in chunks)
             written = writer.write_chunks(_chained(first, frames), self.mode)  # type: ignore[arg-type]
+        return self._report(writer, written, counts, key)
+
+    def _report(
+        self, writer: SqlTableWriter, written: WriteSummary, counts: dict[str, int], key: HashKey | None
+    ) -> dict[str, Any]:
+        """Log the run, keep what the lineage needs, return the summary."""
         counts["invalid"] = counts["rows"] - counts["valid"]
         self.log.info(
-            "%s %s (%s): %d rows read from %r in %d chunk(s); %d valid, %d invalid; "
+            "%s %s (%s%s): %d rows read from %r in %d chunk(s); %d valid, %d invalid; "
             "%d inserted, %d updated, %d removed%s",
             self.mode,
             writer.table,
             writer.dialect_name,
+            "" if key is None else f", keyed hash, key id {key.key_id}",
             counts["rows"],
             self.source_conn_id,
             counts["chunks"],
@@ -182,13 +290,16 @@ class PhoneNumbersToSqlOperator(BaseOperator):
             "rows": counts["rows"],
             "columns": {column.name: column.type for column in writer.spec.columns},
         }
-        return {
+        summary: dict[str, Any] = {
             "rows": counts["rows"],
             "valid": counts["valid"],
             "invalid": counts["invalid"],
             "table": str(writer.table),
             "mode": self.mode,
         }
+        if key is not None:
+            summary["hash_key_id"] = key.key_id
+        return summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """OpenLineage: the tables of the query in; the destination table out (rows, schema)."""
@@ -204,7 +315,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         )
 
     def _frames(
-        self, source: Any, normalize: Any, counts: dict[str, int]
+        self, source: Any, normalize: Any, counts: dict[str, int], hash_key: HashKey | None = None
     ) -> Iterator[tuple[str, pd.DataFrame]]:
         """The query's rows as the table's, a chunk at a time, each with the key column's name;
         at least one (empty when the result is). Counts rows, valid numbers and chunks."""
@@ -214,16 +325,22 @@ class PhoneNumbersToSqlOperator(BaseOperator):
             phone = str(pick_column(names, self.phone_column, where, argument="phone_column"))
             positions = (names.index(key), names.index(phone))
             for rows in batches:
-                frame = self._normalised(rows, positions, key, normalize)
+                frame = self._normalised(rows, positions, key, normalize, hash_key)
                 counts["rows"] += len(frame)
-                counts["valid"] += int(frame["phone_e164"].notna().sum())
+                counts["valid"] += int(frame["reason"].isna().sum())
                 counts["chunks"] += 1
                 yield key, frame
 
     def _normalised(
-        self, rows: Sequence[Any], positions: tuple[int, int], key: str, normalize: Any
+        self,
+        rows: Sequence[Any],
+        positions: tuple[int, int],
+        key: str,
+        normalize: Any,
+        hash_key: HashKey | None = None,
     ) -> pd.DataFrame:
-        """One chunk of result rows as the table's rows: key, ``phone_e164``, ``reason``."""
+        """One chunk of result rows as the table's rows: key, ``phone_e164``, ``reason``; or, with
+        ``hash_key``, key, ``phone_hash``, ``hash_key_id``, ``reason`` (no number in clear)."""
         import pandas as pd
 
         key_at, phone_at = positions
@@ -235,9 +352,14 @@ class PhoneNumbersToSqlOperator(BaseOperator):
             )
         phones = pd.Series([row[phone_at] for row in rows], dtype=object)
         normalised = normalize(phones, default_region=self.default_region)
-        return pd.DataFrame(
-            {key: keys, "phone_e164": normalised["phone_e164"], "reason": normalised["reason"]}
-        )
+        if hash_key is None:
+            numbers = {"phone_e164": normalised["phone_e164"]}
+        else:
+            from airflow_provider_smspartner.phone_numbers.hashing import hash_e164
+
+            hashes = hash_e164(normalised["phone_e164"], hash_key.key)
+            numbers = {"phone_hash": hashes, "hash_key_id": pd.Series(hash_key.key_id, index=hashes.index)}
+        return pd.DataFrame({key: keys, **numbers, "reason": normalised["reason"]})
 
 
 def _chained(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -290,8 +290,10 @@ class TestOperator:
             "destination_conn_id",
             "destination_table",
             "mode",
+            "hash_key_conn_id",
         )
         assert operator.destination_conn_id is None and operator.default_region == "FR"
+        assert operator.hash_key_conn_id is None
 
     def test_another_destination_connection(self, sqlite_conn, postgres_conn):
         _source(sqlite_conn, "contacts", [(1, "06 12 34 56 78")])
