@@ -304,6 +304,16 @@ class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
     :param on_unreadable_list_row: ``fail`` (default): refuse a list with a row that holds no
         number readable as E.164. ``warn``: match such a row on the digits of its number (as
         ``+digits``) and log its stop id.
+    :param hash_key_conn_id: Keyed-hash mode (``docs/privacy.md``): the connection whose password
+        is the key. The audience is matched on ``phone_hash`` (HMAC-SHA256 of the E.164 number);
+        kept rows get ``phone_hash`` (last) instead of ``phone_e164``; the excluded ``stopped``
+        rows keep only ``phone_hash``, ``reason`` and ``excluded_columns``; a failed check quotes
+        hash prefixes. A short key fails before any API call. (templated)
+    :param phone_hash_column: In keyed-hash mode, the audience column holding ``phone_hash``
+        values already (64 hex digits, made with the same key) instead of numbers; anything else
+        in it is ``invalid``. Replaces ``phone_column``. (templated)
+    :param excluded_columns: In keyed-hash mode, the audience columns the excluded ``stopped``
+        rows keep (e.g. a customer id); never the column of raw numbers.
     :param chunk_size: Audience rows read, checked and written at a time.
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
     :return: ``{"audience", "valid", "invalid", "duplicate", "stopped", "kept", "rows_in_list",
@@ -332,6 +342,8 @@ class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
         "stop_list_table",
         "stop_list_conn_id",
         "stop_list_run_log_table",
+        "hash_key_conn_id",
+        "phone_hash_column",
         "smspartner_conn_id",
     )
 
@@ -353,10 +365,16 @@ class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
         max_removed_fraction: float | None = 0.2,
         allow_empty_list: bool = False,
         on_unreadable_list_row: str = "fail",
+        hash_key_conn_id: str | None = None,
+        phone_hash_column: str | None = None,
+        excluded_columns: Sequence[str] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.hash_key_conn_id = hash_key_conn_id
+        self.phone_hash_column = phone_hash_column
+        self.excluded_columns = excluded_columns
         self.stop_list_table = stop_list_table
         self.stop_list_conn_id = stop_list_conn_id
         self.stop_list_run_log_table = stop_list_run_log_table
@@ -408,12 +426,13 @@ class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
         :raises StopListGuardError: when the live list is refused (nothing written but the audit row).
         :raises AirflowException: in check mode when audience numbers are on the list.
         """
+        from airflow_provider_smspartner.bulk.sources import PhoneSource
         from airflow_provider_smspartner.suppression.gate import Gate
 
         self._check_arguments()  # templated values, rendered
         gate = Gate(
             identity=task_identity(context, self.task_id),
-            source=self._phone_source(),
+            source=PhoneSource(**self._source(), phone_column=self.phone_hash_column or self.phone_column),
             mode=self.mode,
             smspartner_conn_id=self.smspartner_conn_id,
             default_region=self.default_region,
@@ -432,6 +451,9 @@ class SmsPartnerSuppressAudienceOperator(PhoneSourceOperator):
             max_removed_fraction=self.max_removed_fraction,
             allow_empty_list=self.allow_empty_list,
             on_unreadable_list_row=self.on_unreadable_list_row,
+            hash_key_conn_id=self.hash_key_conn_id,
+            given_hashes=bool(self.phone_hash_column),
+            excluded_columns=tuple(self.excluded_columns),
             log=self.log,
         )
         try:

@@ -72,7 +72,7 @@ def clean_list_numbers(phone_numbers: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def list_number_digits(phone_numbers: pd.Series) -> np.ndarray:
     """The digits of each (cleaned) stored number as an int64 key, as :func:`e164 keys
-    <airflow_provider_smspartner.suppression.engine.e164_keys>` read ``+digits``; -1 where there are
+    <airflow_provider_smspartner.suppression.matching.e164_keys>` read ``+digits``; -1 where there are
     none or more than 18. What the gate matches a list row on when no E.164 could be made of it
     (``on_unreadable_list_row="warn"``)."""
     digits = phone_numbers.astype(object).fillna("").str.replace(r"[^0-9]", "", regex=True)

@@ -37,6 +37,7 @@ def check_gate_arguments(gate: Any) -> None:
             f"stop_list_table {gate.stop_list_table!r} needs a database: set stop_list_conn_id (or "
             "output_conn_id, or sql_conn_id)."
         )
+    check_hash_arguments(gate)
     if gate.output_format is not None:
         check_choice("output_format", gate.output_format, OUTPUT_FORMATS)
     outputs = {
@@ -71,3 +72,31 @@ def check_gate_arguments(gate: Any) -> None:
             f"audit_table {gate.audit_table!r} needs a database: set audit_conn_id (or output_conn_id, "
             "or sql_conn_id)."
         )
+
+
+def check_hash_arguments(gate: Any) -> None:
+    """``phone_hash_column`` and ``excluded_columns`` belong to keyed-hash mode.
+
+    :raises ValueError: naming the argument and what to change.
+    """
+    if gate.phone_hash_column is not None and (
+        not isinstance(gate.phone_hash_column, str) or not gate.phone_hash_column.strip()
+    ):
+        raise ValueError(f"phone_hash_column must be a column name, got {gate.phone_hash_column!r}.")
+    if isinstance(gate.excluded_columns, str) or not all(
+        isinstance(name, str) and name for name in gate.excluded_columns
+    ):
+        raise ValueError(f"excluded_columns must be a list of column names, got {gate.excluded_columns!r}.")
+    if gate.hash_key_conn_id:
+        if gate.phone_hash_column and gate.phone_column:
+            raise ValueError(
+                f"Give phone_column {gate.phone_column!r} (numbers, hashed here) or phone_hash_column "
+                f"{gate.phone_hash_column!r} (hashes made with the same key), not both."
+            )
+        return
+    for name in ("phone_hash_column", "excluded_columns"):
+        if getattr(gate, name):
+            raise ValueError(
+                f"{name} applies to keyed-hash mode only: set hash_key_conn_id to the connection "
+                "whose password is the hash key, or leave it out."
+            )

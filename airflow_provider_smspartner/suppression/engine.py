@@ -1,7 +1,7 @@
 """The engine of the gate: an audience checked against the live stop list.
 
 The list is fetched once (:func:`fetch_stop_list`) and kept as the set of its E.164 numbers (int64
-keys in a :class:`NumberSet`), with its size and
+keys in a :class:`NumberSet`, :mod:`~airflow_provider_smspartner.suppression.matching`), with its size and
 :func:`~airflow_provider_smspartner.utils.stop_list.list_sha256`. The audience streams through
 :func:`suppress_audience` one chunk at a time (:class:`~airflow_provider_smspartner.bulk.sources.RowChunks`):
 every number is normalised (:func:`~airflow_provider_smspartner.phone_numbers.normalize_phone_numbers`)
@@ -25,8 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers, phone_text
+from airflow_provider_smspartner.phone_numbers import phone_text
 from airflow_provider_smspartner.sql.tables import COUNT_KEYS
+from airflow_provider_smspartner.suppression.matching import (
+    E164_COLUMN,
+    REASON_COLUMN,
+    ClearMatching,
+    HashedMatching,
+)
 from airflow_provider_smspartner.utils.stop_list import list_sha256
 
 if TYPE_CHECKING:
@@ -36,40 +42,17 @@ log = logging.getLogger(__name__)
 
 #: Stopped numbers quoted (masked) in a failed check.
 MAX_EXAMPLES = 5
-#: The column the normalised number is written to (it replaces an audience column of that name).
-E164_COLUMN = "phone_e164"
-#: The column of the excluded rows that says why (it replaces an audience column of that name).
-REASON_COLUMN = "reason"
+#: Clear mode, the default: matched on E.164, ``phone_e164`` written.
+CLEAR = ClearMatching()
 
 _KEPT, _STOPPED, _INVALID, _DUPLICATE = 0, 1, 2, 3
 _REASON_LABELS = np.array([None, "stopped", "invalid", "duplicate"], dtype=object)
-_MASK = "\u2022"  # •
 
 
 # ------------------------------------------------------------------------------------ the list
-def e164_keys(values: pd.Series) -> np.ndarray:
-    """E.164 numbers as int64 keys (the digits after ``+``; 15 digits at most, so they fit), -1
-    where a value is missing or not ``+`` and digits. Vectorised in Arrow: comparing, sorting
-    and de-duplicating integers is much cheaper than Python strings, and they take 8 bytes each."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    texts = pa.array(values, from_pandas=True)
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-        texts = texts.cast(pa.large_string())
-    digits = pc.utf8_slice_codeunits(texts, 1)
-    try:
-        keys = pc.cast(digits, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        shaped = pc.match_substring_regex(texts, r"^\+[0-9]{1,18}$")
-        keys = pc.cast(pc.if_else(shaped, digits, pa.scalar(None, digits.type)), pa.int64())
-    return np.asarray(pc.fill_null(keys, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 class NumberSet:
-    """A growing set of E.164 keys (:func:`e164_keys`): a sorted int64 array, searched with
+    """A growing set of keys (:func:`~airflow_provider_smspartner.suppression.matching.e164_keys`
+    or :func:`~airflow_provider_smspartner.suppression.matching.hash_keys`): a sorted int64 array, searched with
     ``searchsorted`` and merged with each batch added (8 bytes a number)."""
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
@@ -119,27 +102,33 @@ class StopListSnapshot:
         return len(self.unreadable_stop_ids)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, match_unreadable_digits: bool = False) -> StopListSnapshot:
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        match_unreadable_digits: bool = False,
+        matching: ClearMatching | HashedMatching = CLEAR,
+    ) -> StopListSnapshot:
         """From the hook's stop-list frame (``stop_id``, ``phone_number``, ``phone_e164``...).
 
         :param match_unreadable_digits: Also match the rows with no E.164 on the digits of their
             cleaned number (``+`` and digits, as an E.164 key); otherwise they match nothing.
+        :param matching: What the keys are made of (E.164 or keyed hash).
         """
         from airflow_provider_smspartner.phone_numbers.list_numbers import (
             clean_list_numbers,
             list_number_digits,
         )
 
-        keys = e164_keys(frame["phone_e164"])
+        keys = matching.list_keys(frame["phone_e164"])
         unreadable = keys < 0
         digest = list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"])
-        matching = keys[~unreadable]
+        listed = keys[~unreadable]
         if match_unreadable_digits and unreadable.any():
             cleaned, _ = clean_list_numbers(frame["phone_number"][unreadable])
-            digits = list_number_digits(cleaned)
-            matching = np.concatenate([matching, digits[digits >= 0]])
+            digits = matching.digits_keys(list_number_digits(cleaned))
+            listed = np.concatenate([listed, digits[digits >= 0]])
         return cls(
-            numbers=NumberSet(matching),
+            numbers=NumberSet(listed),
             rows_in_list=len(frame),
             list_sha256=digest,
             matched=int((~unreadable).sum()),
@@ -147,10 +136,12 @@ class StopListSnapshot:
         )
 
 
-def fetch_stop_list(hook: Any, match_unreadable_digits: bool = False) -> StopListSnapshot:
+def fetch_stop_list(
+    hook: Any, match_unreadable_digits: bool = False, matching: ClearMatching | HashedMatching = CLEAR
+) -> StopListSnapshot:
     """Fetch the list once through ``hook`` (an ``SmsPartnerHook``, the one list reader) and keep
     what the check needs."""
-    return StopListSnapshot.from_frame(hook.get_stop_list_df(), match_unreadable_digits)
+    return StopListSnapshot.from_frame(hook.get_stop_list_df(), match_unreadable_digits, matching)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -178,42 +169,14 @@ class SuppressionResult:
     """What :func:`suppress_audience` found.
 
     :param counts: Rows by outcome.
-    :param stopped_numbers: Distinct E.164 numbers of the audience found on the list, in order
-        of appearance (at most ``max_examples``).
+    :param stopped_numbers: Distinct E.164 numbers (hashed mode: ``phone_hash`` values) of the
+        audience found on the list, in order of appearance (at most ``max_examples``).
     :param stopped_distinct: How many distinct audience numbers are on the list.
     """
 
     counts: SuppressionCounts = field(default_factory=SuppressionCounts)
     stopped_numbers: list[str] = field(default_factory=list)
     stopped_distinct: int = 0
-
-
-def mask_phone_number(e164: str) -> str:
-    """An E.164 number fit for a log line: country code, first national digit and last 4 digits.
-
-    The national number is grouped in pairs from the end (an odd first digit joins the first
-    pair): ``+33612345678`` -> ``+33 6•• •• 56 78``. A number too short to hide anything keeps
-    only its last 2 digits.
-    """
-    import phonenumbers
-
-    try:
-        code = str(phonenumbers.parse(e164, None).country_code)
-    except phonenumbers.NumberParseException:
-        code = ""
-    digits = e164.lstrip("+")
-    national = digits[len(code) :] if code and digits.startswith(code) else digits
-    if len(national) >= 6:
-        shown = national[0] + _MASK * (len(national) - 5) + national[-4:]
-    else:
-        shown = _MASK * max(len(national) - 2, 0) + national[-2:]
-    groups: list[str] = []
-    rest = shown
-    while len(rest) > 3:
-        groups.insert(0, rest[-2:])
-        rest = rest[:-2]
-    groups.insert(0, rest)
-    return f"+{code} " + " ".join(groups) if code else "+" + " ".join(groups)
 
 
 # ------------------------------------------------------------------------------------ chunks
@@ -239,14 +202,17 @@ def storable(frame: pd.DataFrame, text_columns: tuple[str, ...] = ()) -> pd.Data
 
 
 def classify(
-    values: pd.Series, stops: NumberSet, seen: NumberSet, default_region: str
+    values: pd.Series,
+    stops: NumberSet,
+    seen: NumberSet,
+    default_region: str,
+    matching: ClearMatching | HashedMatching = CLEAR,
 ) -> tuple[np.ndarray, pd.Series, np.ndarray]:
-    """Decide each row of a chunk: ``(codes, phone_e164, keys)``.
+    """Decide each row of a chunk: ``(codes, phone_e164 or phone_hash, keys)``.
 
     ``seen`` (the numbers kept by earlier chunks) gets the numbers this chunk keeps.
     """
-    e164 = normalize_phone_numbers(values.reset_index(drop=True), default_region)["phone_e164"]
-    keys = e164_keys(e164)
+    e164, keys = matching.audience(values, default_region)
     codes = np.full(len(keys), _INVALID, dtype=np.int8)
     valid = np.flatnonzero(keys >= 0)
     candidates = keys[valid]
@@ -261,10 +227,17 @@ def classify(
     return codes, e164, keys
 
 
-def _rows(chunk: pd.DataFrame, e164: pd.Series, mask: np.ndarray, reasons: np.ndarray | None) -> pd.DataFrame:
-    """The rows of ``chunk`` under ``mask`` with ``phone_e164`` (and ``reason``) set."""
+def _rows(
+    chunk: pd.DataFrame,
+    e164: pd.Series,
+    mask: np.ndarray,
+    reasons: np.ndarray | None,
+    column: str = E164_COLUMN,
+) -> pd.DataFrame:
+    """The rows of ``chunk`` under ``mask`` with ``column`` (``phone_e164`` or ``phone_hash``, from
+    ``e164``) and ``reason`` set."""
     rows = chunk[mask].reset_index(drop=True)
-    rows[E164_COLUMN] = e164.array[mask]
+    rows[column] = e164.array[mask]
     if reasons is not None:
         rows[REASON_COLUMN] = pd.array(reasons[mask], dtype="string")
     return rows
@@ -290,6 +263,32 @@ class ChunkSink(Protocol):
 
 
 # ------------------------------------------------------------------------------------ the run
+def _tally(
+    result: SuppressionResult,
+    codes: np.ndarray,
+    e164: pd.Series,
+    keys: np.ndarray,
+    stopped_seen: NumberSet,
+    max_examples: int,
+) -> None:
+    """Add a chunk's outcomes to ``result``: the counts, and its first distinct stopped numbers
+    (``stopped_seen`` gets them) while fewer than ``max_examples`` are quoted."""
+    counts = result.counts
+    tally = np.bincount(codes, minlength=4)
+    counts.audience += len(codes)
+    counts.kept += int(tally[_KEPT])
+    counts.stopped += int(tally[_STOPPED])
+    counts.invalid += int(tally[_INVALID])
+    counts.duplicate += int(tally[_DUPLICATE])
+    if tally[_STOPPED]:
+        stopped = np.flatnonzero(codes == _STOPPED)
+        first = stopped[~pd.Series(keys[stopped]).duplicated().to_numpy()]
+        first = first[~stopped_seen.contains(keys[first])]
+        stopped_seen.add(keys[first])
+        room = max_examples - len(result.stopped_numbers)
+        result.stopped_numbers += [str(e164.iloc[i]) for i in first[:room]]
+
+
 def suppress_audience(
     rows: RowChunks,
     stop_list: StopListSnapshot,
@@ -297,44 +296,38 @@ def suppress_audience(
     kept: ChunkSink | None = None,
     excluded: ChunkSink | None = None,
     max_examples: int = MAX_EXAMPLES,
+    matching: ClearMatching | HashedMatching = CLEAR,
 ) -> SuppressionResult:
     """Check every row of ``rows`` against ``stop_list``; send kept and excluded rows to the sinks.
 
-    Kept rows carry every audience column plus ``phone_e164``; excluded rows also ``reason``
-    (``stopped``, ``invalid`` or ``duplicate``). The sinks are closed when every chunk is in, and
-    aborted (no partial table, no partial file) when anything fails on the way.
+    Kept rows carry every audience column plus ``phone_e164`` (hashed mode: ``phone_hash``);
+    excluded rows also ``reason`` (``stopped``, ``invalid`` or ``duplicate``); in hashed mode the
+    ``stopped`` ones keep only ``phone_hash``, ``reason`` and ``matching.excluded_columns``. The
+    sinks are closed when every chunk is in, and aborted (no partial table, no partial file) when
+    anything fails on the way.
 
     :return: the counts, and the first ``max_examples`` distinct stopped numbers.
     """
     result = SuppressionResult()
-    counts = result.counts
     seen = NumberSet()
     stopped_seen = NumberSet()
     sinks = [sink for sink in (kept, excluded) if sink is not None]
     text_columns = (rows.column,)
     try:
         for chunk in rows.chunks:
-            codes, e164, keys = classify(chunk[rows.column], stop_list.numbers, seen, default_region)
-            tally = np.bincount(codes, minlength=4)
-            counts.audience += len(codes)
-            counts.kept += int(tally[_KEPT])
-            counts.stopped += int(tally[_STOPPED])
-            counts.invalid += int(tally[_INVALID])
-            counts.duplicate += int(tally[_DUPLICATE])
-            if tally[_STOPPED]:
-                stopped = np.flatnonzero(codes == _STOPPED)
-                first = stopped[~pd.Series(keys[stopped]).duplicated().to_numpy()]
-                first = first[~stopped_seen.contains(keys[first])]
-                stopped_seen.add(keys[first])
-                room = max_examples - len(result.stopped_numbers)
-                result.stopped_numbers += [str(e164.iloc[i]) for i in first[:room]]
+            codes, e164, keys = classify(
+                chunk[rows.column], stop_list.numbers, seen, default_region, matching
+            )
+            _tally(result, codes, e164, keys, stopped_seen, max_examples)
             if not sinks:
                 continue
             chunk = storable(chunk, text_columns)
             if kept is not None:
-                kept.write(_rows(chunk, e164, codes == _KEPT, None))
+                kept.write(_rows(chunk, e164, codes == _KEPT, None, matching.column))
             if excluded is not None:
-                excluded.write(_rows(chunk, e164, codes != _KEPT, _REASON_LABELS[codes]))
+                out = codes != _KEPT
+                rows_out = _rows(chunk, e164, out, _REASON_LABELS[codes], matching.column)
+                excluded.write(matching.hide_stopped(rows_out, codes[out] == _STOPPED))
         for sink in sinks:
             sink.close()
         # Files go in place as a pair, once both are complete.

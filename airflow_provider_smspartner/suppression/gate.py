@@ -19,16 +19,20 @@ from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.sql.tables import DEFAULT_RUN_LOG_TABLE
 from airflow_provider_smspartner.suppression.audit import AuditLog
 from airflow_provider_smspartner.suppression.engine import (
-    E164_COLUMN,
-    REASON_COLUMN,
+    CLEAR,
     ChunkSink,
     StopListSnapshot,
     SuppressionResult,
     fetch_stop_list,
-    mask_phone_number,
     suppress_audience,
 )
 from airflow_provider_smspartner.suppression.guard import check_live_list
+from airflow_provider_smspartner.suppression.matching import (
+    REASON_COLUMN,
+    ClearMatching,
+    HashedMatching,
+    check_excluded_columns,
+)
 from airflow_provider_smspartner.suppression.sinks import FileSink, TableSink
 from airflow_provider_smspartner.suppression.targets import (
     Place,
@@ -82,6 +86,12 @@ class Gate:
     max_removed_fraction: float | None = 0.2
     allow_empty_list: bool = False
     on_unreadable_list_row: str = "fail"
+    hash_key_conn_id: str | None = None
+    #: The source's column holds ``phone_hash`` values (the operator's ``phone_hash_column``).
+    given_hashes: bool = False
+    excluded_columns: tuple[str, ...] = ()
+    #: What the audience is matched on: set by :meth:`run` (keyed hash with ``hash_key_conn_id``).
+    matching: ClearMatching | HashedMatching = field(default=CLEAR, init=False)
     #: The operator's logger (the task SDK's, which is not a ``logging.Logger``).
     log: Any = field(default_factory=lambda: logging.getLogger(__name__))
     #: What :meth:`run` returns, also set when check mode fails (for the lineage).
@@ -96,7 +106,9 @@ class Gate:
         :raises StopListGuardError: when the live list is refused (nothing written but the audit row).
         :raises AirflowException: in check mode when audience numbers are on the list.
         """
-        # Before any API call: bad names, extensions, connections, clashes and the audit table fail here.
+        # Before any API call: the hash key, bad names, extensions, connections, clashes and the
+        # audit table fail here.
+        self.matching = self.resolve_matching()
         self.check_targets()
         kept, excluded = self.sinks()
         audit = AuditLog(str(self.audit_conn_id), self.audit_table) if self.audit_table else None
@@ -111,12 +123,34 @@ class Gate:
                 len(rows.columns),
                 self.chunk_size,
             )
-            self.check_output_columns(rows.columns)
+            self.check_output_columns(rows.columns, rows.column)
             checked_at, stop_list = self.fetch_checked_list(audit, reference)
             result = suppress_audience(
-                rows, stop_list, default_region=self.default_region, kept=kept, excluded=excluded
+                rows,
+                stop_list,
+                default_region=self.default_region,
+                kept=kept,
+                excluded=excluded,
+                matching=self.matching,
             )
         return self.report(checked_at, stop_list, result, kept, excluded, audit)
+
+    def resolve_matching(self) -> ClearMatching | HashedMatching:
+        """Clear mode, or keyed-hash mode with the key of ``hash_key_conn_id`` (read and checked).
+
+        :raises SmsPartnerConfigError: a missing connection or a short key (before any API call).
+        """
+        if not self.hash_key_conn_id:
+            return CLEAR
+        from airflow_provider_smspartner.utils.hash_key import resolve_hash_key
+
+        hash_key = resolve_hash_key(self.hash_key_conn_id)
+        self.log.info(
+            "Keyed-hash mode: the audience is matched on phone_hash under key %r (connection %r)",
+            hash_key.key_id,
+            hash_key.conn_id,
+        )
+        return HashedMatching(hash_key, self.given_hashes, tuple(self.excluded_columns))
 
     def check_targets(self) -> None:
         """Every output, the audit table and what is read must be distinct places.
@@ -152,12 +186,13 @@ class Gate:
         """The kept and excluded outputs, checked (names, extensions, connections); nothing is
         written until the audience is checked."""
         output_conn = str(self.output_conn_id)
+        column = self.matching.column
         kept: ChunkSink | None = None
         excluded: ChunkSink | None = None
         if self.output_path:
             kept = FileSink(self.output_path, self._file_format(self.output_path, "output_path"))
         elif self.output_table:
-            kept = TableSink(output_conn, self.output_table, key=E164_COLUMN, chunk_size=self.chunk_size)
+            kept = TableSink(output_conn, self.output_table, key=column, chunk_size=self.chunk_size)
         if self.excluded_path:
             excluded = FileSink(self.excluded_path, self._file_format(self.excluded_path, "excluded_path"))
         elif self.excluded_table:
@@ -165,15 +200,17 @@ class Gate:
             excluded = TableSink(
                 output_conn,
                 self.excluded_table,
-                indexes=(E164_COLUMN,),
+                indexes=(column,),
                 chunk_size=self.chunk_size,
                 spill=True,
             )
         return kept, excluded
 
-    def check_output_columns(self, columns: Any) -> None:
-        """The output tables' columns (the audience's, plus ``phone_e164``, plus ``reason`` for the
-        excluded rows) must be names the database stores as given: checked before any API call.
+    def check_output_columns(self, columns: Any, phone_column: str) -> None:
+        """The output tables' columns (the audience's, plus ``phone_e164`` or ``phone_hash``, plus
+        ``reason`` for the excluded rows) must be names the database stores as given, and the
+        ``excluded_columns`` of hashed mode audience columns other than raw numbers: checked
+        before any API call.
 
         :raises ValueError: naming the columns, the database and the rule.
         """
@@ -181,9 +218,12 @@ class Gate:
         from airflow_provider_smspartner.sql.names import check_column_names
 
         names = [str(column) for column in columns]
+        if isinstance(self.matching, HashedMatching):
+            check_excluded_columns(self.excluded_columns, names, phone_column, self.given_hashes)
+        key = self.matching.column
         for table, added in (
-            (self.output_table, (E164_COLUMN,)),
-            (self.excluded_table, (E164_COLUMN, REASON_COLUMN)),
+            (self.output_table, (key,)),
+            (self.excluded_table, (key, REASON_COLUMN)),
         ):
             if table:
                 dialect = resolve_dbapi_hook(str(self.output_conn_id)).dialect_name
@@ -218,7 +258,9 @@ class Gate:
         hook = SmsPartnerHook(smspartner_conn_id=self.smspartner_conn_id)
         try:
             checked_at = utc_now()
-            stop_list = fetch_stop_list(hook, match_unreadable_digits=self.on_unreadable_list_row == "warn")
+            stop_list = fetch_stop_list(
+                hook, match_unreadable_digits=self.on_unreadable_list_row == "warn", matching=self.matching
+            )
         finally:
             hook.close()
         self.log.info(
@@ -294,7 +336,7 @@ class Gate:
             audit.append(self.audit_row(checked_at, stop_list, "accepted") | counts | {"output": output})
             self.log.info("Audit row appended to %s", audit.table)
         if self.mode == "check" and counts["stopped"]:
-            examples = ", ".join(mask_phone_number(number) for number in result.stopped_numbers)
+            examples = ", ".join(self.matching.example(number) for number in result.stopped_numbers)
             raise AirflowException(
                 f"{counts['stopped']} of {counts['audience']} audience rows ({result.stopped_distinct} "
                 f"distinct numbers) are on the SMS Partner stop list of {stop_list.rows_in_list} stops "

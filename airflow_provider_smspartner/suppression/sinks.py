@@ -23,7 +23,6 @@ import pandas as pd
 
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.sql.writer import SqlTableWriter
-from airflow_provider_smspartner.suppression.engine import E164_COLUMN
 from airflow_provider_smspartner.utils.arguments import DEFAULT_CHUNK_SIZE
 from airflow_provider_smspartner.utils.storage import FileFormat, to_storage_path
 
@@ -280,7 +279,10 @@ class TableSink:
 
         try:
             spilled.close()
-            with rows_from_file(self._spill_name, E164_COLUMN, self.chunk_size) as rows:
+            # Any column of the spilled rows serves as the reader's "phone column": it only reads.
+            with rows_from_file(
+                self._spill_name, self.indexes[0] if self.indexes else self.key, self.chunk_size
+            ) as rows:
                 first = next(rows.chunks)
                 writer = self._writer(first)
 

@@ -21,7 +21,7 @@ from airflow.exceptions import AirflowException
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
 from airflow_provider_smspartner.operators.smspartner import SmsPartnerSuppressAudienceOperator
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
-from airflow_provider_smspartner.suppression import engine
+from airflow_provider_smspartner.suppression import engine, matching
 from airflow_provider_smspartner.utils.stop_list import list_sha256
 from tests.conftest import TEST_API_KEY
 from tests.helpers import (
@@ -402,7 +402,7 @@ class TestCheckMode:
     ],
 )
 def test_mask_phone_number(number, masked):
-    assert engine.mask_phone_number(number) == masked
+    assert matching.mask_phone_number(number) == masked
 
 
 # ------------------------------------------------------------------------------------ arguments
