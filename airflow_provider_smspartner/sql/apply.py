@@ -57,6 +57,20 @@ Guard = Callable[[RemovalCounts], None]
 BeforeCommit = Callable[[Connection, WriteSummary], None]
 
 
+def chain_before_commit(*callbacks: BeforeCommit | None) -> BeforeCommit | None:
+    """One ``before_commit`` that calls each of ``callbacks`` in order (None ones left out), e.g. a
+    check that may refuse the change, then a log row; None when there is none."""
+    chained = [callback for callback in callbacks if callback is not None]
+    if not chained:
+        return None
+
+    def run_all(conn: Connection, summary: WriteSummary) -> None:
+        for callback in chained:
+            callback(conn, summary)
+
+    return run_all
+
+
 def count_rows(conn: Connection, table: sa.Table, where: Any = None) -> int:
     query = sa.select(sa.func.count()).select_from(table)
     return int(conn.execute(query if where is None else query.where(where)).scalar_one())

@@ -174,7 +174,12 @@ class SqlTableWriter:
         return self._write_locked(frame, mode, now, guard, before_commit)
 
     def write_chunks(
-        self, chunks: Iterable[pd.DataFrame], mode: WriteMode, *, now: datetime | None = None
+        self,
+        chunks: Iterable[pd.DataFrame],
+        mode: WriteMode,
+        *,
+        now: datetime | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> WriteSummary:
         """Stream ``chunks`` into the table in ``mode`` and return what changed.
 
@@ -185,6 +190,7 @@ class SqlTableWriter:
         the table as it was. Modes as :meth:`write`; without a key, ``replace`` deletes every row
         and inserts the new ones, ``append`` inserts every row.
 
+        :param before_commit: As :meth:`write`'s, in every mode.
         :raises ValueError: an unknown mode, ``upsert`` without a key, a chunk lacking a column,
             or a key value repeated in the stream (within a chunk or across chunks), naming it.
         :raises TimeoutError: another writer held the table's lock for ``lock_timeout`` seconds.
@@ -206,7 +212,11 @@ class SqlTableWriter:
 
         if self.load_path == "insert_rows":
             return self._write_generic(
-                lambda table: fill(lambda chunk: self._insert_rows(chunk, table)), mode, now, None, None
+                lambda table: fill(lambda chunk: self._insert_rows(chunk, table)),
+                mode,
+                now,
+                None,
+                before_commit,
             )
 
         def work(conn: Connection, summary: WriteSummary) -> None:
@@ -216,7 +226,7 @@ class SqlTableWriter:
             incoming = fill(lambda chunk: self._load_staging(conn, chunk, staging))
             self._apply(conn, staging, mode, now, summary, None, incoming)
 
-        return self._locked_transaction(staging, work, None)
+        return self._locked_transaction(staging, work, before_commit)
 
     def ensure_table(self) -> bool:
         """Create the table (with its key and indexes) unless it exists; check its columns. True if created.

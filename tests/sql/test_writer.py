@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-from airflow_provider_smspartner.sql.apply import RemovalCounts
+from airflow_provider_smspartner.sql.apply import RemovalCounts, WriteSummary, chain_before_commit
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.sql.ddl import staging_name
 from airflow_provider_smspartner.sql.names import TableName
@@ -690,9 +690,17 @@ class TestFirstSeenGenericPath(TestFirstSeen):
         return SqlTableWriter(hook, f"writer_{uuid.uuid4().hex[:10]}", FIRST_SEEN_SPEC, chunk_size=2)
 
 
+def _write_how(writer: SqlTableWriter, how: str, frame: pd.DataFrame, mode: str, **kwargs) -> WriteSummary:
+    """``writer.write(frame, ...)``, or ``writer.write_chunks`` of ``frame`` one row at a time."""
+    if how == "write":
+        return writer.write(frame, mode, **kwargs)
+    return writer.write_chunks((frame.iloc[[i]] for i in range(len(frame))), mode, **kwargs)
+
+
 class TestBeforeCommit:
+    @pytest.mark.parametrize("how", ["write", "write_chunks"])
     @pytest.mark.parametrize("mode", ["replace", "upsert", "append"])
-    def test_commits_and_rolls_back_with_the_change(self, warehouse_conn, table, mode):
+    def test_commits_and_rolls_back_with_the_change(self, warehouse_conn, table, mode, how):
         hook = resolve_dbapi_hook(warehouse_conn)
         writer = SqlTableWriter(hook, table, SPEC)
         log_spec = TableSpec(columns=(Column("mode", "short_text"), Column("inserted", "bigint")))
@@ -702,7 +710,7 @@ class TestBeforeCommit:
         def record(conn, summary):
             log.insert_row(conn, {"mode": mode, "inserted": summary.inserted})
 
-        writer.write(_frame((1, "a")), mode, now=NOW, before_commit=record)
+        _write_how(writer, how, _frame((1, "a")), mode, now=NOW, before_commit=record)
         assert log.read_frame().to_dict("records") == [{"mode": mode, "inserted": 1}]
 
         def record_then_fail(conn, summary):
@@ -710,10 +718,43 @@ class TestBeforeCommit:
             raise RuntimeError("refused after the change")
 
         with pytest.raises(RuntimeError, match="refused after the change"):
-            writer.write(_frame((1, "a"), (2, "b")), mode, now=NOW, before_commit=record_then_fail)
+            _write_how(writer, how, _frame((1, "a"), (2, "b")), mode, now=NOW, before_commit=record_then_fail)
         assert sorted(_rows(writer)) == [1]
         assert len(log.read_frame()) == 1
         assert _table_names(hook, table) == sorted([table, f"{table}_log"])  # staging dropped
+
+    @pytest.mark.parametrize("how", ["write", "write_chunks"])
+    def test_generic_path(self, sqlite_conn, how):
+        writer = SqlTableWriter(UnknownDatabaseHook(sqlite_conn_id=sqlite_conn), "stops", SPEC)
+        seen: list[list[int]] = []
+
+        def read_then_fail(conn, summary):
+            seen.append(sorted(row[0] for row in conn.execute(sa.select(writer.sql_table.c.id))))
+            raise RuntimeError("refused after the change")
+
+        _write_how(writer, how, _frame((1, "a")), "upsert", now=NOW)
+        with pytest.raises(RuntimeError, match="refused after the change"):
+            _write_how(writer, how, _frame((2, "b")), "upsert", now=NOW, before_commit=read_then_fail)
+        assert seen == [[1, 2]]  # the change, seen on the write's connection
+        assert sorted(_rows(writer)) == [1]
+
+    def test_chained_callbacks_run_in_order_and_stop_at_a_raise(self, sqlite_conn):
+        calls: list[str] = []
+
+        def refuse(conn, summary):
+            calls.append("refuse")
+            raise RuntimeError("refused")
+
+        assert chain_before_commit(None, None) is None
+        writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
+        writer.ensure_table()
+        chained = chain_before_commit(
+            lambda c, s: calls.append("first"), None, refuse, lambda c, s: calls.append("x")
+        )
+        with pytest.raises(RuntimeError, match="refused"):
+            writer.write(_frame((1, "a")), "upsert", now=NOW, before_commit=chained)
+        assert calls == ["first", "refuse"]
+        assert writer.read_frame().empty
 
 
 class TestEnsureTable:
