@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_smspartner.exceptions import SmsPartnerConfigError
+from airflow_provider_smspartner.sql.hash_mode import HashModeRules
 from airflow_provider_smspartner.sql.stream import stream_query
 from airflow_provider_smspartner.utils.arguments import (
     DEFAULT_CHUNK_SIZE,
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_smspartner.sql.apply import WriteSummary
-    from airflow_provider_smspartner.sql.names import TableName
     from airflow_provider_smspartner.sql.writer import SqlTableWriter
     from airflow_provider_smspartner.utils.hash_key import HashKey
 
@@ -58,68 +57,15 @@ OUTPUT_COLUMNS = ("phone_e164", "reason")
 #: What ``key_column`` may not be called, whatever the mode: the columns the operator writes in
 #: either mode (keyed-hash mode writes ``phone_hash`` and ``hash_key_id`` instead of ``phone_e164``).
 RESERVED_COLUMNS = ("phone_e164", "phone_hash", "hash_key_id", "reason")
-
-
-def check_destination_hash_mode(hook: Any, table: TableName, key: HashKey | None, mode: str) -> str | None:
-    """Refuse a run whose hash mode or key does not fit the existing destination table; called
-    before the query runs, so a refused run reads and writes nothing.
-
-    A table in clear (``phone_e164``) refuses a hashed run, a hashed one (``phone_hash``,
-    ``hash_key_id``) a run in clear. A table hashed under other keys (its ``DISTINCT
-    hash_key_id``) refuses ``upsert``, which would keep the absent keys' rows under the old key;
-    ``replace`` rebuilds it under the new key.
-
-    :return: the other key ids a ``replace`` rotates away from (comma-separated), else None.
-    :raises SmsPartnerConfigError: naming the table, its mode or keys, and what to do.
-    """
-    import sqlalchemy as sa
-
-    from airflow_provider_smspartner.sql.dbapi import unpooled_engine
-
-    engine = unpooled_engine(hook)
-    try:
-        with engine.connect() as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table(table.name, schema=table.schema):
-                return None
-            columns = {str(c["name"]).lower() for c in inspector.get_columns(table.name, schema=table.schema)}
-            hashed = {"phone_hash", "hash_key_id"} <= columns
-            _check_mode(str(table), key, hashed, clear="phone_e164" in columns)
-            if key is None or not hashed:
-                return None  # a table of neither shape: the writer names its missing columns
-            stored = sa.column("hash_key_id", sa.String())
-            query = sa.select(stored).select_from(sa.table(table.name, schema=table.schema))
-            others = sorted(
-                {str(row[0]) for row in conn.execute(query.where(stored.is_not(None)).distinct())}
-            )
-    finally:
-        engine.dispose()
-    others = [key_id for key_id in others if key_id != key.key_id]
-    if others and mode != "replace":
-        raise SmsPartnerConfigError(
-            f"Table {table} is hashed with key id(s) {', '.join(others)}, not {key.key_id!r} (connection "
-            f"{key.conn_id!r}): {mode} cannot change the key, because the rows it keeps (keys absent from "
-            "the query) would stay hashed under the old key and match nothing hashed under the new one. "
-            "Run once with mode='replace' to rebuild the table under the new key, or use the old key. "
-            "Nothing was written."
-        )
-    return ", ".join(others) or None
-
-
-def _check_mode(table: str, key: HashKey | None, hashed: bool, clear: bool) -> None:
-    """Refuse a run in clear into a hashed table, or a hashed run into a table in clear."""
-    if key is None and hashed and not clear:
-        raise SmsPartnerConfigError(
-            f"Table {table} holds hashed numbers (phone_hash): a run in clear would write phone_e164 "
-            "into it; set hash_key_conn_id to the key connection it was made with, or write to another "
-            "table. Nothing was written."
-        )
-    if key is not None and clear:
-        raise SmsPartnerConfigError(
-            f"Table {table} holds numbers in clear (phone_e164), not hashes: a hashed run "
-            f"(hash_key_conn_id={key.conn_id!r}) cannot write it; drop the table (its numbers are in "
-            "clear) or write to another table. Nothing was written."
-        )
+#: Keyed-hash mode of the destination (:func:`~airflow_provider_smspartner.sql.hash_mode.check_hash_mode`):
+#: ``phone_e164`` marks a table in clear; only ``replace`` may change the key.
+HASH_MODE_RULES = HashModeRules(
+    clear_column="phone_e164",
+    why_no_rekey=(
+        "the rows it keeps (keys absent from the query) would stay hashed under the old key and "
+        "match nothing hashed under the new one"
+    ),
+)
 
 
 class PhoneNumbersToSqlOperator(BaseOperator):
@@ -164,7 +110,9 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         extract's hashed stop list on ``phone_hash``. The key is checked before the query runs;
         a table made in the other mode, or ``upsert`` into a table hashed under another key, is
         refused before it; ``replace`` rebuilds a table hashed under another key in one
-        transaction. See docs/privacy.md. (templated)
+        transaction. The keys are checked again under the table's lock before the commit: a
+        table another run wrote under another key meanwhile rolls the change back. See
+        docs/privacy.md. (templated)
     :return: ``{"rows", "valid", "invalid", "table", "mode"}``, and ``hash_key_id`` in keyed-hash
         mode.
     :raises ValueError: before anything is written: an unknown mode or region, an invalid table
@@ -172,7 +120,8 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         called ``phone_e164``, ``phone_hash``, ``hash_key_id`` or ``reason``, an empty key, or a
         key repeated in the result (naming it).
     :raises SmsPartnerConfigError: before the query runs: a missing or unfit key connection
-        (naming it), a destination table of the other mode, or ``upsert`` under another key.
+        (naming it), a destination table of the other mode, or ``upsert`` under another key;
+        before the commit (rolled back): another key found in the table once the change is made.
     """
 
     template_fields: Sequence[str] = (
@@ -227,6 +176,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_smspartner.phone_numbers import normalize_phone_numbers
         from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.hash_mode import check_hash_mode, hash_key_recheck
         from airflow_provider_smspartner.sql.names import TableName
         from airflow_provider_smspartner.sql.tables import table_spec_for
         from airflow_provider_smspartner.sql.writer import SqlTableWriter
@@ -240,13 +190,7 @@ class PhoneNumbersToSqlOperator(BaseOperator):
         key = None if self.hash_key_conn_id is None else resolve_hash_key(self.hash_key_conn_id)
         source = resolve_dbapi_hook(self.source_conn_id)
         destination = resolve_dbapi_hook(self.destination_conn_id or self.source_conn_id)
-        if rotated := check_destination_hash_mode(destination, table, key, self.mode):
-            self.log.info(
-                "Key rotation: %s is hashed with key id(s) %s; replace rebuilds it under key id %s",
-                table,
-                rotated,
-                key.key_id if key else None,
-            )
+        check_hash_mode(destination, table, key, self.mode, HASH_MODE_RULES, log=self.log)
 
         counts = {"rows": 0, "valid": 0, "invalid": 0, "chunks": 0}
         number = "phone_e164" if key is None else "phone_hash"
@@ -261,7 +205,13 @@ class PhoneNumbersToSqlOperator(BaseOperator):
                 chunk_size=self.chunk_size,
             )
             frames = (frame for _, frame in chunks)
-            written = writer.write_chunks(_chained(first, frames), self.mode)  # type: ignore[arg-type]
+            written = writer.write_chunks(
+                _chained(first, frames),
+                self.mode,  # type: ignore[arg-type]
+                # Under the table's lock, after the change: another run may have re-keyed the
+                # table since the check above.
+                before_commit=hash_key_recheck(table, key, self.mode, HASH_MODE_RULES),
+            )
         return self._report(writer, written, counts, key)
 
     def _report(

@@ -23,11 +23,11 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_smspartner.exceptions import (
     DuplicateStopIdError,
-    SmsPartnerConfigError,
     SmsPartnerResponseError,
     StopListGuardError,
 )
 from airflow_provider_smspartner.hooks.smspartner import SmsPartnerHook
+from airflow_provider_smspartner.sql.hash_mode import HashModeRules
 from airflow_provider_smspartner.sql.tables import (
     DEFAULT_RUN_LOG_TABLE,
     TableSpec,
@@ -62,6 +62,15 @@ if TYPE_CHECKING:
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
 #: Keys of the extra of the task's Asset events (and of its return value).
 CHANGE_KEYS = ("rows_in_list", "inserted", "updated", "removed", "list_sha256")
+#: Keyed-hash mode of the stop-list table (:func:`~airflow_provider_smspartner.sql.hash_mode.check_hash_mode`):
+#: ``phone_number`` marks a table in clear; only ``replace`` may change the key.
+HASH_MODE_RULES = HashModeRules(
+    clear_column="phone_number",
+    why_no_rekey=(
+        "the rows that left the list cannot be re-hashed without their numbers (a rebuild from the "
+        "live list loses that removal history)"
+    ),
+)
 
 
 def stop_list_as_of_sql(table: str, at: datetime, dialect: str, hashed: bool = False) -> str:
@@ -188,55 +197,6 @@ def stop_list_spec(hashed: bool) -> TableSpec:
     return hashed_stop_list_table_spec() if hashed else stop_list_table_spec()
 
 
-def check_table_hash_mode(writer: SqlTableWriter, key: HashKey | None, mode: str) -> str | None:
-    """Refuse a run whose hash mode or key does not fit the existing table; before any API call.
-
-    A table made in clear (``phone_number``) refuses a hashed run and a hashed one
-    (``phone_hash``) a run in clear. A hashed table made under other keys (its
-    ``DISTINCT hash_key_id``) refuses ``upsert`` and ``append``: the rows that left the list
-    cannot be re-keyed without their numbers; ``replace`` rebuilds the table under the new key.
-
-    :return: the other key ids a ``replace`` will rotate away from (comma-separated), else None.
-    :raises SmsPartnerConfigError: naming the table, its mode or keys, and what to do.
-    """
-    import sqlalchemy as sa
-
-    table = writer.table
-    with writer.engine.connect() as conn:
-        inspector = sa.inspect(conn)
-        if not inspector.has_table(table.name, schema=table.schema):
-            return None
-        columns = {str(c["name"]).lower() for c in inspector.get_columns(table.name, schema=table.schema)}
-        hashed_table = "phone_hash" in columns and "phone_number" not in columns
-        if key is None and hashed_table:
-            raise SmsPartnerConfigError(
-                f"Table {table} holds hashed numbers (phone_hash): a run in clear would mix modes; "
-                "set hash_key_conn_id to the key connection it was made with, or write to another table."
-            )
-        if key is None:
-            return None
-        if not hashed_table:
-            raise SmsPartnerConfigError(
-                f"Table {table} holds numbers in clear (phone_number), not hashes: a hashed run "
-                f"(hash_key_conn_id={key.conn_id!r}) cannot write it; drop the table (its numbers are in "
-                "clear) or write to another table."
-            )
-        stored = writer.sql_table.c.hash_key_id
-        query = sa.select(stored).where(stored.is_not(None)).distinct()
-        others = sorted({str(row[0]) for row in conn.execute(query)} - {key.key_id})
-    if not others:
-        return None
-    if mode != "replace":
-        raise SmsPartnerConfigError(
-            f"Table {table} is hashed with key id(s) {', '.join(others)}, not {key.key_id!r} "
-            f"(connection {key.conn_id!r}): {mode} cannot change the key, because the rows that left "
-            "the list cannot be re-hashed without their numbers. Run once with mode='replace' to "
-            "rebuild the table from the live list under the new key (its removal history is lost), "
-            "or use the old key."
-        )
-    return ", ".join(others)
-
-
 def check_removals(
     counts: RemovalCounts,
     *,
@@ -314,7 +274,9 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         (``utils.hash_key``). The table then holds ``phone_hash`` and ``hash_key_id`` instead of
         ``phone_number`` and ``phone_e164``; no number is written in clear. A table made in the
         other mode, or (``upsert``, ``append``) under another key, is refused before any API call;
-        ``replace`` rebuilds a table hashed under another key. See docs/privacy.md. (templated)
+        ``replace`` rebuilds a table hashed under another key. The keys are checked again under
+        the table's lock before the commit: a table another run wrote under another key
+        meanwhile rolls the change back. See docs/privacy.md. (templated)
     :return: ``{"rows_in_list", "inserted", "updated", "removed", "list_sha256", "table", "mode"}``.
     """
 
@@ -366,7 +328,9 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         """
         import pandas as pd
 
+        from airflow_provider_smspartner.sql.apply import chain_before_commit
         from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
+        from airflow_provider_smspartner.sql.hash_mode import check_hash_mode, hash_key_recheck
         from airflow_provider_smspartner.sql.writer import SqlTableWriter
 
         started_at = datetime.now(timezone.utc)
@@ -376,14 +340,7 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
         key = self._hash_key()
         hook = resolve_dbapi_hook(self.sql_conn_id)
         writer = SqlTableWriter(hook, self.table, stop_list_spec(key is not None), self.chunk_size)
-        if rotated := check_table_hash_mode(writer, key, self.mode):
-            assert key is not None
-            self.log.info(
-                "Key rotation: %s is hashed with key id(s) %s; replace rebuilds it under key id %s",
-                writer.table,
-                rotated,
-                key.key_id,
-            )
+        check_hash_mode(hook, writer.table, key, self.mode, HASH_MODE_RULES, log=self.log)
         run_log = None
         if self.run_log_table is not None:
             name = run_log_table_name(self.table, self.run_log_table)
@@ -408,7 +365,12 @@ class SmsPartnerStopListToSqlOperator(BaseOperator):
                 self.mode,  # type: ignore[arg-type]
                 now=extracted_at.to_pydatetime(),  # also the new stops' first_seen_at
                 guard=self._guard(str(writer.table)),
-                before_commit=None if run_log is None else partial(self._log_applied, run_log, entry),
+                # Under the table's lock, after the change: the key again (another run may have
+                # re-keyed the table since the check above), then the run-log row.
+                before_commit=chain_before_commit(
+                    hash_key_recheck(writer.table, key, self.mode, HASH_MODE_RULES),
+                    None if run_log is None else partial(self._log_applied, run_log, entry),
+                ),
             )
         except (StopListGuardError, SmsPartnerResponseError) as refused:
             if run_log is not None:
