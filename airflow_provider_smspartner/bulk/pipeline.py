@@ -25,6 +25,7 @@ import pandas as pd
 from airflow.exceptions import AirflowException
 
 from airflow_provider_smspartner.bulk.attempts import AttemptJournal, is_ambiguous, journal_attempts
+from airflow_provider_smspartner.bulk.numbers import mask_number
 from airflow_provider_smspartner.bulk.outcomes import (
     NOT_PROCESSED,
     PENDING,
@@ -130,11 +131,19 @@ def _log_plan(outcomes: pd.DataFrame, logger: Any) -> None:
     )
 
 
-def _recover(kind: Kind, results: TryResults | None, stop_list: pd.DataFrame | None, logger: Any) -> Recovery:
+def _recover(
+    kind: Kind,
+    results: TryResults | None,
+    outcomes: pd.DataFrame,
+    stop_list: pd.DataFrame | None,
+    logger: Any,
+) -> Recovery:
     """Settle what earlier tries of the task instance left pending (needs the current list)."""
     if results is None or results.earlier.empty or stop_list is None:
         return Recovery()
-    recovery = recover_earlier(kind, results.earlier, stop_list, results.try_number)
+    # In keyed-hash mode the earlier rows hold hashes: matched to this run's and the list's numbers.
+    known = pd.concat([outcomes["phone_e164"], stop_list["phone_e164"]], ignore_index=True)
+    recovery = recover_earlier(kind, results.earlier_e164(known), stop_list, results.try_number)
     if not recovery.updates.empty:
         logger.info(
             "Try %d: %d inputs of earlier tries were left pending (the try ended before recording their "
@@ -351,7 +360,7 @@ def add_stops(
     _log_plan(outcomes, logger)
     has_earlier = results is not None and not results.earlier.empty
     stop_list = hook.get_stop_list_df() if options.skip_existing or has_earlier else None
-    recovery = _recover("add", results, stop_list, logger)
+    recovery = _recover("add", results, outcomes, stop_list, logger)
     if stop_list is not None:
         _skip_listed(outcomes, stop_list, recovery, options.skip_existing, logger)
     todo = np.flatnonzero(undecided(outcomes).to_numpy())
@@ -394,7 +403,7 @@ def remove_stops(
     outcomes = plan_inputs(values, options.default_region, _now())
     _log_plan(outcomes, logger)
     stop_list = hook.get_stop_list_df()
-    recovery = _recover("remove", results, stop_list, logger)
+    recovery = _recover("remove", results, outcomes, stop_list, logger)
     pairs = _settle_unlisted(outcomes, stop_list, recovery, logger)
     with _recording(results, outcomes, logger) as recorder:
         if options.dry_run:
@@ -422,11 +431,21 @@ def _done(result: BulkResult, recorder: RunRecorder | None, outcomes: pd.DataFra
     return result
 
 
-def log_failures(outcomes: pd.DataFrame, logger: Any, limit: int = FAILURE_SAMPLE) -> None:
-    """Log the first ``limit`` failures, one per line, and how many more there are."""
+def log_failures(
+    outcomes: pd.DataFrame, logger: Any, limit: int = FAILURE_SAMPLE, hashed: bool = False
+) -> None:
+    """Log the first ``limit`` failures, one per line, and how many more there are.
+
+    :param hashed: Keyed-hash mode: a line names the input row, not the number, and the number
+        is masked out of the message (``numbers.mask_number``).
+    """
     failed = outcomes[outcomes["status"] == "failed"]
-    for row in failed.head(limit).itertuples(index=False):
+    for position, row in zip(failed.index[:limit], failed.head(limit).itertuples(index=False), strict=True):
         code = "" if row.error_code is pd.NA else f"code {row.error_code}: "
+        if hashed:
+            message = mask_number(row.error_message, row.phone_e164)
+            logger.warning("failed: input row %d: %s%s", position, code, message)
+            continue
         logger.warning(
             "failed: %s (input %r): %s%s", row.phone_e164, row.input_value, code, row.error_message
         )
@@ -434,13 +453,14 @@ def log_failures(outcomes: pd.DataFrame, logger: Any, limit: int = FAILURE_SAMPL
         logger.warning("... and %d more failures", len(failed) - limit)
 
 
-def conclude(result: BulkResult, max_failed: int, logger: Any = log) -> dict[str, Any]:
+def conclude(result: BulkResult, max_failed: int, logger: Any = log, hashed: bool = False) -> dict[str, Any]:
     """Report a bulk run: log it, then fail the task if it must.
 
     The outcomes are in the results table by then (recorded while the run went), so nothing is
     lost when the task fails.
 
     :param max_failed: Failures tolerated before the task fails.
+    :param hashed: Keyed-hash mode: no number in the log lines (:func:`log_failures`).
     :return: ``total``, one count per status, and ``results_table`` when one was written.
     :raises SmsPartnerAuthError: when the API refused the key (the run stopped at once).
     :raises SmsPartnerRetryAfterTooLongError: when the API asked to wait longer than the
@@ -449,7 +469,7 @@ def conclude(result: BulkResult, max_failed: int, logger: Any = log) -> dict[str
     """
     summary: dict[str, Any] = dict(result.counts())
     results = result.results
-    log_failures(result.outcomes, logger)
+    log_failures(result.outcomes, logger, hashed=hashed)
     logger.info("Summary: %s", ", ".join(f"{key}={value}" for key, value in summary.items()))
     if results is not None:
         summary["results_table"] = results.table

@@ -35,7 +35,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from airflow_provider_smspartner.bulk.outcomes import NOT_PROCESSED, PENDING, CallOutcome, merge_row_outcomes
-from airflow_provider_smspartner.bulk.results import TryResults, db_error, storable_inputs
+from airflow_provider_smspartner.bulk.results import TryResults, db_error
 from airflow_provider_smspartner.bulk.write_thread import Write, WriteThread, wait_writes
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class RunRecorder:
     :meth:`abort` when the run is interrupted).
 
     :param results: The try's rows in the table, prepared (:meth:`ResultsTable.prepare`).
-    :param outcomes: The run's outcome table (its static columns: input values, numbers).
+    :param outcomes: The run's outcome table (its static columns: input values, numbers; in
+        keyed-hash mode the rows hold their hashes, ``results.row_numbers``).
     :param logger: For the lines on what was written.
     :param clock: Monotonic seconds; injectable for tests.
     """
@@ -79,10 +80,7 @@ class RunRecorder:
         self.flush_rows = results.config.flush_rows
         self.flush_seconds = results.config.flush_seconds
         self.block_rows = max(int(results.config.block_rows), 1)
-        self.inputs = storable_inputs(outcomes["input_value"].tolist())
-        self.phones = (
-            outcomes["phone_e164"].astype(object).where(outcomes["phone_e164"].notna(), None).tolist()
-        )
+        self.numbers = results.row_numbers(outcomes)
         size = len(outcomes)
         #: What the table holds (or will, once queued writes end) of each row: ``_state`` of it,
         #: ``None`` before its first write.
@@ -195,7 +193,7 @@ class RunRecorder:
         self.flush()
         candidates = {r for r, state in enumerate(self.written) if state is None}
         candidates.update(self._item_rows.tolist())
-        final = self.results.rows(outcomes, sorted(candidates), self.inputs)
+        final = self.results.rows(outcomes, sorted(candidates), self.numbers)
         new = [row for row in final if self.written[row[5]] is None]
         changed = [row for row in final if self.written[row[5]] not in (None, _state(row))]
         self._queue(self.results.insert, new)
@@ -253,13 +251,12 @@ class RunRecorder:
         decided = pd.Timestamp(outcome.finished_at or time.time(), unit="s", tz="UTC")
         return self.results._row_tuple(
             row,
-            self.inputs[row],
-            self.phones[row],
+            *self.numbers.columns(row),
             outcome.status,
             outcome.stop_id,
             outcome.error_code,
-            outcome.error_message,
-            outcome.note,
+            self.numbers.text(row, outcome.error_message),
+            self.numbers.text(row, outcome.note),
             decided,
         )
 
@@ -282,7 +279,7 @@ class RunRecorder:
         without_call[call_rows] = False
         unwritten = np.flatnonzero(without_call & np.array([w is None for w in self.written], dtype=bool))
         settled = outcomes["status"].notna().to_numpy()[unwritten]
-        rows += self.results.rows(outcomes, unwritten[settled], self.inputs)
+        rows += self.results.rows(outcomes, unwritten[settled], self.numbers)
         rows += [self._outcome_row(row, unsent) for row in unwritten[~settled].tolist()]
         return rows
 
@@ -292,8 +289,7 @@ class RunRecorder:
         records = [
             self.results._row_tuple(
                 row,
-                self.inputs[row],
-                self.phones[row],
+                *self.numbers.columns(row),
                 PENDING,
                 self._item_stop_ids[self._row_calls[row][0]],
                 None,
@@ -306,7 +302,7 @@ class RunRecorder:
         return self._queue(self.results.insert, records)
 
     def _insert_rows(self, outcomes: pd.DataFrame, positions: np.ndarray) -> Write:
-        return self._queue(self.results.insert, self.results.rows(outcomes, positions, self.inputs))
+        return self._queue(self.results.insert, self.results.rows(outcomes, positions, self.numbers))
 
     def _queue(self, write: Callable[[Any], None], rows: list[tuple[Any, ...]]) -> Write:
         """Queue ``write`` of ``rows``, then note what the table will hold of them. (Noted after: an

@@ -17,17 +17,20 @@ created and written through the provider's one writer
 when missing, tolerating a concurrent creator (mapped tasks start together), and checked, with a
 rolled-back probe row, before the first API call of a run. What is here is the results table's
 own: its rows, its reads and the final-outcome query.
+
+With ``hash_key_conn_id`` the table is hashed (``hashed_results_table_spec``): ``phone_hash``
+and ``hash_key_id`` in place of ``input_value`` and ``phone_e164`` (:mod:`.numbers`); a table of
+the other mode, or hashed under another key, is refused before any API call.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,24 +38,34 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateIndex
 
+from airflow_provider_smspartner.bulk.numbers import (
+    RowNumbers,
+    earlier_numbers,
+    hash_mode_problem,
+    storable_text,
+)
 from airflow_provider_smspartner.bulk.outcomes import APPLIED_STATUSES, PENDING
-from airflow_provider_smspartner.phone_numbers import phone_text
 from airflow_provider_smspartner.sql.dbapi import resolve_dbapi_hook
 from airflow_provider_smspartner.sql.ddl import TableShapeError
 from airflow_provider_smspartner.sql.names import TableName
 from airflow_provider_smspartner.sql.tables import (
+    HASH_LENGTH,
     ID_LENGTH,
     INPUT_LENGTH,
+    KEY_ID_LENGTH,
     MESSAGE_LENGTH,
     NOTE_LENGTH,
     PHONE_LENGTH,
-    RESULT_COLUMNS,
     RESULT_KEY,
     STATUS_LENGTH,
+    hashed_results_table_spec,
     results_table_spec,
 )
 from airflow_provider_smspartner.sql.types import MYSQL, timestamp_param, timestamp_values
 from airflow_provider_smspartner.sql.writer import SqlTableWriter
+
+if TYPE_CHECKING:
+    from airflow_provider_smspartner.utils.hash_key import HashKey
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +76,6 @@ DEFAULT_FLUSH_ROWS = 500
 DEFAULT_FLUSH_SECONDS = 2.0
 #: Inputs recorded ``pending`` per write-ahead block.
 DEFAULT_BLOCK_ROWS = 500
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _INT32 = 2**31
 _INT64 = 2**63
 
@@ -102,27 +114,6 @@ class TaskIdentity:
 
 
 # ------------------------------------------------------------------------------------- values
-def storable_text(value: Any, limit: int) -> str | None:
-    """``value`` as text every supported database stores as is, in at most ``limit`` characters.
-
-    NUL (refused by PostgreSQL) and unpaired surrogates (not encodable in UTF-8) become U+FFFD;
-    longer text is cut and ends with ``...[truncated: N characters]`` (N = the original length).
-    """
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    text = value if isinstance(value, str) else str(value)
-    text = _UNSTORABLE.sub("\ufffd", text)
-    if len(text) > limit:
-        marker = f"...[truncated: {len(text)} characters]"
-        text = text[: max(limit - len(marker), 0)] + marker
-    return text
-
-
-def storable_inputs(values: Sequence[Any]) -> list[str | None]:
-    """Input values as stored in ``input_value``: the text that was normalised, made storable."""
-    return [storable_text(phone_text(value), INPUT_LENGTH) for value in values]
-
-
 def _storable_int(value: Any, bound: int) -> int | None:
     """An integer within ``[-bound, bound)``, or ``None`` (missing, or too big for the column)."""
     if value is None or value is pd.NA:
@@ -140,7 +131,7 @@ def _cells(series: pd.Series) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------- views
-def final_outcomes_sql(table: str) -> str:
+def final_outcomes_sql(table: str, hashed: bool = False) -> str:
     """One final outcome per input of every task instance in results table ``table``.
 
     Per (task instance, ``input_row``): the row of the latest try that recorded the input, except
@@ -148,11 +139,16 @@ def final_outcomes_sql(table: str) -> str:
     shows that status, with that try's stop id, try (``decided_by_try``) and time. ``latest_try``
     is the try the row comes from. Plain SQL for SQLite, PostgreSQL and MySQL/MariaDB; use it as
     a query or a view (``CREATE VIEW ... AS``).
+
+    :param hashed: The table is hashed (``hash_key_conn_id``): numbers match on ``phone_hash``,
+        and ``phone_hash, hash_key_id`` are selected instead of ``input_value, phone_e164``.
     """
     t = str(TableName.parse(table))
+    first, second = ("phone_hash", "hash_key_id") if hashed else ("input_value", "phone_e164")
+    number = "phone_hash" if hashed else "phone_e164"
     applied = ", ".join(f"'{s}'" for s in APPLIED_STATUSES)
     same_ti = "{a}.dag_id = r.dag_id AND {a}.run_id = r.run_id AND {a}.task_id = r.task_id AND {a}.map_index = r.map_index"
-    return f"""SELECT r.dag_id, r.run_id, r.task_id, r.map_index, r.input_row, r.input_value, r.phone_e164,
+    return f"""SELECT r.dag_id, r.run_id, r.task_id, r.map_index, r.input_row, r.{first}, r.{second},
        CASE WHEN d.status IS NULL THEN r.status ELSE d.status END AS status,
        CASE WHEN d.status IS NULL THEN r.stop_id ELSE d.stop_id END AS stop_id,
        CASE WHEN d.status IS NULL THEN r.try_number ELSE d.try_number END AS decided_by_try,
@@ -162,11 +158,11 @@ FROM {t} r
 JOIN (SELECT dag_id, run_id, task_id, map_index, input_row, MAX(try_number) AS try_number
       FROM {t} GROUP BY dag_id, run_id, task_id, map_index, input_row) l
   ON {same_ti.format(a="l")} AND l.input_row = r.input_row AND l.try_number = r.try_number
-LEFT JOIN (SELECT dag_id, run_id, task_id, map_index, phone_e164, MAX(status) AS status,
+LEFT JOIN (SELECT dag_id, run_id, task_id, map_index, {number}, MAX(status) AS status,
                   MAX(stop_id) AS stop_id, MAX(try_number) AS try_number, MAX(decided_at) AS decided_at
            FROM {t} WHERE status IN ({applied})
-           GROUP BY dag_id, run_id, task_id, map_index, phone_e164) d
-  ON {same_ti.format(a="d")} AND d.phone_e164 = r.phone_e164
+           GROUP BY dag_id, run_id, task_id, map_index, {number}) d
+  ON {same_ti.format(a="d")} AND d.{number} = r.{number}
  AND r.status NOT IN ('invalid', 'duplicate', {applied})"""
 
 
@@ -180,6 +176,8 @@ class ResultsTable:
     :param flush_rows: Outcomes buffered before they are written.
     :param flush_seconds: Longest wait before buffered outcomes are written.
     :param block_rows: Inputs recorded ``pending`` per write-ahead block.
+    :param hash_key: Keyed-hash mode: the key (``utils.hash_key``) the table's ``phone_hash``
+        values are made with; ``None`` in clear.
     """
 
     conn_id: str
@@ -187,6 +185,7 @@ class ResultsTable:
     flush_rows: int = DEFAULT_FLUSH_ROWS
     flush_seconds: float = DEFAULT_FLUSH_SECONDS
     block_rows: int = DEFAULT_BLOCK_ROWS
+    hash_key: HashKey | None = None
 
     def __post_init__(self) -> None:
         TableName.parse(self.table)  # a bad name fails before anything else
@@ -197,8 +196,9 @@ class ResultsTable:
         tries of the task instance left.
 
         :raises ValueError: an id longer than the key allows.
-        :raises ResultsTableError: the table cannot be created, has another shape, or cannot be
-            written (missing schema, no privilege...); nothing has been sent to the API.
+        :raises ResultsTableError: the table cannot be created, has another shape or another hash
+            mode or key, or cannot be written (missing schema, no privilege...); nothing has been
+            sent to the API.
         """
         identity.check()
         store = TryResults(self, identity)
@@ -213,7 +213,7 @@ class TryResults:
     Built by :meth:`ResultsTable.prepare`. ``identity.try_number`` is settled by then, and
     ``earlier`` holds what earlier tries of the task instance left that a new try must know:
     their ``pending``, ``added`` and ``removed`` rows (``try_number``, ``input_row``,
-    ``phone_e164``, ``status``, ``stop_id``).
+    ``phone_e164``, or ``phone_hash`` in keyed-hash mode, ``status``, ``stop_id``).
     """
 
     config: ResultsTable
@@ -233,6 +233,10 @@ class TryResults:
     def try_number(self) -> int:
         return int(self.identity.try_number or 0)
 
+    @property
+    def hash_key(self) -> HashKey | None:
+        return self.config.hash_key
+
     @cached_property
     def name(self) -> TableName:
         return TableName.parse(self.config.table)
@@ -241,8 +245,9 @@ class TryResults:
     def writer(self) -> SqlTableWriter:
         """The table's writer: its engine (no pool: a run writes every few seconds at most, and
         each write stands alone), its ``Table``, its inserts."""
+        spec = results_table_spec() if self.hash_key is None else hashed_results_table_spec()
         return SqlTableWriter(
-            resolve_dbapi_hook(self.config.conn_id), self.name, results_table_spec(), chunk_size=WRITE_CHUNK
+            resolve_dbapi_hook(self.config.conn_id), self.name, spec, chunk_size=WRITE_CHUNK
         )
 
     @property
@@ -260,10 +265,23 @@ class TryResults:
     def describe(self) -> str:
         return f"results table {self.name} (connection {self.conn_id!r})"
 
+    def row_numbers(self, outcomes: pd.DataFrame) -> RowNumbers:
+        """What this table's rows hold of each input's number (hashed with :attr:`hash_key`)."""
+        return RowNumbers.of(outcomes, self.hash_key)
+
+    def earlier_e164(self, known: pd.Series) -> pd.DataFrame:
+        """:attr:`earlier` with ``phone_e164``: in keyed-hash mode each hash is matched back to
+        the number of ``known`` (E.164 numbers: the run's inputs and the list's) it is the hash
+        of, in memory (:func:`~.numbers.earlier_numbers`)."""
+        if self.hash_key is None or self.earlier.empty:
+            return self.earlier
+        return earlier_numbers(self.earlier, known, self.hash_key.key)
+
     # ------------------------------------------------------------------ preflight
     def connect(self) -> None:
         """Create or check the table, probe a write, settle the try, read the earlier tries."""
         try:
+            self._check_hash_mode()
             try:
                 self.created = self.writer.ensure_table()
                 missing: list[str] = []
@@ -302,11 +320,19 @@ class TryResults:
                 "results_table. Nothing was sent to SMS Partner."
             )
 
+    def _check_hash_mode(self) -> None:
+        """Refuse a table of the other mode, or hashed under another key (:func:`hash_mode_problem`)."""
+        with self.engine.connect() as conn:
+            problem = hash_mode_problem(conn, self.name, self.hash_key)
+        if problem:
+            raise ResultsTableError(f"{self.describe()} {problem}. Nothing was sent to SMS Partner.")
+
     def _ensure_index(self) -> None:
         (index,) = self.sql_table.indexes
+        column = self.writer.spec.indexes[0]
         with self.engine.connect() as conn:
             indexes = sa.inspect(conn).get_indexes(self.name.name, schema=self.name.schema)
-        if any([str(c).lower() for c in ix["column_names"] if c] == ["phone_e164"] for ix in indexes):
+        if any([str(c).lower() for c in ix["column_names"] if c] == [column] for ix in indexes):
             return
         try:
             with self.engine.begin() as conn:
@@ -315,7 +341,7 @@ class TryResults:
                 conn.execute(CreateIndex(index, if_not_exists=not plain_mysql))
         except sa.exc.DBAPIError as exc:
             # Lookups by number get slower without it; the outcomes are recorded all the same.
-            log.warning("Could not index %s on phone_e164: %s", self.describe(), db_error(exc))
+            log.warning("Could not index %s on %s: %s", self.describe(), column, db_error(exc))
 
     def _where_task_instance(self, table: sa.Table | None = None) -> sa.ColumnElement[bool]:
         t = self.sql_table if table is None else table
@@ -353,10 +379,12 @@ class TryResults:
         narrow, a missing privilege or a read-only database fails here, before any API call."""
         t = self.sql_table
         wide = "\U0001f4f5"  # four bytes in UTF-8, refused by utf8mb3 and latin1 columns
+        clear = (wide * INPUT_LENGTH, "+" + "9" * (PHONE_LENGTH - 1))
+        number = clear if self.hash_key is None else ("f" * HASH_LENGTH, "~" * KEY_ID_LENGTH)
         probe: dict[str, Any] = {
             "input_row": -1,
-            "input_value": wide * INPUT_LENGTH,
-            "phone_e164": "+" + "9" * (PHONE_LENGTH - 1),
+            "stored_input": number[0],
+            "stored_phone": number[1],
             "status": "p" * STATUS_LENGTH,
             "stop_id": _INT64 - 1,
             "error_code": _INT32 - 1,
@@ -376,7 +404,8 @@ class TryResults:
 
     def _read_earlier(self) -> pd.DataFrame:
         t = self.sql_table
-        columns = ["try_number", "input_row", "phone_e164", "status", "stop_id"]
+        number = "phone_e164" if self.hash_key is None else "phone_hash"
+        columns = ["try_number", "input_row", number, "status", "stop_id"]
         query = sa.select(*(t.c[c] for c in columns)).where(
             self._where_task_instance(),
             t.c.try_number < self.try_number,
@@ -389,7 +418,7 @@ class TryResults:
             {
                 "try_number": "int64",
                 "input_row": "int64",
-                "phone_e164": "string",
+                number: "string",
                 "status": "string",
                 "stop_id": "Int64",
             }
@@ -399,8 +428,8 @@ class TryResults:
     def _row_tuple(
         self,
         input_row: int,
-        input_value: str | None,
-        phone_e164: Any,
+        stored_input: str | None,
+        stored_phone: Any,
         status: str,
         stop_id: Any,
         error_code: Any,
@@ -412,9 +441,12 @@ class TryResults:
     ) -> tuple[Any, ...]:
         """One row of this try, every value storable and in the form the driver takes.
 
+        :param stored_input: ``input_value``, or ``phone_hash`` in keyed-hash mode.
+        :param stored_phone: ``phone_e164``, or ``hash_key_id`` in keyed-hash mode.
         :param stamp_ready: ``decided_at`` is already in the driver's form (:func:`timestamp_values`).
         """
         ident = self.identity
+        limits = (INPUT_LENGTH, PHONE_LENGTH) if self.hash_key is None else (HASH_LENGTH, KEY_ID_LENGTH)
         return (
             ident.dag_id,
             ident.run_id,
@@ -422,8 +454,8 @@ class TryResults:
             int(ident.map_index),
             self.try_number,
             int(input_row),
-            input_value,
-            storable_text(phone_e164, PHONE_LENGTH),
+            storable_text(stored_input, limits[0]),
+            storable_text(stored_phone, limits[1]),
             storable_text(status, STATUS_LENGTH),
             _storable_int(stop_id, _INT64),
             _storable_int(error_code, _INT32),
@@ -433,26 +465,31 @@ class TryResults:
         )
 
     def rows(
-        self, outcomes: pd.DataFrame, positions: Sequence[int] | np.ndarray, inputs: Sequence[str | None]
+        self, outcomes: pd.DataFrame, positions: Sequence[int] | np.ndarray, numbers: RowNumbers
     ) -> list[tuple[Any, ...]]:
         """Rows for ``positions`` of the outcome table (``outcomes.OUTCOME_COLUMNS``).
 
-        :param inputs: The storable input texts (:func:`storable_inputs`), one per outcome row.
+        :param numbers: What the rows hold of each input's number (:meth:`row_numbers`).
         """
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return []
         part = outcomes.iloc[positions]
-        columns = [
-            _cells(part[c])
-            for c in ("phone_e164", "status", "stop_id", "error_code", "error_message", "note")
-        ]
+        columns = [_cells(part[c]) for c in ("status", "stop_id", "error_code", "error_message", "note")]
         stamps = timestamp_values(part["decided_at"], self.dialect, self._stamp_format)
         return [
             self._row_tuple(
-                int(row), inputs[row], phone, status, stop, code, message, note, stamp, stamp_ready=True
+                row,
+                *numbers.columns(row),
+                status,
+                stop,
+                code,
+                numbers.text(row, message),
+                numbers.text(row, note),
+                stamp,
+                stamp_ready=True,
             )
-            for row, phone, status, stop, code, message, note, stamp in zip(
+            for row, status, stop, code, message, note, stamp in zip(
                 positions.tolist(), *columns, stamps, strict=True
             )
         ]
@@ -541,7 +578,7 @@ class TryResults:
             query = query.where(t.c.try_number == self.try_number)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(t.c.try_number, t.c.input_row)).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=list(RESULT_COLUMNS))
+        return pd.DataFrame([tuple(r) for r in rows], columns=self.writer.spec.names)
 
     def close(self) -> None:
         if "writer" in self.__dict__ and "engine" in self.writer.__dict__:

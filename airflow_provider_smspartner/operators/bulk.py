@@ -1,5 +1,5 @@
-"""What the bulk add and remove operators share: options, the results table, the run, its
-stop on SIGTERM and its lineage. Import-light (parsed with every DAG)."""
+"""What the bulk add and remove operators share: options, keyed-hash mode, the results table, the
+run, its stop on SIGTERM and its lineage. Import-light (parsed with every DAG)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
     from airflow_provider_smspartner.bulk.pipeline import BulkOptions, BulkResult
     from airflow_provider_smspartner.bulk.results import TryResults
+    from airflow_provider_smspartner.utils.hash_key import HashKey
 
 
 class BulkStopsOperator(PhoneSourceOperator):
-    """What the bulk add and remove operators share: options, results table, reporting."""
+    """What the bulk add and remove operators share: options, keyed-hash mode, results table,
+    reporting."""
 
     template_fields: Sequence[str] = (
         *PhoneSourceOperator.source_template_fields,
@@ -31,6 +33,7 @@ class BulkStopsOperator(PhoneSourceOperator):
         "results_conn_id",
         "default_region",
         "smspartner_conn_id",
+        "hash_key_conn_id",
     )
 
     def __init__(
@@ -41,9 +44,11 @@ class BulkStopsOperator(PhoneSourceOperator):
         results_table: str | None = None,
         results_conn_id: str | None = None,
         max_failed: int = 0,
+        hash_key_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.hash_key_conn_id = hash_key_conn_id
         # Not self.dry_run: that is a BaseOperator method (render the templates only).
         self.is_dry_run = dry_run
         self.max_workers = max_workers
@@ -77,8 +82,10 @@ class BulkStopsOperator(PhoneSourceOperator):
 
         :return: ``total``, one count per status, and ``results_table`` when one is written.
         :raises ValueError: on unusable arguments or data (before any API call).
+        :raises SmsPartnerConfigError: when ``hash_key_conn_id``'s key is missing, short or
+            malformed (before anything else).
         :raises ResultsTableError: when the results table cannot be created, has another shape or
-            cannot be written (before any API call).
+            hash mode or key, or cannot be written (before any API call).
         :raises SmsPartnerAuthError: when the API refuses the key (outcomes recorded first).
         :raises AirflowException: when more than ``max_failed`` inputs failed (outcomes recorded first).
         """
@@ -110,13 +117,14 @@ class BulkStopsOperator(PhoneSourceOperator):
         from airflow_provider_smspartner.bulk.pipeline import conclude
         from airflow_provider_smspartner.bulk.results import ResultsTable, TaskIdentity
 
+        key = self._hash_key()  # first: a bad key stops the task before anything is read or sent
         options = self._options()
         results = None
         if self.results_table:
-            # Before any API call: a bad name, a table of another shape, a missing schema or a
-            # missing privilege fails here; earlier tries' rows are read for the recovery.
+            # Before any API call: a bad name, a table of another shape or hash mode, a missing
+            # schema or a missing privilege fails here; earlier tries' rows are read for the recovery.
             table = ResultsTable(
-                conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table
+                conn_id=str(self.results_conn_id or self.sql_conn_id), table=self.results_table, hash_key=key
             )
             results = table.prepare(TaskIdentity(**task_identity(context, self.task_id)))
             self.log.info("Recording outcomes in %s as %s", results.describe(), results.identity.describe())
@@ -133,7 +141,17 @@ class BulkStopsOperator(PhoneSourceOperator):
             if results is not None:
                 results.close()
         self._summary = dict(result.counts())
-        return conclude(result, max_failed=self.max_failed, logger=self.log)
+        return conclude(result, max_failed=self.max_failed, logger=self.log, hashed=key is not None)
+
+    def _hash_key(self) -> HashKey | None:
+        """The key of ``hash_key_conn_id`` (checked, masked in logs), or ``None`` in clear mode."""
+        if self.hash_key_conn_id is None:
+            return None
+        from airflow_provider_smspartner.utils.hash_key import resolve_hash_key
+
+        key = resolve_hash_key(self.hash_key_conn_id)
+        self.log.info("Keyed-hash mode: numbers are recorded as phone_hash under key id %s", key.key_id)
+        return key
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
         """OpenLineage: the source in (tables of the query, or the file); the stop list and the

@@ -174,6 +174,11 @@ class SmsPartnerAddStopsOperator(BulkStopsOperator):
         see above). (templated)
     :param results_conn_id: Connection of ``results_table`` (default ``sql_conn_id``). (templated)
     :param max_failed: Failed numbers tolerated before the task fails.
+    :param hash_key_conn_id: Keyed-hash mode (``docs/privacy.md``): the connection whose password
+        is the HMAC key. The results table then holds ``phone_hash`` (of the input's E.164 number;
+        empty without one) and ``hash_key_id`` instead of ``input_value`` and ``phone_e164``, and
+        no log line names a number; a table of the other mode or key is refused. A short or
+        missing key fails before any API call. (templated)
     :param smspartner_conn_id: The ``smspartner`` connection. (templated)
     :return: ``{"total", "invalid", "duplicate", "skipped_existing", "added", "already_present",
         "failed", "would_add"}`` (all present; they sum to ``total``), plus ``"results_table"``.
@@ -214,7 +219,8 @@ class SmsPartnerRemoveStopsOperator(BulkStopsOperator):
     the stop id vanished before its delete: API code 4), ``removed``, ``failed`` or, in a dry run,
     ``would_remove``. A delete whose answer was lost counts as ``removed`` when its retry answers
     code 4 or the stop id is gone from the list at the end of the run. Same results table (recorded
-    as it goes, recovered by the next try), ``max_failed`` rule and auth-error stop as the add.
+    as it goes, recovered by the next try; hashed with ``hash_key_conn_id``), ``max_failed`` rule
+    and auth-error stop as the add.
 
     :return: ``{"total", "invalid", "duplicate", "not_on_list", "removed", "failed",
         "would_remove"}`` (all present; they sum to ``total``), plus ``"results_table"``.

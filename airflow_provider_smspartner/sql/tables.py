@@ -2,10 +2,11 @@
 
 The four provider-owned tables live here, in one place: the extract's stop-list table
 (:func:`stop_list_table_spec`) and its run log (:func:`run_log_table_spec`), the bulk operators'
-results table (:func:`results_table_spec`) and the suppression operator's audit table
-(:func:`audit_table_spec`). The gate, the event trigger and the lineage read what the extract
-writes, so none of these shapes belongs to one operator. :func:`table_spec_for` types a table
-from a DataFrame (tables whose columns come from the user's data).
+results table (:func:`results_table_spec`; :func:`hashed_results_table_spec` in keyed-hash
+mode) and the suppression operator's audit table (:func:`audit_table_spec`). The gate, the
+event trigger and the lineage read what the extract writes, so none of these shapes belongs to
+one operator. :func:`table_spec_for` types a table from a DataFrame (tables whose columns come
+from the user's data).
 
 Plain data, import-light (read at DAG-parse time): the writer (:mod:`.writer`, :mod:`.types`)
 turns a spec into SQL for each database.
@@ -271,6 +272,9 @@ STATUS_LENGTH = 32
 #: Characters kept of an error message (the API's or a transport error's, redacted).
 MESSAGE_LENGTH = 1000
 NOTE_LENGTH = 500
+#: ``phone_hash``: HMAC-SHA256 in lowercase hex; ``hash_key_id``: a key's name (``utils.hash_key``).
+HASH_LENGTH = 64
+KEY_ID_LENGTH = 64
 #: The key of a results table: one row per input of each try of a task instance.
 RESULT_KEY = ("dag_id", "run_id", "task_id", "map_index", "try_number", "input_row")
 
@@ -283,6 +287,30 @@ def results_table_spec() -> TableSpec:
     everywhere. With ``utf8mb4`` the key takes 3 x 250 x 4 + 16 = 3,016 bytes, under InnoDB's
     3,072-byte limit (``ROW_FORMAT=DYNAMIC``). ``decided_at`` keeps microseconds on SQLite too.
     """
+    number = (
+        Column("input_value", "short_text", length=INPUT_LENGTH),
+        Column("phone_e164", "short_text", length=PHONE_LENGTH),
+    )
+    return _results_spec(number, "phone_e164")
+
+
+def hashed_results_table_spec() -> TableSpec:
+    """The results table in keyed-hash mode (``hash_key_conn_id``): no number in clear.
+
+    ``phone_hash`` (HMAC-SHA256 of the input's E.164 number, 64 lowercase hex digits; empty when
+    the input had no valid number) and ``hash_key_id`` (the key's name, on every row) take the
+    place of ``input_value`` and ``phone_e164``; the rest is as :func:`results_table_spec`.
+    """
+    number = (
+        Column("phone_hash", "short_text", length=HASH_LENGTH),
+        Column("hash_key_id", "short_text", length=KEY_ID_LENGTH),
+    )
+    return _results_spec(number, "phone_hash")
+
+
+def _results_spec(number: tuple[Column, Column], index: str) -> TableSpec:
+    """The results table with the two ``number`` columns after ``input_row``; ``index``, the
+    column the final-outcome query matches numbers on, indexed."""
     return TableSpec(
         columns=(
             Column("dag_id", "short_text", nullable=False, length=ID_LENGTH),
@@ -291,8 +319,7 @@ def results_table_spec() -> TableSpec:
             Column("map_index", "int", nullable=False),
             Column("try_number", "int", nullable=False),
             Column("input_row", "bigint", nullable=False),
-            Column("input_value", "short_text", length=INPUT_LENGTH),
-            Column("phone_e164", "short_text", length=PHONE_LENGTH),
+            *number,
             Column("status", "short_text", nullable=False, length=STATUS_LENGTH),
             Column("stop_id", "bigint"),
             Column("error_code", "int"),
@@ -300,7 +327,7 @@ def results_table_spec() -> TableSpec:
             Column("note", "short_text", length=NOTE_LENGTH),
             Column("decided_at", "timestamp", nullable=False),
         ),
-        indexes=("phone_e164",),
+        indexes=(index,),
         composite_key=RESULT_KEY,
         sqlite_timestamp_format=ISO_FORMAT_MICROSECONDS,
         binary_text=True,
