@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import shutil
 import time
 import urllib.request
@@ -36,20 +35,26 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import CONTACTS, PROJECT_ROOT, STOPPED, UNSUBSCRIBES, require_server
-from tests.deployment.airflow_deployment import AirflowDeployment
+from tests.deployment.airflow_deployment import (
+    POSTGRES,
+    AirflowDeployment,
+    celery_env,
+    delete_redis_keys,
+    psql,
+)
 from tests.deployment.rate_window import MAX_READ_GAP, ReleaseLog, longest_delay, rate_problems
 from tests.helpers import free_port, max_in_window, national, nonzero
 
 pytestmark = [pytest.mark.deployment, pytest.mark.timeout(600)]
 
 API_KEY = "sk-deploy-0123456789abcdef-SECRET"
-PG = "postgres@127.0.0.1:5432"
 REDIS_DB = int(os.environ.get("SMSPARTNER_DEPLOY_REDIS_DB", "11"))
 REDIS_CONN_ID = "smspartner_deploy_redis"
 POOL = "smspartner_api"
@@ -78,16 +83,8 @@ STARTUP_TIMEOUT = 180
 RUN_TIMEOUT = 240
 
 
-def _psql(sql: str, dbname: str = "postgres") -> list[tuple]:
-    import psycopg
-
-    with psycopg.connect(f"postgresql://{PG}/{dbname}", autocommit=True) as conn:
-        cursor = conn.execute(sql)
-        return cursor.fetchall() if cursor.description else []
-
-
 def _drop_database(name: str) -> None:
-    _psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -128,7 +125,7 @@ class Deployment:
     output_dir: Path
 
     def warehouse(self, sql: str) -> list[tuple]:
-        return _psql(sql, self.warehouse_db)
+        return psql(sql, self.warehouse_db)
 
     def run_dags(self, confs: dict[str, dict[str, Any]], timeout: float = RUN_TIMEOUT) -> dict[str, dict]:
         """Unpause and trigger each DAG through the REST API, wait for every run of them, pause them.
@@ -174,72 +171,50 @@ class Deployment:
 
 
 def _airflow_env(home: Path, base_url: str, meta_db: str, warehouse_db: str, key_prefix: str) -> dict:
-    """One environment for every process; nothing from the test process's Airflow settings."""
-    from cryptography.fernet import Fernet
-
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
-    }
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "32",
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
-            # Unpausing a scheduled example also creates its latest scheduled run: one run at a
-            # time per DAG keeps that run and the triggered one from writing the same tables at once.
-            "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.deployment.worker_hostname.hostname",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{PG}/{meta_db}",
-            "AIRFLOW__API__BASE_URL": base_url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{PG}/{meta_db}",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
-            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{key_prefix}:",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            "AIRFLOW_CONN_WAREHOUSE": json.dumps(
-                {
-                    "conn_type": "postgres",
-                    "host": "127.0.0.1",
-                    "port": 5432,
-                    "login": "postgres",
-                    "schema": warehouse_db,
-                }
-            ),
+    """One environment for every process (``celery_env``: nothing from the test process's Airflow
+    settings), with this module's parallelism, worker hostnames, warehouse and Redis connections."""
+    return celery_env(
+        home,
+        base_url,
+        meta_db,
+        f"redis://127.0.0.1:6379/{REDIS_DB}",
+        key_prefix,
+        AIRFLOW__CORE__PARALLELISM="32",
+        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="16",
+        # Unpausing a scheduled example also creates its latest scheduled run: one run at a
+        # time per DAG keeps that run and the triggered one from writing the same tables at once.
+        AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG="1",
+        AIRFLOW__CORE__HOSTNAME_CALLABLE="tests.deployment.worker_hostname.hostname",
+        AIRFLOW__CELERY__WORKER_CONCURRENCY=str(WORKER_CONCURRENCY),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
+        AIRFLOW_CONN_WAREHOUSE=json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": warehouse_db,
+            }
+        ),
+        **{
             "AIRFLOW_CONN_" + REDIS_CONN_ID.upper(): json.dumps(
                 {"conn_type": "redis", "host": "127.0.0.1", "port": 6379, "extra": {"db": REDIS_DB}}
             ),
             # tests.deployment.worker_hostname must be importable by every process.
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        }
+        },
     )
-    return env
 
 
 def _create_warehouse(dbname: str) -> None:
-    _psql(
+    psql(
         "CREATE TABLE marketing_contacts (contact_id INTEGER, phone TEXT, sms_opt_out INTEGER DEFAULT 0);"
         "CREATE TABLE crm_unsubscribes (phone TEXT);",
         dbname,
     )
     import psycopg
 
-    with psycopg.connect(f"postgresql://{PG}/{dbname}", autocommit=True) as conn, conn.cursor() as cur:
+    with psycopg.connect(f"postgresql://{POSTGRES}/{dbname}", autocommit=True) as conn, conn.cursor() as cur:
         cur.executemany("INSERT INTO marketing_contacts (contact_id, phone) VALUES (%s, %s)", CONTACTS)
         cur.executemany("INSERT INTO crm_unsubscribes (phone) VALUES (%s)", [(p,) for p in UNSUBSCRIBES])
 
@@ -248,15 +223,6 @@ def _redis() -> Any:
     import redis
 
     return redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-
-
-def _delete_redis_keys(prefix: str) -> None:
-    client = _redis()
-    try:
-        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
 
 
 def _start(airflow: AirflowDeployment, port: int, key_prefix: str) -> None:
@@ -274,19 +240,16 @@ def _start(airflow: AirflowDeployment, port: int, key_prefix: str) -> None:
             *("--celery-hostname", f"{key_prefix}-{name}@%h"),
             env={"SMSPARTNER_DEPLOY_HOSTNAME": name},
         )
-
-    def healthy() -> bool:
-        health = airflow.health()
-        return all(
-            health.get(part, {}).get("status") == "healthy"
-            for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        )
-
-    airflow.wait_for("every component to report healthy", healthy, STARTUP_TIMEOUT)
+    airflow.wait_healthy(STARTUP_TIMEOUT)
     print(f"components healthy after {time.monotonic() - started:.0f} s", flush=True)
     for name in WORKERS:
         log = airflow.home / "logs" / f"{name}.log"
-        airflow.wait_for(f"celery {name} to be ready", lambda log=log: " ready." in log.read_text(), 120)
+        airflow.wait_for(f"celery {name} to be ready", partial(_says_ready, log), 120)
+
+
+def _says_ready(log: Path) -> bool:
+    """Whether a celery worker's log says it is ready."""
+    return " ready." in log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +283,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     created: list[str] = []
     try:
         for name in (meta_db, warehouse_db):
-            _psql(f'CREATE DATABASE "{name}"')
+            psql(f'CREATE DATABASE "{name}"')
             created.append(name)
         _create_warehouse(warehouse_db)
         sandbox.start()
@@ -344,7 +307,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         sandbox.stop()
         for name in created:
             _drop_database(name)
-        _delete_redis_keys(key_prefix)
+        delete_redis_keys(REDIS_DB, key_prefix)
         print(f"\ndeployment stopped after {time.monotonic() - started:.0f} s; killed: {killed or 'nothing'}")
 
 
@@ -467,7 +430,7 @@ def test_mapped_bulk_add_shares_one_rate_limit(deployment: Deployment):
     deployment.warehouse("DELETE FROM crm_unsubscribes")
     import psycopg
 
-    with psycopg.connect(f"postgresql://{PG}/{deployment.warehouse_db}", autocommit=True) as conn:
+    with psycopg.connect(f"postgresql://{POSTGRES}/{deployment.warehouse_db}", autocommit=True) as conn:
         conn.cursor().executemany("INSERT INTO crm_unsubscribes (phone) VALUES (%s)", [(p,) for p in inputs])
     airflow.api(
         "PATCH",
@@ -550,7 +513,7 @@ def test_mapped_bulk_add_shares_one_rate_limit(deployment: Deployment):
             sum(v for k, v in s.items() if k not in ("total", "results_table") and isinstance(v, int))
             == s["total"]
         )
-    statuses = Counter()
+    statuses: Counter[str] = Counter()
     for s in summaries:
         statuses.update(nonzero(s))
     assert statuses == {"added": NEW_NUMBERS}
