@@ -5,8 +5,10 @@
 
 The connections come from the environment (``AIRFLOW_CONN_*``), as in a worker. As Airflow's task
 runner does: SIGTERM calls the operator's ``on_kill``, and ``execution_timeout`` (seconds, optional)
-runs ``execute`` under Airflow's own signal-based timeout, calling ``on_kill`` when it fires. Prints
-``@@started`` before the run, then ``@@summary <json>`` or ``@@raised <exception type>``.
+runs ``execute`` under Airflow's own signal-based timeout, calling ``on_kill`` when it fires (when
+its timer sends SIGALRM, or when a test sends it to fire the timeout at a point of the run it
+chooses). Prints ``@@started`` before the run, then ``@@summary <json>`` or ``@@raised <exception
+type>`` once ``execute`` has ended (a stopped run's way out included: its outcomes are written).
 """
 
 from __future__ import annotations
