@@ -205,7 +205,9 @@ class TestNothingInClear:
 # ------------------------------------------------------------------------------------ refusals
 class TestRefusals:
     def test_a_short_key_fails_before_any_call(self, api, sqlite_conn, tmp_path, monkeypatch):
-        monkeypatch.setenv("AIRFLOW_CONN_SHORT_KEY", json.dumps({"conn_type": "generic", "password": "x" * 31}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SHORT_KEY", json.dumps({"conn_type": "generic", "password": "x" * 31})
+        )
         with pytest.raises(SmsPartnerConfigError, match=r"'short_key'.*at least 32 characters"):
             _gate(
                 phone_numbers=["+33611111111"],
@@ -262,9 +264,9 @@ class TestRefusals:
         kwargs = {"phone_numbers": ["+33699999999", "+33611111111"], "hash_key_conn_id": hash_key}
         with pytest.raises(StopListGuardError, match=r"stop ids 42"):
             _gate(output_path=str(tmp_path / "a.csv"), **kwargs).execute(context=CONTEXT)
-        summary = _gate(
-            output_path=str(tmp_path / "b.csv"), on_unreadable_list_row="warn", **kwargs
-        ).execute(context=CONTEXT)
+        summary = _gate(output_path=str(tmp_path / "b.csv"), on_unreadable_list_row="warn", **kwargs).execute(
+            context=CONTEXT
+        )
         assert (summary["stopped"], summary["kept"], summary["unreadable"]) == (1, 1, 1)
         kept = pd.read_csv(tmp_path / "b.csv", dtype=str)
         assert kept["phone_hash"].tolist() == [_hmac(oracle_e164("+33611111111"))]
