@@ -59,13 +59,20 @@ def window_allowance(rate: float) -> int:
 class RequestThrottle:
     """Keeps requests under ``rate`` per second, across all threads that share it.
 
-    Two rules, both enforced at the moment a request is released:
+    Three rules, all enforced at the moment a request is released:
 
     - spacing: each caller reserves the next free time slot (``1 / rate`` apart) under a lock and
-      sleeps outside it, so threads never wait on each other longer than their own slot;
-    - a sliding one-second window: a thread that woke up late (GIL, scheduler) cannot bunch up with
-      the next slots, because no more than :func:`window_allowance` requests (what the spacing
-      lets through, never more than ``rate`` rounded up) are released in any second.
+      sleeps outside it (no thread holds the lock while it waits);
+    - releases keep the pace too (the generic cell rate algorithm, with a tolerance of half an
+      interval): callers that woke up late (GIL, a garbage collection, the scheduler), whose slots
+      all passed while the process stood still, leave one interval apart, not in one burst; and no
+      two releases are ever closer than half an interval. A burst would come back a second later,
+      as 429s: the window below frees its places all at once, while the server still counts the
+      first burst, which reached it spread out (sent by threads catching up) and later than its
+      release. The tolerance keeps a caller's lateness (up to half an interval) from being passed
+      on to the next ones, so the rate holds;
+    - a sliding one-second window: no more than :func:`window_allowance` requests (what the
+      spacing lets through, never more than ``rate`` rounded up) are released in any second.
 
     Requests are spaced 2% under ``rate``: network jitter bunches requests up on their way to the
     server, and at exactly the server's limit a single 429 (with ``Retry-After``) would pause every
@@ -87,6 +94,8 @@ class RequestThrottle:
         self._interval = 1.0 / (rate * HEADROOM)
         self._per_window = window_allowance(rate)
         self._next_slot = 0.0
+        #: When the next release is due at the pace of the releases so far (see the class docstring).
+        self._release_at = 0.0
         self._paused_until = 0.0
         self._released: deque[float] = deque()
         self._lock = threading.Lock()
@@ -120,8 +129,14 @@ class RequestThrottle:
                     continue
                 while self._released and self._released[0] <= now - WINDOW:
                     self._released.popleft()
+                earliest = self._release_at - self._interval / 2
+                if now < earliest:
+                    # Other callers whose slots passed too are leaving: at the pace, not all at once.
+                    slot = earliest
+                    continue
                 if len(self._released) < self._per_window:
                     self._released.append(now)
+                    self._release_at = max(self._release_at, now) + self._interval
                     return now - started
                 slot = self._released[0] + WINDOW
 

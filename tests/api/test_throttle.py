@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -48,6 +49,32 @@ class TestRequestThrottle:
             released.append(time.monotonic())
         assert max_in_window(released) <= 5
         assert released[-1] - released[0] >= 1.0
+
+    def test_callers_whose_slots_passed_while_the_process_stood_still_leave_spaced(self):
+        # 20/s: five callers wait for slots ~51 ms apart. The process stands still (the lock held
+        # here, as a garbage collection holds the GIL) until every slot passed: they leave at the
+        # pace (the first two half an interval apart: the tolerance), not in a burst, which the
+        # server would see again a second later.
+        throttle = RequestThrottle(rate=20)
+        throttle.acquire()
+        workers = [threading.Thread(target=throttle.acquire) for _ in range(5)]
+        with throttle._lock:
+            for worker in workers:
+                worker.start()
+            deadline = time.monotonic() + 5
+            while throttle._next_slot < throttle._released[0] + 5.5 * throttle._interval:
+                assert time.monotonic() < deadline, "the callers never reserved their slots"
+                throttle._lock.release()  # let them reserve (and nothing else: their slots are ahead)
+                time.sleep(0.001)
+                throttle._lock.acquire()
+            time.sleep(throttle._next_slot - time.monotonic() + 0.05)  # every slot passes
+        for worker in workers:
+            worker.join(10)
+        released = list(throttle._released)
+        assert len(released) == 6
+        gaps = [later - earlier for earlier, later in itertools.pairwise(released)]
+        assert min(gaps) >= throttle._interval / 2 - 1e-9, gaps
+        assert released[-1] - released[1] >= 3.5 * throttle._interval - 1e-9, gaps
 
     def test_pause_holds_everyone_back(self):
         throttle = RequestThrottle(rate=1000)
