@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import importlib
 import json
 import os
@@ -109,6 +110,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             (title, body.encode("utf-8", "backslashreplace").decode("utf-8"))
             for title, body in report.sections
         ]
+
+
+#: Child processes a test's body started, by pid (:func:`pytest_runtest_call` records them).
+_CHILDREN_BEFORE_CALL: dict[str, set[int]] = {}
+
+
+def _children() -> dict[int, Any]:
+    """This process's live descendants (a killed child not yet waited for is left out)."""
+    import psutil
+
+    alive = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive[child.pid] = child
+    return alive
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Note the children alive before the test's body: those its fixtures started are theirs."""
+    _CHILDREN_BEFORE_CALL[item.nodeid] = set(_children())
+    yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Kill, by pid, every process the test's body started and left running, before its fixtures
+    are torn down; then fail the test for it.
+
+    A test that failed between starting a child and stopping it (an assertion while it waited for
+    the child) left it running: the child kept its database connections, and the results table
+    fixture's ``DROP TABLE`` then waited for it. On MariaDB that wait is ``lock_wait_timeout`` (a
+    year), in C code that a signal cannot interrupt: the CI run hung until its budget ran out.
+    """
+    import psutil
+
+    before = _CHILDREN_BEFORE_CALL.pop(item.nodeid, None)
+    leftover = [] if before is None else [c for pid, c in _children().items() if pid not in before]
+    described = []
+    for child in leftover:
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{child.pid} ({' '.join(child.cmdline())[:160]})")
+            child.kill()
+    psutil.wait_procs(leftover, timeout=30)
+    yield  # the fixtures' teardown
+    if described:
+        pytest.fail(
+            f"{item.nodeid} left {len(described)} process(es) running, killed now: {'; '.join(described)}",
+            pytrace=False,
+        )
 
 
 def _in_tier(request: pytest.FixtureRequest, tier: str) -> None:

@@ -166,13 +166,9 @@ def _start_try(
         )
 
 
-def _kill_when(process: subprocess.Popen[str], api: Any, adds: int, timeout: float = 90.0) -> int:
+def _kill_when(process: subprocess.Popen[str], api: Any, adds: int, log: Path, timeout: float = 90.0) -> int:
     """SIGKILL ``process`` once the sandbox has applied ``adds`` adds in all; return the count then."""
-    deadline = time.monotonic() + timeout
-    while api.stats.adds_applied < adds:
-        assert process.poll() is None, f"the try ended (exit {process.returncode}) before it could be killed"
-        assert time.monotonic() < deadline, "the try made no progress"
-        time.sleep(0.002)
+    _wait_for_adds(process, api, adds, timeout, log)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     time.sleep(0.5)  # the requests in flight at the kill still land (the API applies them regardless)
@@ -194,7 +190,14 @@ class TestSigkill:
         killed_at = []
         for try_number, adds in ((1, 200), (2, 1200), (3, None)):
             process = _start_try(tmp_path, try_number, conn_id, table)
-            killed_at.append(_kill_when(process, sandbox, adds or sandbox.stats.adds_applied + 1))
+            killed_at.append(
+                _kill_when(
+                    process,
+                    sandbox,
+                    adds or sandbox.stats.adds_applied + 1,
+                    tmp_path / f"try{try_number}.log",
+                )
+            )
         assert killed_at[-1] < len(new), killed_at
         written = read_results(conn_id, table)
         assert set(written["try_number"]) == {1, 2, 3}, "a killed try had recorded nothing"
@@ -229,12 +232,24 @@ def _stop_when(
 ) -> None:
     """Send ``sig`` to ``process`` once the sandbox has applied ``adds`` adds in all (``within``
     seconds from now at most)."""
+    _wait_for_adds(process, api, adds, within, log)
+    process.send_signal(sig)
+
+
+def _wait_for_adds(process: subprocess.Popen[str], api: Any, adds: int, within: float, log: Path) -> None:
+    """Return once the sandbox has applied ``adds`` adds in all; if the try ends first or makes no
+    progress within ``within`` seconds, kill it (it must not outlive the test, holding its database
+    connections) and fail."""
     deadline = time.monotonic() + within
     while api.stats.adds_applied < adds:
-        assert process.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "the try made no progress"
+        ended = process.poll() is not None
+        if ended or time.monotonic() >= deadline:
+            process.kill()
+            process.wait()
+            output = log.read_text()[-3000:]
+            problem = f"the try ended (exit {process.returncode})" if ended else "the try made no progress"
+            pytest.fail(f"{problem} before {adds} adds ({api.stats.adds_applied} applied)\n{output}")
         time.sleep(0.002)
-    process.send_signal(sig)
 
 
 @pytest.mark.slow  # a child interpreter
@@ -272,7 +287,11 @@ class TestStoppedOnTheWayOut:
             process.kill()
             process.wait()
         else:  # no SIGKILL follows a timeout
-            process.wait(timeout=120)
+            try:
+                process.wait(timeout=120)
+            finally:
+                process.kill()  # a no-op once it has ended
+                process.wait()
         output = (tmp_path / "try1.log").read_text()
         raised = "AirflowTaskTerminated" if stop == "sigterm" else "AirflowTaskTimeout"
         assert f"@@raised {raised}" in output, (
