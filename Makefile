@@ -9,7 +9,8 @@ AIRFLOW_SPEC ?=
 # Extra pytest arguments, e.g. PYTEST_ARGS='-k sandbox' or PYTEST_ARGS='-m "not db"'.
 PYTEST_ARGS ?=
 # pytest-xdist workers (each with an Airflow home and metadata database of its own, tests/conftest.py).
-WORKERS ?= 2
+# Three on two CPUs: many tests wait (sandbox latency, rate limits, locks), a third worker fills that.
+WORKERS ?= 3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The deployment extra (Celery, Playwright, uv) on top of dev: only `make test-all` installs it.

@@ -410,13 +410,52 @@ class TestCorpus:
         assert set(JUNK) & set(v for v in corpus if isinstance(v, str))
 
 
-class TestExactness:
-    """The fast path against the per-value libphonenumber loop, on every row."""
+def _mutated(values: list[object]) -> list[str]:
+    """Each value's text with up to two random edits: a digit, a separator, an extension label, a
+    prefix or non-ASCII digit inserted, or a character replaced (seeded: the same every run)."""
+    rng = np.random.default_rng(3)
+    pieces = [
+        *"0123456789" * 3,
+        *"+ ().-/xX#;,~*_eE\t",
+        "\u00a0",
+        "\u0663",
+        "(0)",
+        " ext. ",
+        ";ext=",
+        "00",
+        "+",
+    ]
+    mutated = []
+    for value in values:
+        text = phone_text(value) or ""
+        for _ in range(int(rng.integers(0, 3))):
+            i = int(rng.integers(0, len(text) + 1))
+            text = text[:i] + pieces[int(rng.integers(len(pieces)))] + text[i + int(rng.integers(0, 2)) :]
+        mutated.append(text)
+    return mutated
 
+
+class TestExactness:
+    """The fast path against the per-value libphonenumber loop, on every row.
+
+    The full sweeps (the 200,000-value corpus, seven other default regions, mutated numbers: about
+    50 s of libphonenumber calls) are in the slow tier (``make test-all``); ``make test`` keeps a
+    sample of each kind, which a change to the fast path breaks first.
+    """
+
+    @pytest.mark.parametrize("region", ["FR", "US"])
+    def test_a_sample_matches_libphonenumber(self, region):
+        values = generate_corpus(10_000, seed=CORPUS_SEED + len(region))
+        pd.testing.assert_frame_equal(
+            normalize_phone_numbers(values, region), reference_normalize(values, region)
+        )
+
+    @pytest.mark.slow  # a 200,000-value sweep
     def test_corpus_matches_libphonenumber(self, corpus):
         result = normalize_phone_numbers(corpus, default_region="FR")
         pd.testing.assert_frame_equal(result, reference_normalize(corpus, default_region="FR"))
 
+    @pytest.mark.slow  # seven 15,000-value sweeps
     @pytest.mark.parametrize("region", ["GB", "US", "DE", "BE", "IT", "GG", "AR"])
     def test_other_default_regions(self, region):
         values = generate_corpus(15_000, seed=sum(map(ord, region)))
@@ -424,26 +463,9 @@ class TestExactness:
             normalize_phone_numbers(values, region), reference_normalize(values, region)
         )
 
-    def test_mutated_numbers(self):
-        rng = np.random.default_rng(3)
-        pieces = [
-            *"0123456789" * 3,
-            *"+ ().-/xX#;,~*_eE\t",
-            "\u00a0",
-            "\u0663",
-            "(0)",
-            " ext. ",
-            ";ext=",
-            "00",
-            "+",
-        ]
-        values = []
-        for value in generate_corpus(20_000, seed=99):
-            text = phone_text(value) or ""
-            for _ in range(int(rng.integers(0, 3))):
-                i = int(rng.integers(0, len(text) + 1))
-                text = text[:i] + pieces[int(rng.integers(len(pieces)))] + text[i + int(rng.integers(0, 2)) :]
-            values.append(text)
+    @pytest.mark.parametrize("count", [2_000, pytest.param(20_000, marks=pytest.mark.slow, id="20000-slow")])
+    def test_mutated_numbers(self, count):
+        values = _mutated(generate_corpus(count, seed=99))
         for region in ("FR", "US"):
             pd.testing.assert_frame_equal(
                 normalize_phone_numbers(values, region), reference_normalize(values, region)
