@@ -148,6 +148,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     import psutil
 
     before = _CHILDREN_BEFORE_CALL.pop(item.nodeid, None)
+    if item.get_closest_marker("deployment"):
+        # A deployment test hands what its body starts (a restarted triggerer, the renderers of
+        # the session's browser) to its deployment or browser fixture, which stops them by pid.
+        before = None
     leftover = [] if before is None else [c for pid, c in _children().items() if pid not in before]
     described = []
     for child in leftover:
