@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import threading
@@ -174,8 +173,17 @@ class TestInterruptedAnywhere:
                 journal = StatusJournal()
                 started = time.monotonic()
                 signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.001, 0.03))
-                with contextlib.suppress(Interrupted):
+                try:
                     run_calls(list(range(3000)), call, 8, ProgressReporter(3000, "x"), journal=journal)
+                except Interrupted:
+                    pass
+                except RuntimeError as exc:
+                    # The signal landed inside the standard library's own lock code (a
+                    # ThreadPoolExecutor's semaphore), which failed as it unwound ("release
+                    # unlocked lock", seen once in CI): the run still ended; what it told the
+                    # journal is checked below all the same.
+                    if not isinstance(exc.__context__, Interrupted):
+                        raise
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 assert time.monotonic() - started < 1.5, f"attempt {attempt}: the calls in flight hung"
                 with lock:
