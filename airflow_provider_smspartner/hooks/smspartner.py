@@ -488,7 +488,7 @@ class SmsPartnerHook(BaseHook):
         from airflow_provider_smspartner.utils.stop_list import describe_stop_ids
 
         frame = records_to_frame(self._fetch_stop_list(), self.settings.api_timezone)
-        frame.insert(2, "phone_e164", stop_list_e164(frame["phone_number"]).to_numpy())
+        frame.insert(2, "phone_e164", stop_list_e164(frame["phone_number"]).array)
         unreadable = unreadable_stop_ids(frame)
         if unreadable:
             self.log.warning(

@@ -478,8 +478,18 @@ def stop_list_e164(phone_numbers: pd.Series, default_region: str = "FR") -> pd.S
     """
     phone_numbers, _ = clean_list_numbers(phone_numbers)
     e164 = normalize_phone_numbers(phone_numbers, default_region=default_region)["phone_e164"]
-    unknown = e164.isna() & phone_numbers.astype(object).str.fullmatch(E164_SHAPE).fillna(False)
-    text = e164.astype(object).where(~unknown, phone_numbers.astype(object))
-    text = text.where(text.notna(), None)
-    # pandas 3's "str" holds a missing value as NaN; pandas 2's astype("str") would write "<NA>".
-    return text.astype("str") if pd.__version__ >= "3" else text
+    # pandas 3's "str" holds a missing value as NaN (no copy from Arrow-backed "string");
+    # pandas 2's astype("str") would write "<NA>": objects there, None for missing.
+    if pd.__version__ >= "3":
+        text = e164.astype("str")
+    else:
+        text = e164.astype(object)
+        text = text.where(text.notna(), None)
+    # Only the numbers libphonenumber could not read are looked at again (a regex per value).
+    unread = np.flatnonzero(e164.isna().to_numpy(dtype=bool))
+    if len(unread):
+        candidates = phone_numbers.iloc[unread].astype(object)
+        plain = candidates.str.fullmatch(E164_SHAPE).fillna(False).to_numpy(dtype=bool)
+        if plain.any():
+            text.iloc[unread[plain]] = candidates[plain].array
+    return text

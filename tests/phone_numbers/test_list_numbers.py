@@ -59,3 +59,21 @@ def test_the_hooks_list_reader_cleans_and_keeps_the_number_as_sent(monkeypatch, 
     assert frame["phone_e164"].tolist() == ["+33612345678"]
     assert frame["phone_number"].tolist() == [stored]  # as sent: the fingerprint is of that
     assert list_sha256(frame["stop_id"].to_numpy(), frame["phone_number"]) == list_sha256([7], [stored])
+
+
+def test_a_plain_e164_number_libphonenumber_cannot_read_is_kept_as_sent():
+    numbers = pd.Series(
+        ["06 12 34 56 78", "+99912345678", "junk", None, "+3361234567\u200b8", "+999123"],
+        index=[5, 4, 3, 2, 1, 0],
+    )
+    e164 = stop_list_e164(numbers)
+    assert e164.index.equals(numbers.index)
+    # +999 is no country code: kept as sent, being a plain E.164 shape; "+999123" is too short.
+    assert [None if pd.isna(v) else v for v in e164] == [
+        "+33612345678",
+        "+99912345678",
+        None,
+        None,
+        "+33612345678",
+        None,
+    ]
