@@ -104,7 +104,7 @@ def _as_texts(values: Any) -> pa.Array:
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
-def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
+def hash_e164(e164_values: Any, key: str | bytes, repeats: bool = True) -> pd.Series:
     """HMAC-SHA256 of each E.164 text under ``key``, as 64 lowercase hex digits.
 
     The low-level half of :func:`~airflow_provider_smspartner.phone_numbers.hash_phone_numbers`:
@@ -113,6 +113,9 @@ def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
     :param e164_values: a pandas Series or array, a pyarrow array, a numpy array or a list of
         E.164 texts; missing values (``None``, NaN, ``pd.NA``) are allowed.
     :param key: the secret; ``str`` is taken as its UTF-8 bytes, ``bytes`` as given.
+    :param repeats: the values may repeat (contacts): each distinct value is hashed once. False
+        for values that rarely do (a stop list: one number per stop), which skips the
+        de-duplication pass (a fifth of the time on a million distinct values); same result.
     :return: a Series of pandas' ``string`` dtype, one hash per value, in order, ``<NA>`` where the
         value is missing; indexed like ``e164_values`` when it is a Series, else a RangeIndex.
     :raises TypeError: if the values are not texts, or the key is neither text nor bytes.
@@ -122,17 +125,25 @@ def hash_e164(e164_values: Any, key: str | bytes) -> pd.Series:
     raw_key = key_bytes(key)
     index = e164_values.index if isinstance(e164_values, pd.Series) else None
     texts = _as_texts(e164_values)
-    codes, uniques = factorize(texts)
+    # codes: where each value's hash is among the hashed values (-1: missing); None: in order.
+    codes: np.ndarray | None
+    if repeats:
+        codes, uniques = factorize(texts)
+    elif texts.null_count:
+        present = texts.is_valid().to_numpy(zero_copy_only=False)
+        codes, uniques = np.where(present, np.cumsum(present) - 1, -1), texts.drop_null()
+    else:
+        codes, uniques = None, texts
     malformed = np.flatnonzero(~pc.match_substring_regex(uniques, E164_TEXT).to_numpy(zero_copy_only=False))
     if len(malformed):
-        position = int(np.flatnonzero(codes == malformed[0])[0])
+        position = int(malformed[0] if codes is None else np.flatnonzero(codes == malformed[0])[0])
         raise ValueError(
             f"e164_values: the value at position {position} is not an E.164 text (a plus sign and 3 to 20 digits, as "
             "normalize_phone_numbers writes them); normalise the numbers before hashing them"
         )
-    # Repeated numbers are hashed once; the Arrow binary view gives their UTF-8 bytes directly.
+    # The Arrow binary view gives the UTF-8 bytes directly.
     digests = pa.array(_hex_digests(uniques.cast(pa.large_binary()).to_pylist(), raw_key), pa.large_string())
-    hashes = digests.take(pa.array(codes, mask=codes < 0))
+    hashes = digests if codes is None else digests.take(pa.array(codes, mask=codes < 0))
     return pd.Series(
         pd.arrays.ArrowStringArray(hashes).astype(_STRING_DTYPE),
         index=index if index is not None else pd.RangeIndex(len(texts)),
@@ -150,7 +161,7 @@ def hash_stop_list_frame(frame: pd.DataFrame, key: str | bytes, key_id: str) -> 
     :return: a new frame; ``phone_hash`` is :func:`hash_e164` of ``phone_e164`` (missing where
         it is missing), placed where ``phone_number`` was, ``hash_key_id`` after it.
     """
-    hashes = hash_e164(frame["phone_e164"], key)
+    hashes = hash_e164(frame["phone_e164"], key, repeats=False)  # a number per stop
     position = list(frame.columns).index("phone_number")
     hashed = frame.drop(columns=["phone_number", "phone_e164"])
     hashed.insert(position, "phone_hash", hashes)

@@ -173,8 +173,14 @@ class TestHashPhoneNumbers:
 
 
 class TestHashE164:
-    def test_missing_in_missing_out(self):
-        result = hash_e164(["+33612345678", None, float("nan"), pd.NA], KEY)
+    """Every case both ways: de-duplicated (``repeats``, the default) or hashed value by value."""
+
+    @pytest.fixture(params=[True, False], ids=["repeats", "distinct"])
+    def repeats(self, request) -> bool:
+        return request.param
+
+    def test_missing_in_missing_out(self, repeats):
+        result = hash_e164(["+33612345678", None, float("nan"), pd.NA], KEY, repeats=repeats)
         assert result.iloc[0] == expected_hash("+33612345678", KEY)
         assert result.iloc[1:].isna().all()
         assert result.index.equals(pd.RangeIndex(4))
@@ -190,8 +196,8 @@ class TestHashE164:
         ],
         ids=["string-series", "object-series", "ndarray", "arrow-chunked", "tuple"],
     )
-    def test_containers(self, values):
-        result = hash_e164(values, KEY)
+    def test_containers(self, repeats, values):
+        result = hash_e164(values, KEY, repeats=repeats)
         assert result.dtype == pd.StringDtype()
         assert [None if pd.isna(h) else h for h in result] == [
             expected_hash("+33612345678", KEY),
@@ -199,20 +205,22 @@ class TestHashE164:
             expected_hash("+41791234567", KEY),
         ]
 
-    def test_series_index_kept_and_repeats_hashed_alike(self):
+    def test_series_index_kept_and_repeats_hashed_alike(self, repeats):
         values = pd.Series(["+33612345678", "+33612345678", None, "+33698765432"], index=[7, 3, 3, 0])
-        result = hash_e164(values, KEY)
+        result = hash_e164(values, KEY, repeats=repeats)
         assert result.index.equals(values.index)
         assert result.iloc[0] == result.iloc[1] == expected_hash("+33612345678", KEY)
         assert result.iloc[3] == expected_hash("+33698765432", KEY)
 
-    def test_empty(self):
-        assert len(hash_e164([], KEY)) == 0
+    def test_empty(self, repeats):
+        assert len(hash_e164([], KEY, repeats=repeats)) == 0
 
     @pytest.mark.parametrize("text", ["0612345678", "+33 6 12 34 56 78", "33612345678", "+0612345678", ""])
-    def test_text_not_e164_refused_without_echo(self, text):
+    def test_text_not_e164_refused_without_echo(self, repeats, text):
         with pytest.raises(ValueError, match=r"position 1 is not an E\.164 text") as excinfo:
-            hash_e164(["+33612345678", text], KEY)
+            hash_e164(["+33612345678", text], KEY, repeats=repeats)
+        with pytest.raises(ValueError, match=r"position 2 is not an E\.164 text"):  # after a gap
+            hash_e164(["+33612345678", None, text, "+33612345678"], KEY, repeats=repeats)
         assert text == "" or text not in str(excinfo.value)
 
     def test_not_text_refused(self):
