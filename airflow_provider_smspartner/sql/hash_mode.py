@@ -6,7 +6,9 @@ in the other mode is refused, and so is a table hashed under another key, unless
 rebuilds it. That check runs before the writer takes the table's lock, so another run may re-key
 the table between the check and the write: :func:`hash_key_recheck` gives the writer a
 ``before_commit`` that looks again, inside the write's transaction and under the lock, after the
-change: the table must then hold only this run's ``hash_key_id``, else the change rolls back.
+change: the table must then hold only this run's ``hash_key_id``, else the change rolls back. A
+mode that rebuilds the table needs no second look: whatever came in between, the rebuilt table
+holds only this run's rows, hashed under its key.
 
 A run in clear needs no second look: a table that became hashed meanwhile lacks the clear
 columns, and the writer refuses it (:class:`~.ddl.TableShapeError`) before it changes anything.
@@ -108,11 +110,15 @@ def hash_key_recheck(
 ) -> BeforeCommit | None:
     """The writer's ``before_commit`` that checks, after the change and before the commit, that
     the table holds only ``key``'s ``hash_key_id``: another run that re-keyed it after
-    :func:`check_hash_mode` is caught there, and the change rolls back. None in clear mode.
+    :func:`check_hash_mode` is caught there, and the change rolls back. None in clear mode, and
+    for ``rules.rebuild_modes``: a rebuilt table holds only this run's rows, each hashed under
+    ``key`` (or holding no number), so the look (a scan of the whole table) could find nothing.
 
     :return: a callable ``(conn, summary)`` raising :class:`SmsPartnerConfigError`, or None.
     """
-    return None if key is None else partial(_recheck, table, key, mode, rules)
+    if key is None or mode in rules.rebuild_modes:
+        return None
+    return partial(_recheck, table, key, mode, rules)
 
 
 def _recheck(
@@ -173,7 +179,7 @@ def _other_keys_error(
     return SmsPartnerConfigError(
         f"Table {table} holds rows hashed with key id(s) {listed} besides {key.key_id!r} (connection "
         f"{key.conn_id!r}) once this run's {mode} is applied: another run wrote them after this run "
-        f"checked the table. {'' if mode in rules.rebuild_modes else why}Write the table under one key "
+        f"checked the table. {why}Write the table under one key "
         f"(run once with {rebuild} to rebuild it under a new one). This run's change was rolled back: "
         "nothing was written."
     )
