@@ -62,14 +62,20 @@ def raise_memory(conn: Connection) -> None:
 
 
 # ---------------------------------------------------------------------------------- COPY
-def copy_chunks(conn: Connection, table: sa.Table, spec: TableSpec, chunks: Iterable[pd.DataFrame]) -> None:
-    """``COPY`` ``chunks`` (frames with ``spec``'s columns) into ``table`` on the driver
-    connection under ``conn``, so it joins its transaction.
+def copy_chunks(
+    conn: Connection,
+    table: sa.Table,
+    spec: TableSpec,
+    chunks: Iterable[pd.DataFrame],
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> None:
+    """``COPY`` ``chunks`` (frames with ``spec``'s columns, once through ``prepare`` if given)
+    into ``table`` on the driver connection under ``conn``, so it joins its transaction.
 
     Binary when the table's columns have exactly the types binary COPY encodes (the writer's own
-    tables do), else CSV (which PostgreSQL casts). A thread encodes the next chunk while the
-    database takes the current one: Arrow and numpy release the GIL, and the driver waits for the
-    socket without holding it.
+    tables do), else CSV (which PostgreSQL casts). A thread prepares and encodes the next chunk
+    while the database takes the current one: the driver waits for the socket without holding
+    the GIL, so even Python-bound preparation (keyed hashing) overlaps the database's work.
     """
     quote = conn.dialect.identifier_preparer
     columns = ", ".join(quote.quote(n) for n in spec.names)
@@ -77,12 +83,16 @@ def copy_chunks(conn: Connection, table: sa.Table, spec: TableSpec, chunks: Iter
     options = "FORMAT binary" if binary else "FORMAT csv"
     sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN WITH ({options})"
     head, tail = (BINARY_SIGNATURE, BINARY_TRAILER) if binary else (b"", b"")
-    encode = copy_binary if binary else copy_csv
+    encoder_of = copy_binary if binary else copy_csv
+
+    def encode(chunk: pd.DataFrame) -> bytes:
+        return encoder_of(chunk if prepare is None else prepare(chunk), spec)
+
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # the CSV's timestamps carry no offset
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smspartner-copy") as encoder:
-            payloads = _encoded(chunks, lambda chunk: encode(chunk, spec), encoder)
+            payloads = _encoded(chunks, encode, encoder)
             if hasattr(cursor, "copy"):  # psycopg 3: one COPY
                 with cursor.copy(sql) as copy:
                     copy.write(head)

@@ -76,6 +76,12 @@ class SqlTableWriter:
         store as given are refused on construction (:func:`~.names.check_column_names`).
     :param chunk_size: Rows per load chunk; bounds memory to one chunk besides the frame.
     :param lock_timeout: Seconds a keyed write waits for another writer of the table to finish.
+    :param prepare_chunk: Turns each chunk of the frames the writer is given into the rows it
+        writes (keyed-hash mode: the numbers into their hashes), as the chunk is loaded: on
+        PostgreSQL on the thread that encodes the ``COPY``, while the database takes the chunk
+        before. The frames given must hold the key (and ``first_seen``, when given); each
+        prepared chunk must hold every column of ``spec``, else the write fails and changes
+        nothing. None (default): the frames are written as they are.
     :raises ValueError: an invalid table name, or a column name the database cannot store as
         given (naming the column, the database and the rule), before any SQL runs.
 
@@ -90,12 +96,14 @@ class SqlTableWriter:
         spec: TableSpec,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        prepare_chunk: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> None:
         self.hook = hook
         self.table = TableName.parse(table)
         self.spec = spec
         self.chunk_size = chunk_size
         self.lock_timeout = lock_timeout
+        self.prepare_chunk = prepare_chunk
         self.dialect_name: str = hook.dialect_name
         # Before any SQL: a name the database would cut or reject must not create a table.
         check_column_names(spec.names, self.dialect_name, table=str(self.table))
@@ -289,9 +297,9 @@ class SqlTableWriter:
         first_seen = self.spec.first_seen
         if first_seen and first_seen not in frame.columns:
             frame = frame.assign(**{first_seen: pd.Series(utc(now), index=frame.index)})
-        missing = [c for c in self.spec.names if c not in frame.columns]
-        if missing:
-            raise ValueError(f"DataFrame lacks column(s) {missing} needed by table {self.table}.")
+        # With prepare_chunk, the other columns are made chunk by chunk (checked in _prepared).
+        needed = self.spec.names if self.prepare_chunk is None else self.spec.key_columns
+        self._check_columns(frame, needed, "DataFrame")
         if mode != "insert":
             self._check_unique_keys(frame)
         return frame
@@ -446,6 +454,11 @@ class SqlTableWriter:
     def _staged(self, staging: sa.Table) -> Staged:
         return Staged(self.sql_table, staging, self.spec, self.dialect_name)
 
+    def _check_columns(self, frame: pd.DataFrame, needed: Sequence[str], what: str) -> None:
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{what} lacks column(s) {missing} needed by table {self.table}.")
+
     def _check_unique_keys(self, frame: pd.DataFrame) -> None:
         keys = frame[self.spec.key or ""]
         if keys.is_unique:
@@ -534,9 +547,10 @@ class SqlTableWriter:
         if frame.empty:
             return
         if self.load_path == "copy":
-            postgres.copy_chunks(conn, table, self.spec, self._chunks(frame))
+            postgres.copy_chunks(conn, table, self.spec, self._chunks(frame), prepare=self._prepared)
             return
         for chunk in self._chunks(frame):
+            chunk = self._prepared(chunk)
             rows = list(zip(*driver_columns(chunk, self.spec, conn.dialect.name), strict=True))
             self.insert_driver_rows(conn, rows, table)
 
@@ -561,7 +575,7 @@ class SqlTableWriter:
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for chunk in self._chunks(frame):
-                yield from zip(*driver_columns(chunk, self.spec, dialect_name), strict=True)
+                yield from zip(*driver_columns(self._prepared(chunk), self.spec, dialect_name), strict=True)
 
         self.hook.insert_rows(
             quote.format_table(table),
@@ -575,6 +589,14 @@ class SqlTableWriter:
     def _chunks(self, frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
         for start in range(0, len(frame), self.chunk_size):
             yield frame.iloc[start : start + self.chunk_size]
+
+    def _prepared(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """``chunk`` as written: through ``prepare_chunk`` when the writer has one, checked."""
+        if self.prepare_chunk is None:
+            return chunk
+        prepared = self.prepare_chunk(chunk)
+        self._check_columns(prepared, self.spec.names, "A prepared chunk")
+        return prepared
 
     # ------------------------------------------------------------------ replace
     def _replace_with(self, conn: Connection, rows: pd.DataFrame | sa.Table | Callable[[], str]) -> None:

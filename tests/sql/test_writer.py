@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -852,6 +853,76 @@ class TestFrameSource:
         writer = SqlTableWriter(resolve_dbapi_hook(sqlite_conn), "stops", SPEC)
         with pytest.raises(ValueError, match=r"repeats 1 value"):
             writer.write(lambda: _frame((1, "a"), (1, "b")), "replace")
+
+
+class TestPrepareChunk:
+    """``prepare_chunk`` makes the written rows chunk by chunk (keyed-hash mode hashes so), on
+    PostgreSQL on the COPY's encoding thread; what the frame lacks is checked per chunk."""
+
+    @staticmethod
+    def _source(*rows: tuple[int, str]) -> pd.DataFrame:
+        """``_frame``'s rows with ``raw`` (the name in lower case) in place of ``name``."""
+        return _frame(*rows).rename(columns={"name": "raw"}).assign(raw=lambda f: f["raw"].str.lower())
+
+    @pytest.fixture
+    def calls(self) -> list[tuple[int, str]]:
+        return []
+
+    def _writer(self, hook, table: str, calls: list[tuple[int, str]]) -> SqlTableWriter:
+        def prepare(chunk: pd.DataFrame) -> pd.DataFrame:
+            calls.append((len(chunk), threading.current_thread().name))
+            named = chunk.rename(columns={"raw": "name"})
+            return named.assign(name=named["name"].str.upper())
+
+        return SqlTableWriter(hook, table, SPEC, chunk_size=2, prepare_chunk=prepare)
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert", "append", "insert"])
+    def test_every_chunk_is_prepared_once(self, warehouse_conn, table, mode, calls):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        writer = self._writer(hook, table, calls)
+        writer.write(self._source((1, "a")), "replace")
+        calls.clear()
+        summary = writer.write(lambda: self._source((2, "b"), (3, "c"), (4, "d")), mode, now=NOW)
+        assert summary.inserted == 3
+        assert [size for size, _ in calls] == [2, 1]
+        if writer.load_path == "copy":  # overlapping the database's work on the COPY before
+            assert all(thread.startswith("smspartner-copy") for _, thread in calls)
+        names = {key: row[0] for key, row in _rows(writer).items()}
+        assert names == ({2: "B", 3: "C", 4: "D"} if mode == "replace" else {1: "A", 2: "B", 3: "C", 4: "D"})
+
+    def test_write_chunks(self, warehouse_conn, table, calls):
+        writer = self._writer(resolve_dbapi_hook(warehouse_conn), table, calls)
+        writer.write_chunks(
+            iter([self._source((1, "a"), (2, "b"), (3, "c")), self._source((4, "d"))]), "upsert"
+        )
+        assert sorted(size for size, _ in calls) == [1, 1, 2]
+        assert {key: row[0] for key, row in _rows(writer).items()} == {1: "A", 2: "B", 3: "C", 4: "D"}
+
+    def test_generic_path(self, sqlite_conn, calls):
+        writer = self._writer(UnknownDatabaseHook(sqlite_conn_id=sqlite_conn), "prepared", calls)
+        writer.write(self._source((1, "a"), (2, "b"), (3, "c")), "upsert", now=NOW)
+        assert [size for size, _ in calls] == [2, 1]
+        assert {key: row[0] for key, row in _rows(writer).items()} == {1: "A", 2: "B", 3: "C"}
+
+    @pytest.mark.parametrize("mode", ["replace", "upsert"])
+    def test_a_chunk_prepared_without_a_column_changes_nothing(self, warehouse_conn, table, mode):
+        hook = resolve_dbapi_hook(warehouse_conn)
+        SqlTableWriter(hook, table, SPEC).write(_frame((1, "a")), "replace")
+        writer = SqlTableWriter(
+            hook, table, SPEC, chunk_size=2, prepare_chunk=lambda c: c.drop(columns="note")
+        )
+        with pytest.raises(
+            ValueError, match=rf"A prepared chunk lacks column\(s\) \['note'\] needed by table {table}"
+        ):
+            writer.write(_frame((2, "b"), (3, "c"), (4, "d")), mode, now=NOW)
+        assert _rows(writer) == {1: ("a", "note a", T0 + timedelta(seconds=1), None)}
+        assert _table_names(hook, table) == [table]
+
+    def test_the_frame_must_hold_the_key(self, sqlite_conn, calls):
+        writer = self._writer(resolve_dbapi_hook(sqlite_conn), "prepared", calls)
+        with pytest.raises(ValueError, match=r"DataFrame lacks column\(s\) \['id'\]"):
+            writer.write(self._source((1, "a")).drop(columns="id"), "replace")
+        assert calls == []
 
 
 class TestBinaryCopy:
