@@ -1,9 +1,12 @@
 """A :class:`~.tables.TableSpec` as a SQLAlchemy ``Table`` (key, indexes, per-database types and
-options), a staging table's name and its quiet drop, and the error of a table of another shape."""
+options), a staging table's name and its quiet drop, a table created when missing (other writers
+creating it at the same moment), and the check and error of a table of another shape."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: Ends the name of a keyed write's staging table (see :func:`staging_name`).
 STAGING_SUFFIX = "__stg_smspartner"
+#: Tries at creating a table that another process may be creating at the same moment.
+CREATE_ATTEMPTS = 4
 
 
 class TableShapeError(ValueError):
@@ -27,6 +32,39 @@ class TableShapeError(ValueError):
         super().__init__(
             f"Table {table} exists but lacks column(s) {missing}; drop it or choose another table."
         )
+
+
+def check_shape(inspector: Any, table: TableName, spec: TableSpec) -> None:
+    """Refuse an existing ``table`` (seen through a SQLAlchemy inspector) that lacks a column of
+    ``spec`` (names compared without case, as the databases fold them).
+
+    :raises TableShapeError: naming the missing columns.
+    """
+    existing = {str(c["name"]).lower() for c in inspector.get_columns(table.name, schema=table.schema)}
+    missing = [c for c in spec.names if c.lower() not in existing]
+    if missing:
+        raise TableShapeError(table, missing)
+
+
+def ensure_with_retries(engine: Engine, table: TableName, ensure: Callable[[Connection], bool]) -> bool:
+    """``ensure`` (create ``table`` unless it exists; True if it did) in a transaction of its own,
+    tried again when it fails while another process creates the table at the same moment (mapped
+    tasks): a failed ``CREATE`` whose table is there then finds it and goes on. An existence check
+    that fails (no privilege, lost connection) raises its own error, never taken for a missing
+    table; a creation that keeps failing with no table there raises its error after
+    :data:`CREATE_ATTEMPTS` tries."""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            with engine.begin() as conn:
+                return ensure(conn)
+        except sa.exc.DBAPIError:
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            with engine.connect() as conn:
+                created_meanwhile = sa.inspect(conn).has_table(table.name, schema=table.schema)
+            if not created_meanwhile:
+                time.sleep(0.1 * attempt)  # e.g. SQLite locked by the other creator
+    raise AssertionError("unreachable")
 
 
 def staging_name(table: TableName) -> TableName:

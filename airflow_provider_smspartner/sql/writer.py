@@ -20,7 +20,6 @@ without a fast path get no lock.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from airflow_provider_smspartner.sql import postgres
+from airflow_provider_smspartner.sql import ddl, postgres
 from airflow_provider_smspartner.sql.apply import (
     BeforeCommit,
     Guard,
@@ -44,7 +43,7 @@ from airflow_provider_smspartner.sql.apply import (
     read_existing,
 )
 from airflow_provider_smspartner.sql.dbapi import unpooled_engine
-from airflow_provider_smspartner.sql.ddl import TableShapeError, define_table, drop_quietly, staging_name
+from airflow_provider_smspartner.sql.ddl import define_table, drop_quietly, staging_name
 from airflow_provider_smspartner.sql.locks import table_lock
 from airflow_provider_smspartner.sql.names import TableName, check_column_names
 from airflow_provider_smspartner.sql.tables import TableSpec
@@ -56,8 +55,6 @@ log = logging.getLogger(__name__)
 LoadPath = Literal["copy", "executemany", "insert_rows"]
 #: Seconds a keyed write waits for another writer of the same table before it gives up.
 DEFAULT_LOCK_TIMEOUT = 600.0
-#: Tries at creating a table that another process may be creating at the same moment.
-_CREATE_ATTEMPTS = 4
 #: ``hook.dialect_name`` -> load path; any other database takes ``insert_rows``.
 _LOAD_PATHS: dict[str, LoadPath] = {
     "postgresql": "copy",
@@ -237,27 +234,12 @@ class SqlTableWriter:
         return self._locked_transaction(staging, work, before_commit)
 
     def ensure_table(self) -> bool:
-        """Create the table (with its key and indexes) unless it exists; check its columns. True if created.
-
-        An existence check that fails (no privilege, lost connection) raises its own error: it is
-        never taken for a missing table. Writers creating the table at once (mapped tasks) are
-        fine: one whose ``CREATE`` fails finds the other's table and goes on; a creation that
-        keeps failing with no table there raises its error after a few tries.
+        """Create the table (with its key and indexes) unless it exists; check its columns. True if
+        created. Writers creating it at once are fine (:func:`.ddl.ensure_with_retries`).
 
         :raises TableShapeError: the table exists without some of the spec's columns.
         """
-        for attempt in range(1, _CREATE_ATTEMPTS + 1):
-            try:
-                with self.engine.begin() as conn:
-                    return self._ensure(conn)
-            except sa.exc.DBAPIError:
-                if attempt == _CREATE_ATTEMPTS:
-                    raise
-                with self.engine.connect() as conn:
-                    created_meanwhile = sa.inspect(conn).has_table(self.table.name, schema=self.table.schema)
-                if not created_meanwhile:
-                    time.sleep(0.1 * attempt)  # e.g. SQLite locked by the other creator
-        raise AssertionError("unreachable")
+        return ddl.ensure_with_retries(self.engine, self.table, self._ensure)
 
     def insert_row(self, conn: Connection, values: dict[str, Any]) -> None:
         """Insert one row (``{column: value}``, timestamps as aware datetimes) on ``conn``, inside
@@ -527,12 +509,7 @@ class SqlTableWriter:
             self._create(conn, self.sql_table)
             log.info("Created table %s", self.table)
             return True
-        existing = {
-            str(c["name"]).lower() for c in inspector.get_columns(self.table.name, schema=self.table.schema)
-        }
-        missing = [c for c in self.spec.names if c.lower() not in existing]
-        if missing:
-            raise TableShapeError(self.table, missing)
+        ddl.check_shape(inspector, self.table, self.spec)
         return False
 
     def _create(self, conn: Connection, table: sa.Table) -> None:
