@@ -116,22 +116,54 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 _CHILDREN_BEFORE_CALL: dict[str, set[int]] = {}
 
 
-def _children() -> dict[int, Any]:
-    """This process's live descendants (a killed child not yet waited for is left out)."""
+def _children() -> set[int]:
+    """The pids of this process's live descendants (a killed child not yet waited for is left out).
+
+    Called twice per test: on Linux it follows ``/proc/<pid>/task/<tid>/children`` from this
+    process down (a few reads), where psutil reads every process's ``stat`` to find parents
+    (3 ms per call on this machine with ~200 processes: ~15 s of CPU over the suite).
+    """
     import psutil
 
-    alive = {}
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE:
-                alive[child.pid] = child
-    return alive
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        return {
+            child.pid
+            for child in psutil.Process().children(recursive=True)
+            if _is_live(lambda child=child: child.status() != psutil.STATUS_ZOMBIE)
+        }
+    found: set[int] = set()
+    pending = [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        with contextlib.suppress(OSError):  # a process that exited meanwhile
+            for tasks in os.scandir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    for child in map(int, Path(tasks.path, "children").read_text().split()):
+                        if child not in found:
+                            found.add(child)
+                            pending.append(child)
+    # The state is the field after the parenthesised command name, which may hold spaces.
+    return {pid for pid in found if _is_live(lambda pid=pid: _proc_state(pid) != "Z")}
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _is_live(check: Any) -> bool:
+    """``check()``, False when the process is gone before it answers."""
+    import psutil
+
+    try:
+        return bool(check())
+    except (OSError, psutil.Error):
+        return False
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Note the children alive before the test's body: those its fixtures started are theirs."""
-    _CHILDREN_BEFORE_CALL[item.nodeid] = set(_children())
+    _CHILDREN_BEFORE_CALL[item.nodeid] = _children()
     yield
 
 
@@ -152,7 +184,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         # A deployment test hands what its body starts (a restarted triggerer, the renderers of
         # the session's browser) to its deployment or browser fixture, which stops them by pid.
         before = None
-    leftover = [] if before is None else [c for pid, c in _children().items() if pid not in before]
+    leftover = []
+    for pid in set() if before is None else _children() - before:
+        with contextlib.suppress(psutil.Error):
+            leftover.append(psutil.Process(pid))
     described = []
     for child in leftover:
         with contextlib.suppress(psutil.Error):
