@@ -4,8 +4,8 @@
 ``hash_key_conn_id`` (HMAC-SHA256 of every E.164 number), each run in its own process (the
 sandbox in another). Each measured run replaces a table that already holds the list in the same
 mode (made by an untimed run just before, then a checkpoint), as a daily extract does. Rounds
-alternate which mode goes first; the figures are medians and the ratio is hashed / clear of the medians. Prints;
-asserts nothing.
+alternate which mode goes first; the figures are medians and the ratio is hashed / clear of the
+medians. Prints; asserts nothing.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_hashed_extract.py               # 1,000,000 stops, 3 rounds
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_hashed_extract.py --stops 100000 --rounds 1

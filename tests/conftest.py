@@ -120,44 +120,30 @@ def _children() -> set[int]:
     """The pids of this process's live descendants (a killed child not yet waited for is left out).
 
     Called twice per test: on Linux it follows ``/proc/<pid>/task/<tid>/children`` from this
-    process down (a few reads), where psutil reads every process's ``stat`` to find parents
-    (3 ms per call on this machine with ~200 processes: ~15 s of CPU over the suite).
+    process down, 0.04 ms a call without children, where psutil's ``children`` reads every
+    process's ``stat`` to find parents, 1.3 ms a call (one-off ``timeit`` on the build machine).
     """
     import psutil
 
     if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
-        return {
-            child.pid
-            for child in psutil.Process().children(recursive=True)
-            if _is_live(lambda child=child: child.status() != psutil.STATUS_ZOMBIE)
-        }
-    found: set[int] = set()
-    pending = [os.getpid()]
-    while pending:
-        pid = pending.pop()
-        with contextlib.suppress(OSError):  # a process that exited meanwhile
-            for tasks in os.scandir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError):
-                    for child in map(int, Path(tasks.path, "children").read_text().split()):
-                        if child not in found:
-                            found.add(child)
-                            pending.append(child)
-    # The state is the field after the parenthesised command name, which may hold spaces.
-    return {pid for pid in found if _is_live(lambda pid=pid: _proc_state(pid) != "Z")}
-
-
-def _proc_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def _is_live(check: Any) -> bool:
-    """``check()``, False when the process is gone before it answers."""
-    import psutil
-
-    try:
-        return bool(check())
-    except (OSError, psutil.Error):
-        return False
+        found = {child.pid for child in psutil.Process().children(recursive=True)}
+    else:
+        found = set()
+        pending = [os.getpid()]
+        while pending:
+            pid = pending.pop()
+            with contextlib.suppress(OSError):  # a process that exited meanwhile
+                for task in os.scandir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError):
+                        children = set(map(int, Path(task.path, "children").read_text().split()))
+                        pending += children - found
+                        found |= children
+    live = set()
+    for pid in found:
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                live.add(pid)
+    return live
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -55,11 +55,9 @@ def stream_query(
                     # fetched early (psycopg2's named cursors describe late); there is no public
                     # call for it. tests/sql/test_stream.py checks it on every driver we support.
                     rows = result._fetchmany_impl(chunk_size)
-                    yield rows
-                    while rows:
-                        rows = result._fetchmany_impl(chunk_size)
-                        if rows:
-                            yield rows
+                    yield rows  # one batch at least, empty when the query returned no row
+                    while rows and (rows := result._fetchmany_impl(chunk_size)):
+                        yield rows
                     result.close()
                     conn.rollback()  # a read: end its transaction and release the source's locks
 

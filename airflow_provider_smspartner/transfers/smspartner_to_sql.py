@@ -199,7 +199,8 @@ def stop_list_spec(hashed: bool) -> TableSpec:
 
 def _hashing(key: HashKey | None) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
     """The writer's ``prepare_chunk`` in keyed-hash mode: each chunk of the list with its numbers
-    replaced by their hashes (:func:`~airflow_provider_smspartner.phone_numbers.hashing.hash_stop_list_frame`) as the writer loads it. On
+    replaced by their hashes as the writer loads it
+    (:func:`~airflow_provider_smspartner.phone_numbers.hashing.hash_stop_list_frame`). On
     PostgreSQL that is on the thread encoding the ``COPY``, so the hashing (~1 s of Python per
     million stops) overlaps the database taking the previous chunk instead of adding to it.
     None in clear mode."""
